@@ -1,0 +1,284 @@
+//! Changesets: what a leader publishes to its region's log.
+//!
+//! A changeset is a batch of changes from one origin with the contiguous sequence
+//! numbers `first_seq .. first_seq + changes.len()`. On the wire:
+//!
+//! ```text
+//! "CCS" version(u8 = 1) origin(str) first_seq(varint) count(varint) change*
+//! change = hlc.wall_ms(varint) hlc.logical(varint) bucket(str) key(str) kind(u8) body
+//!   kind 1 put:    value(bytes) vv
+//!   kind 2 delete: vv
+//!   kind 3 doc:    automerge change(bytes)
+//! vv = count(varint) (origin(str) seq(varint))*
+//! ```
+//!
+//! A decoder meets bytes from other regions, possibly newer builds or corrupt peers:
+//! [`Changeset::decode`] rejects anything it does not fully understand with an error.
+
+use crate::codec::{Reader, Writer};
+use crate::hlc::Hlc;
+use crate::ids::Origin;
+use crate::input::{BUCKET_BYTES_MAX, KEY_BYTES_MAX};
+use crate::vv::VersionVector;
+use crate::{CoreError, CoreResult};
+
+const MAGIC: &[u8; 3] = b"CCS";
+pub const FORMAT_VERSION: u8 = 1;
+/// No changeset may hold more changes than this (a decoder's limit, not a batch size).
+pub const CHANGES_MAX: usize = 100_000;
+/// A single value or document change: far above any configured value limit.
+pub const BODY_BYTES_MAX: usize = 64 << 20;
+const VV_ENTRIES_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeBody {
+    Put { value: Vec<u8>, vv: VersionVector },
+    Delete { vv: VersionVector },
+    Doc { change: Vec<u8> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub hlc: Hlc,
+    pub bucket: String,
+    pub key: String,
+    pub body: ChangeBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changeset {
+    pub origin: Origin,
+    pub first_seq: u64,
+    pub changes: Vec<Change>,
+}
+
+impl Changeset {
+    /// The sequence number of the last change.
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.changes.len() as u64 - 1
+    }
+
+    /// The message id used for JetStream deduplication.
+    pub fn message_id(&self) -> String {
+        format!("{}:{}", self.origin, self.first_seq)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(!self.changes.is_empty(), "a changeset holds at least one change");
+        assert!(self.first_seq >= 1, "origin sequences start at 1");
+        let mut w = Writer::new();
+        w.raw(MAGIC);
+        w.u8(FORMAT_VERSION);
+        w.str(&self.origin.to_string());
+        w.u64(self.first_seq);
+        w.u64(self.changes.len() as u64);
+        for c in &self.changes {
+            w.u64(c.hlc.wall_ms);
+            w.u64(u64::from(c.hlc.logical));
+            w.str(&c.bucket);
+            w.str(&c.key);
+            match &c.body {
+                ChangeBody::Put { value, vv } => {
+                    w.u8(1);
+                    w.bytes(value);
+                    encode_vv(&mut w, vv);
+                }
+                ChangeBody::Delete { vv } => {
+                    w.u8(2);
+                    encode_vv(&mut w, vv);
+                }
+                ChangeBody::Doc { change } => {
+                    w.u8(3);
+                    w.bytes(change);
+                }
+            }
+        }
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> CoreResult<Changeset> {
+        let mut r = Reader::new(bytes);
+        if r.raw(3)? != MAGIC {
+            return Err(CoreError::Corrupt("not a changeset (bad magic)".into()));
+        }
+        let version = r.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(CoreError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+        }
+        let origin: Origin = parse_origin(&r.string(64)?)?;
+        let first_seq = r.u64()?;
+        let count = r.len(CHANGES_MAX)?;
+        if count == 0 || first_seq == 0 || first_seq.checked_add(count as u64).is_none() {
+            return Err(CoreError::Corrupt("bad sequence range".into()));
+        }
+        let mut changes = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let hlc = Hlc { wall_ms: r.u64()?, logical: r.u32()? };
+            let bucket = r.string(BUCKET_BYTES_MAX)?;
+            let key = r.string(KEY_BYTES_MAX)?;
+            let body = match r.u8()? {
+                1 => {
+                    let value = r.bytes(BODY_BYTES_MAX)?.to_vec();
+                    ChangeBody::Put { value, vv: decode_vv(&mut r)? }
+                }
+                2 => ChangeBody::Delete { vv: decode_vv(&mut r)? },
+                3 => ChangeBody::Doc { change: r.bytes(BODY_BYTES_MAX)?.to_vec() },
+                kind => return Err(CoreError::Corrupt(format!("unknown change kind {kind}"))),
+            };
+            changes.push(Change { hlc, bucket, key, body });
+        }
+        r.expect_end()?;
+        Ok(Changeset { origin, first_seq, changes })
+    }
+}
+
+fn parse_origin(s: &str) -> CoreResult<Origin> {
+    s.parse().map_err(|e: CoreError| CoreError::Corrupt(e.to_string()))
+}
+
+fn encode_vv(w: &mut Writer, vv: &VersionVector) {
+    w.u64(vv.len() as u64);
+    for (origin, seq) in vv.iter() {
+        w.str(&origin.to_string());
+        w.u64(seq);
+    }
+}
+
+fn decode_vv(r: &mut Reader<'_>) -> CoreResult<VersionVector> {
+    let n = r.len(VV_ENTRIES_MAX)?;
+    let mut vv = VersionVector::new();
+    for _ in 0..n {
+        let origin = parse_origin(&r.string(64)?)?;
+        let seq = r.u64()?;
+        if seq == 0 {
+            return Err(CoreError::Corrupt("zero entry in version vector".into()));
+        }
+        vv.observe(&origin, seq);
+    }
+    Ok(vv)
+}
+
+/// The encoding of one stored LWW version (local state), versioned like the wire.
+pub mod stored {
+    use super::*;
+    use crate::lww::Version;
+
+    const STORED_VERSION: u8 = 1;
+
+    pub fn encode(v: &Version) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(STORED_VERSION);
+        w.str(&v.origin.to_string());
+        w.u64(v.hlc.wall_ms);
+        w.u64(u64::from(v.hlc.logical));
+        match &v.value {
+            Some(value) => {
+                w.u8(1);
+                w.bytes(value);
+            }
+            None => w.u8(0),
+        }
+        encode_vv(&mut w, &v.vv);
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> CoreResult<Version> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != STORED_VERSION {
+            return Err(CoreError::UnsupportedVersion { found: version, supported: STORED_VERSION });
+        }
+        let origin = parse_origin(&r.string(64)?)?;
+        let hlc = Hlc { wall_ms: r.u64()?, logical: r.u32()? };
+        let value = match r.u8()? {
+            1 => Some(r.bytes(BODY_BYTES_MAX)?.to_vec()),
+            0 => None,
+            other => return Err(CoreError::Corrupt(format!("bad value tag {other}"))),
+        };
+        let vv = decode_vv(&mut r)?;
+        r.expect_end()?;
+        Ok(Version { value, hlc, origin, vv })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::RegionId;
+    use proptest::prelude::*;
+
+    fn origin(i: u8, epoch: u64) -> Origin {
+        Origin::new(RegionId::new(["us-east", "eu-west", "ap-south"][i as usize % 3]).unwrap(), epoch)
+    }
+
+    fn vv() -> impl Strategy<Value = VersionVector> {
+        proptest::collection::vec((0u8..3, 1u64..1000, 1u64..u64::MAX), 0..5)
+            .prop_map(|v| v.into_iter().map(|(o, e, s)| (origin(o, e), s)).collect())
+    }
+
+    fn body() -> impl Strategy<Value = ChangeBody> {
+        prop_oneof![
+            (proptest::collection::vec(any::<u8>(), 0..64), vv())
+                .prop_map(|(value, vv)| ChangeBody::Put { value, vv }),
+            vv().prop_map(|vv| ChangeBody::Delete { vv }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|change| ChangeBody::Doc { change }),
+        ]
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        (any::<u64>(), any::<u32>(), "[a-z]{1,8}", "\\PC{1,16}", body()).prop_map(
+            |(wall_ms, logical, bucket, key, body)| Change { hlc: Hlc { wall_ms, logical }, bucket, key, body },
+        )
+    }
+
+    fn changeset() -> impl Strategy<Value = Changeset> {
+        (0u8..3, 1u64..u64::MAX / 2, 1u64..1_000_000, proptest::collection::vec(change(), 1..8))
+            .prop_map(|(o, e, first_seq, changes)| Changeset { origin: origin(o, e), first_seq, changes })
+    }
+
+    proptest! {
+        #[test]
+        fn changesets_round_trip(cs in changeset()) {
+            let bytes = cs.encode();
+            prop_assert_eq!(Changeset::decode(&bytes).unwrap(), cs);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Changeset::decode(&bytes);
+            let _ = stored::decode(&bytes);
+        }
+
+        #[test]
+        fn damaged_changesets_are_rejected_or_decode_to_something_valid(
+            cs in changeset(), cut in any::<prop::sample::Index>(), flip in any::<prop::sample::Index>(), bit in 0u8..8
+        ) {
+            let bytes = cs.encode();
+            // Truncation always fails: the format ends exactly at the last change.
+            let n = cut.index(bytes.len());
+            prop_assert!(Changeset::decode(&bytes[..n]).is_err());
+            // A flipped bit either fails or decodes to a changeset that re-encodes to itself.
+            let mut damaged = bytes.clone();
+            damaged[flip.index(bytes.len())] ^= 1 << bit;
+            if let Ok(d) = Changeset::decode(&damaged) {
+                prop_assert_eq!(Changeset::decode(&d.encode()).unwrap(), d);
+            }
+        }
+
+        #[test]
+        fn stored_versions_round_trip(value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+                                       vv in vv(), wall_ms in any::<u64>(), logical in any::<u32>()) {
+            let v = crate::lww::Version { value, hlc: Hlc { wall_ms, logical }, origin: origin(1, 3), vv };
+            prop_assert_eq!(stored::decode(&stored::encode(&v)).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn newer_versions_are_refused_by_name() {
+        let cs = Changeset { origin: origin(0, 1), first_seq: 1, changes: vec![Change {
+            hlc: Hlc::ZERO, bucket: "b".into(), key: "k".into(), body: ChangeBody::Delete { vv: VersionVector::new() } }] };
+        let mut bytes = cs.encode();
+        bytes[3] = 9;
+        assert_eq!(Changeset::decode(&bytes), Err(CoreError::UnsupportedVersion { found: 9, supported: 1 }));
+    }
+}
