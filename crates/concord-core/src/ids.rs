@@ -84,9 +84,9 @@ impl fmt::Display for Origin {
 impl FromStr for Origin {
     type Err = CoreError;
     fn from_str(s: &str) -> CoreResult<Self> {
-        let (region, epoch) = s
-            .rsplit_once('.')
-            .ok_or_else(|| CoreError::InvalidInput(format!("origin {s:?}: expected region.epoch")))?;
+        let (region, epoch) = s.rsplit_once('.').ok_or_else(|| {
+            CoreError::InvalidInput(format!("origin {s:?}: expected region.epoch"))
+        })?;
         let epoch = epoch
             .parse()
             .map_err(|_| CoreError::InvalidInput(format!("origin {s:?}: epoch is not a number")))?;

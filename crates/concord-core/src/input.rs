@@ -33,7 +33,8 @@ pub fn check_key(key: &[u8]) -> CoreResult<&str> {
             key.len()
         )));
     }
-    let key = std::str::from_utf8(key).map_err(|_| CoreError::InvalidInput("key is not valid UTF-8".into()))?;
+    let key = std::str::from_utf8(key)
+        .map_err(|_| CoreError::InvalidInput("key is not valid UTF-8".into()))?;
     if key.contains('\0') {
         return Err(CoreError::InvalidInput("key contains NUL".into()));
     }

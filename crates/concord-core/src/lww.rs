@@ -68,7 +68,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn origin(i: u8) -> Origin {
-        Origin::new(RegionId::new(format!("r{}", i % 3)).unwrap(), u64::from(i % 2) + 1)
+        Origin::new(
+            RegionId::new(format!("r{}", i % 3)).unwrap(),
+            u64::from(i % 2) + 1,
+        )
     }
 
     prop_compose! {
@@ -123,10 +126,24 @@ mod tests {
     #[test]
     fn a_dominated_version_is_history_not_a_conflict() {
         let o = origin(0);
-        let old = Version { value: Some(b"1".to_vec()), hlc: Hlc { wall_ms: 1, logical: 0 },
-            origin: o.clone(), vv: [(o.clone(), 1)].into_iter().collect() };
-        let new = Version { value: Some(b"2".to_vec()), hlc: Hlc { wall_ms: 2, logical: 0 },
-            origin: o.clone(), vv: [(o, 2)].into_iter().collect() };
+        let old = Version {
+            value: Some(b"1".to_vec()),
+            hlc: Hlc {
+                wall_ms: 1,
+                logical: 0,
+            },
+            origin: o.clone(),
+            vv: [(o.clone(), 1)].into_iter().collect(),
+        };
+        let new = Version {
+            value: Some(b"2".to_vec()),
+            hlc: Hlc {
+                wall_ms: 2,
+                logical: 0,
+            },
+            origin: o.clone(),
+            vv: [(o, 2)].into_iter().collect(),
+        };
         let merged = merge(&new, &old);
         assert_eq!(merged.state, new);
         assert!(merged.conflict.is_none());

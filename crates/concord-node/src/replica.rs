@@ -1,0 +1,276 @@
+//! A replica's state machine: local state plus the applied vector and log cursor.
+//!
+//! One task owns a [`Replica`] (the leader's writer, or a follower's applier), so every
+//! merge reads and writes state without races. Applying is idempotent: a changeset whose
+//! sequences the applied vector already covers is skipped, an LWW merge of a version
+//! with itself is a no-op, and Automerge ignores changes it already has. Each apply step
+//! commits values, documents, applied vector and cursor in one transaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use automerge::Automerge;
+use concord_core::changeset::{ChangeBody, Changeset};
+use concord_core::hlc::Clock;
+use concord_core::ids::RegionId;
+use concord_core::lww::{self, Version};
+use concord_core::vv::VersionVector;
+use concord_core::{doc, input};
+use concord_storage::{Batch, Store};
+use concord_transport::{LogEntry, RegionLog};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::error::NodeError;
+use crate::metrics::{self, Metrics};
+
+/// Most log messages read and applied in one step of a catch-up.
+pub const CATCH_UP_CHUNK: u64 = 1000;
+
+pub type DocKey = (String, String);
+
+pub struct Replica {
+    pub store: Store,
+    pub region: RegionId,
+    pub clock: Clock,
+    applied: VersionVector,
+    /// The last stream sequence of the region's log that is applied.
+    cursor: u64,
+    stream: String,
+    applied_tx: watch::Sender<VersionVector>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Values and documents touched by one step, before they are committed.
+#[derive(Default)]
+pub struct Overlay {
+    pub kv: HashMap<DocKey, Version>,
+    pub docs: HashMap<DocKey, Automerge>,
+    pub dirty_docs: std::collections::HashSet<DocKey>,
+}
+
+impl Replica {
+    pub fn open(
+        store: Store,
+        region: RegionId,
+        stream: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<Replica, NodeError> {
+        let applied = store.applied()?;
+        let cursor = store.cursor(&stream)?;
+        let (applied_tx, _) = watch::channel(applied.clone());
+        Ok(Replica {
+            store,
+            region,
+            clock: Clock::default(),
+            applied,
+            cursor,
+            stream,
+            applied_tx,
+            metrics,
+        })
+    }
+
+    pub fn applied(&self) -> &VersionVector {
+        &self.applied
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// A receiver that sees the applied vector after every commit.
+    pub fn watch_applied(&self) -> watch::Receiver<VersionVector> {
+        self.applied_tx.subscribe()
+    }
+
+    /// The current version of a key, from the overlay first.
+    pub fn current_kv(
+        &self,
+        overlay: &Overlay,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Version>, NodeError> {
+        if let Some(v) = overlay.kv.get(&(bucket.to_string(), key.to_string())) {
+            return Ok(Some(v.clone()));
+        }
+        Ok(self.store.get_kv(bucket, key)?)
+    }
+
+    /// The document, loaded into the overlay on first use (a new one when absent).
+    pub fn doc_mut<'a>(
+        &self,
+        overlay: &'a mut Overlay,
+        bucket: &str,
+        key: &str,
+    ) -> Result<&'a mut Automerge, NodeError> {
+        let k = (bucket.to_string(), key.to_string());
+        if !overlay.docs.contains_key(&k) {
+            let doc = match self.store.get_doc(bucket, key)? {
+                Some(bytes) => doc::load_doc(&bytes)
+                    .map_err(|e| NodeError::Fatal(format!("document {bucket}/{key}: {e}")))?,
+                None => doc::new_doc(),
+            };
+            overlay.docs.insert(k.clone(), doc);
+        }
+        Ok(overlay.docs.get_mut(&k).expect("inserted above"))
+    }
+
+    /// Commit the overlay with the new applied entries and cursor, then publish the
+    /// applied vector. Saving documents is the expensive part, so it runs here once
+    /// per step and per document.
+    pub async fn commit(
+        &mut self,
+        overlay: Overlay,
+        applied: VersionVector,
+        cursor: u64,
+    ) -> Result<(), NodeError> {
+        let mut batch = Batch::default();
+        for ((bucket, key), version) in overlay.kv {
+            batch.kv.push((bucket, key, version));
+        }
+        for k in overlay.dirty_docs {
+            let doc = &overlay.docs[&k];
+            batch.docs.push((k.0, k.1, doc.save()));
+        }
+        for (origin, seq) in applied.iter() {
+            if seq > self.applied.get(origin) {
+                batch.applied.push((origin.clone(), seq));
+            }
+        }
+        assert!(cursor >= self.cursor, "the log cursor never goes back");
+        batch.cursors.push((self.stream.clone(), cursor));
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.commit(&batch))
+            .await
+            .map_err(|e| NodeError::Fatal(format!("commit task: {e}")))??;
+        self.applied = applied;
+        self.cursor = cursor;
+        self.applied_tx.send_replace(self.applied.clone());
+        Ok(())
+    }
+
+    /// Apply log entries (decoded defensively) in one step.
+    pub async fn apply_entries(&mut self, entries: &[LogEntry]) -> Result<(), NodeError> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let mut overlay = Overlay::default();
+        let mut applied = self.applied.clone();
+        let mut doc_changes: HashMap<DocKey, Vec<automerge::Change>> = HashMap::new();
+        for entry in entries {
+            let cs = match Changeset::decode(&entry.payload) {
+                Ok(cs) => cs,
+                Err(e) => {
+                    metrics::inc(&self.metrics.changesets_rejected_total);
+                    warn!(seq = entry.seq, error = %e, "skipping a changeset that does not decode");
+                    continue;
+                }
+            };
+            if let Err(why) = self.check(&cs) {
+                metrics::inc(&self.metrics.changesets_rejected_total);
+                warn!(seq = entry.seq, origin = %cs.origin, why, "skipping an invalid changeset");
+                continue;
+            }
+            let have = applied.get(&cs.origin);
+            if cs.last_seq() <= have {
+                metrics::inc(&self.metrics.changesets_duplicate_total);
+                continue;
+            }
+            if cs.first_seq > have + 1 {
+                metrics::inc(&self.metrics.log_gaps_total);
+                warn!(origin = %cs.origin, have, first = cs.first_seq, "gap in an origin's sequence");
+            }
+            for (i, change) in cs.changes.iter().enumerate() {
+                let seq = cs.first_seq + i as u64;
+                if seq <= have {
+                    continue;
+                }
+                self.clock.observe(change.hlc);
+                let k = (change.bucket.clone(), change.key.clone());
+                let value = match &change.body {
+                    ChangeBody::Put { value, vv } => (Some(value.clone()), vv),
+                    ChangeBody::Delete { vv } => (None, vv),
+                    ChangeBody::Doc { change: bytes } => {
+                        match automerge::Change::from_bytes(bytes.clone()) {
+                            Ok(c) => doc_changes.entry(k).or_default().push(c),
+                            Err(e) => {
+                                metrics::inc(&self.metrics.changesets_rejected_total);
+                                warn!(origin = %cs.origin, seq, error = %e, "skipping a document change that does not decode");
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let incoming = Version {
+                    value: value.0,
+                    hlc: change.hlc,
+                    origin: cs.origin.clone(),
+                    vv: value.1.clone(),
+                };
+                let merged = match self.current_kv(&overlay, &k.0, &k.1)? {
+                    None => incoming,
+                    Some(current) => {
+                        let m = lww::merge(&current, &incoming);
+                        if let Some((winner, loser)) = &m.conflict {
+                            metrics::inc(&self.metrics.lww_conflicts_total);
+                            info!(bucket = %k.0, key = %k.1, winner = %winner.origin, loser = %loser.origin, "concurrent LWW versions");
+                        }
+                        m.state
+                    }
+                };
+                overlay.kv.insert(k, merged);
+            }
+            applied.observe(&cs.origin, cs.last_seq());
+            metrics::inc(&self.metrics.changesets_applied_total);
+        }
+        for (k, changes) in doc_changes {
+            let doc = self.doc_mut(&mut overlay, &k.0, &k.1)?;
+            if let Err(e) = doc.apply_changes(changes) {
+                metrics::inc(&self.metrics.changesets_rejected_total);
+                warn!(bucket = %k.0, key = %k.1, error = %e, "document changes refused by automerge");
+                continue;
+            }
+            overlay.dirty_docs.insert(k);
+        }
+        self.commit(overlay, applied, last.seq).await
+    }
+
+    /// What a changeset must satisfy before anything in it is applied.
+    fn check(&self, cs: &Changeset) -> Result<(), &'static str> {
+        for c in &cs.changes {
+            if input::check_bucket(&c.bucket).is_err()
+                || input::check_key(c.key.as_bytes()).is_err()
+            {
+                return Err("bad bucket or key");
+            }
+        }
+        Ok(())
+    }
+
+    /// Read and apply the log from the cursor to its end.
+    pub async fn catch_up<L: RegionLog>(&mut self, log: &L) -> Result<u64, NodeError> {
+        let last = log.last_seq().await?;
+        let start = self.cursor;
+        while self.cursor < last {
+            let to = (self.cursor + CATCH_UP_CHUNK).min(last);
+            let entries = log.read(self.cursor + 1, to).await?;
+            if entries.is_empty() {
+                // Messages removed by retention: nothing to apply up to `to`.
+                self.commit(Overlay::default(), self.applied.clone(), to)
+                    .await?;
+                continue;
+            }
+            self.apply_entries(&entries).await?;
+            debug!(cursor = self.cursor, last, "catching up");
+        }
+        if last > start {
+            info!(from = start, to = last, "caught up with the region's log");
+        }
+        Ok(last)
+    }
+}

@@ -1,0 +1,85 @@
+//! An in-memory [`RegionLog`] with the same fencing and dedupe rules as JetStream.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::{LogEntry, LogError, LogResult, RegionLog};
+
+#[derive(Default)]
+pub struct MemoryLog {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: Vec<Bytes>,
+    ids: HashMap<String, u64>,
+    epochs: HashMap<String, u64>,
+}
+
+impl RegionLog for MemoryLog {
+    async fn last_seq(&self) -> LogResult<u64> {
+        Ok(self.inner.lock().unwrap().entries.len() as u64)
+    }
+
+    async fn append(&self, payload: Bytes, msg_id: String, expected_last: u64) -> LogResult<u64> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(&seq) = inner.ids.get(&msg_id) {
+            return Ok(seq);
+        }
+        if inner.entries.len() as u64 != expected_last {
+            return Err(LogError::Fenced {
+                expected: expected_last,
+            });
+        }
+        inner.entries.push(payload);
+        let seq = inner.entries.len() as u64;
+        inner.ids.insert(msg_id, seq);
+        Ok(seq)
+    }
+
+    async fn read(&self, from: u64, to: u64) -> LogResult<Vec<LogEntry>> {
+        let inner = self.inner.lock().unwrap();
+        let to = to.min(inner.entries.len() as u64);
+        Ok((from.max(1)..=to)
+            .map(|seq| LogEntry {
+                seq,
+                payload: inner.entries[seq as usize - 1].clone(),
+            })
+            .collect())
+    }
+
+    async fn next_epoch(&self, region: &str) -> LogResult<u64> {
+        let mut inner = self.inner.lock().unwrap();
+        let epoch = inner.epochs.entry(region.to_string()).or_insert(0);
+        *epoch += 1;
+        Ok(*epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fences_and_dedupes_like_jetstream() {
+        let log = MemoryLog::default();
+        assert_eq!(log.append("a".into(), "x:1".into(), 0).await, Ok(1));
+        assert_eq!(log.append("a".into(), "x:1".into(), 0).await, Ok(1));
+        assert_eq!(
+            log.append("b".into(), "y:1".into(), 0).await,
+            Err(LogError::Fenced { expected: 0 })
+        );
+        assert_eq!(log.append("b".into(), "x:2".into(), 1).await, Ok(2));
+        assert_eq!(
+            log.read(2, 10).await.unwrap(),
+            vec![LogEntry {
+                seq: 2,
+                payload: "b".into()
+            }]
+        );
+        assert_eq!(log.last_seq().await, Ok(2));
+    }
+}

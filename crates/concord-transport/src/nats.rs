@@ -1,0 +1,212 @@
+//! The region's log on NATS JetStream.
+//!
+//! Stream `CONCORD_LOG_<REGION>` (region upper-cased, `-` as `_`) with the one subject
+//! `concord.log.<region>`, file storage, a 2-minute duplicate window. Leader epochs are
+//! allocated by compare-and-set in the key/value bucket `concord_epochs`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use tracing::warn;
+
+use crate::{LogEntry, LogError, LogResult, RegionLog};
+
+/// How long one append waits for the stream's acknowledgement.
+pub const APPEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reading one message of a catch-up may take before the read is retried.
+const READ_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+const EPOCH_BUCKET: &str = "concord_epochs";
+
+pub fn stream_name(region: &str) -> String {
+    format!(
+        "CONCORD_LOG_{}",
+        region.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+pub fn subject(region: &str) -> String {
+    format!("concord.log.{region}")
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+pub struct NatsLog {
+    js: jetstream::Context,
+    stream: String,
+    subject: String,
+}
+
+impl NatsLog {
+    /// Create (or open) the region's stream.
+    pub async fn open(client: async_nats::Client, region: &str) -> LogResult<NatsLog> {
+        let js = jetstream::new(client);
+        let name = stream_name(region);
+        js.get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject(region)],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(unavailable)?;
+        Ok(NatsLog {
+            js,
+            stream: name,
+            subject: subject(region),
+        })
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Allocate the next leader epoch of `region` (compare-and-set, so two starting
+    /// leaders never share an epoch).
+    async fn allocate_epoch(&self, region: &str) -> LogResult<u64> {
+        let kv = match self.js.get_key_value(EPOCH_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => self
+                .js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: EPOCH_BUCKET.into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable)?,
+        };
+        for _attempt in 0..20 {
+            let entry = kv.entry(region).await.map_err(unavailable)?;
+            let outcome = match entry {
+                None => kv
+                    .create(region, Bytes::from_static(b"1"))
+                    .await
+                    .map(|_| 1)
+                    .map_err(|e| e.to_string()),
+                Some(e) => {
+                    let current: u64 = std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| {
+                            LogError::Unavailable(format!(
+                                "epoch record of {region} is not a number"
+                            ))
+                        })?;
+                    let next = current + 1;
+                    kv.update(region, next.to_string().into(), e.revision)
+                        .await
+                        .map(|_| next)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match outcome {
+                Ok(epoch) => return Ok(epoch),
+                Err(e) => warn!(region, error = %e, "epoch compare-and-set lost a race; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(LogError::Unavailable(format!(
+            "could not allocate an epoch for {region}"
+        )))
+    }
+}
+
+impl RegionLog for NatsLog {
+    async fn last_seq(&self) -> LogResult<u64> {
+        let mut stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(unavailable)?;
+        Ok(stream
+            .info()
+            .await
+            .map_err(unavailable)?
+            .state
+            .last_sequence)
+    }
+
+    async fn append(&self, payload: Bytes, msg_id: String, expected_last: u64) -> LogResult<u64> {
+        let publish = PublishMessage::build()
+            .payload(payload)
+            .message_id(msg_id)
+            .expected_last_sequence(expected_last);
+        let ack = match self.js.send_publish(self.subject.clone(), publish).await {
+            Ok(ack) => ack,
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                return Err(LogError::TooLarge(e.to_string()));
+            }
+            Err(e) => return Err(LogError::Indeterminate(e.to_string())),
+        };
+        match tokio::time::timeout(APPEND_ACK_TIMEOUT, ack.into_future()).await {
+            Err(_) => Err(LogError::Indeterminate(
+                "no acknowledgement within 5 s".into(),
+            )),
+            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(LogError::Fenced {
+                    expected: expected_last,
+                })
+            }
+            Ok(Err(e)) => Err(LogError::Indeterminate(e.to_string())),
+        }
+    }
+
+    async fn read(&self, from: u64, to: u64) -> LogResult<Vec<LogEntry>> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(unavailable)?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        loop {
+            let next = tokio::time::timeout(READ_MESSAGE_TIMEOUT, messages.next()).await;
+            let msg = match next {
+                Err(_) => {
+                    return Err(LogError::Unavailable(format!(
+                        "reading the log stalled after sequence {}",
+                        out.last().map_or(from, |e: &LogEntry| e.seq)
+                    )));
+                }
+                Ok(None) => return Err(LogError::Unavailable("log read ended early".into())),
+                Ok(Some(msg)) => msg.map_err(unavailable)?,
+            };
+            let seq = msg.info().map_err(unavailable)?.stream_sequence;
+            if seq > to {
+                break;
+            }
+            out.push(LogEntry {
+                seq,
+                payload: msg.payload.clone(),
+            });
+            if seq == to {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn next_epoch(&self, region: &str) -> LogResult<u64> {
+        self.allocate_epoch(region).await
+    }
+}

