@@ -283,10 +283,10 @@ fn set_value(
     if depth > PATH_DEPTH_MAX {
         return Err(format!("value nested deeper than {PATH_DEPTH_MAX}"));
     }
-    if let PathElem::Index(i) = at {
-        if index(*i) >= tx.length(obj) {
-            return Err(format!("set: index {i} is past the end of the list"));
-        }
+    if let PathElem::Index(i) = at
+        && index(*i) >= tx.length(obj)
+    {
+        return Err(format!("set: index {i} is past the end of the list"));
     }
     let prop = prop_of(at);
     if let Some(s) = scalar(value) {

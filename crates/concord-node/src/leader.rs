@@ -68,9 +68,12 @@ pub struct WriteAck {
     pub hlc: Option<Hlc>,
 }
 
+/// Where a write's outcome goes.
+pub type Reply = oneshot::Sender<Result<WriteAck, NodeError>>;
+
 pub struct WriteRequest {
     pub op: WriteOp,
-    pub reply: oneshot::Sender<Result<WriteAck, NodeError>>,
+    pub reply: Reply,
 }
 
 /// The leader's current identity, shared with the API for `/v1/status`.
@@ -151,8 +154,7 @@ impl<L: RegionLog> Leader<L> {
         let mut overlay = Overlay::default();
         let mut changes: Vec<Change> = Vec::new();
         // For each request: its reply and the index of its change, if it made one.
-        let mut pending: Vec<(oneshot::Sender<Result<WriteAck, NodeError>>, Option<usize>)> =
-            Vec::new();
+        let mut pending: Vec<(Reply, Option<usize>)> = Vec::new();
         let actor = self.origin.actor_bytes();
         for req in reqs {
             let seq = self.next_seq + changes.len() as u64;

@@ -128,16 +128,32 @@ fn bucket_and_key(rest: &str) -> (String, Option<Vec<u8>>) {
     }
 }
 
+/// Past the limit, a body is still read (and dropped) up to this many bytes, so the
+/// client, still sending, receives the 413 instead of a broken connection.
+const DRAIN_BYTES_MAX: usize = 64 << 20;
+
 async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
-    // One byte over the limit is enough to know the body is too large.
-    axum::body::to_bytes(body, node.cfg.value_bytes_max + 1)
-        .await
-        .map_err(|_| {
-            NodeError::TooLarge(format!(
-                "body is larger than the limit of {} bytes (value_bytes_max)",
-                node.cfg.value_bytes_max
-            ))
-        })
+    use futures::StreamExt;
+    let limit = node.cfg.value_bytes_max;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| NodeError::bad("bad_body", format!("reading the request body: {e}")))?;
+        total += chunk.len();
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if total > DRAIN_BYTES_MAX {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(NodeError::TooLarge(format!(
+            "body is larger than the limit of {limit} bytes (value_bytes_max)"
+        )));
+    }
+    Ok(Bytes::from(buf))
 }
 
 async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
@@ -148,34 +164,14 @@ async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
     let reply = match (&parts.method, key) {
         (&Method::GET, None) => super::kv_list(&node, &bucket, &p).await,
         (&Method::GET, Some(k)) => super::kv_get(&node, &bucket, &k).await,
-        (&Method::PUT, Some(k)) => {
-            if let Some(len) = content_length(&parts.headers) {
-                if len > node.cfg.value_bytes_max as u64 {
-                    let e = NodeError::TooLarge(format!(
-                        "body is {len} bytes; the limit is {} (value_bytes_max)",
-                        node.cfg.value_bytes_max
-                    ));
-                    return respond(Reply::error(&e));
-                }
-            }
-            match read_body(&node, body).await {
-                Ok(b) => super::kv_put(&node, &bucket, &k, b, &p).await,
-                Err(e) => Err(e),
-            }
-        }
+        (&Method::PUT, Some(k)) => match read_body(&node, body).await {
+            Ok(b) => super::kv_put(&node, &bucket, &k, b, &p).await,
+            Err(e) => Err(e),
+        },
         (&Method::DELETE, Some(k)) => super::kv_delete(&node, &bucket, &k, &p).await,
         (m, _) => return method_not_allowed(m),
     };
     respond(reply.into())
-}
-
-fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {

@@ -258,7 +258,7 @@ pub async fn doc_get(
     };
     let store = node.store.clone();
     let (b, k) = (bucket.clone(), key.clone());
-    let reply = tokio::task::spawn_blocking(move || -> Result<Reply, NodeError> {
+    tokio::task::spawn_blocking(move || -> Result<Reply, NodeError> {
         let Some(bytes) = store.get_doc(&b, &k)? else {
             return Err(NodeError::NotFound(format!(
                 "document {b}/{k} does not exist"
@@ -275,8 +275,7 @@ pub async fn doc_get(
         Ok(Reply::json(200, doc::to_json(&doc)))
     })
     .await
-    .map_err(|e| NodeError::Fatal(e.to_string()))?;
-    reply
+    .map_err(|e| NodeError::Fatal(e.to_string()))?
 }
 
 pub fn status(node: &Node) -> Reply {

@@ -124,10 +124,10 @@ async fn wait_http(url: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Re
         .build()?;
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(r) = client.get(format!("{url}/v1/status")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(r) = client.get(format!("{url}/v1/status")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
         }
         if pid.is_some_and(|p| !procs::alive(p)) {
             bail!("the process exited");

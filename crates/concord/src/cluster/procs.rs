@@ -60,10 +60,10 @@ fn save(dir: &Path, spec: &ProcSpec) -> anyhow::Result<()> {
 /// output appended to `DIR/logs/NAME.log`.
 pub fn spawn(dir: &Path, mut spec: ProcSpec) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
-    if let Some(pid) = spec.pid {
-        if alive(pid) {
-            bail!("{} is already running (pid {pid})", spec.name);
-        }
+    if let Some(pid) = spec.pid
+        && alive(pid)
+    {
+        bail!("{} is already running (pid {pid})", spec.name);
     }
     std::fs::create_dir_all(dir.join("logs"))?;
     let log = std::fs::OpenOptions::new()

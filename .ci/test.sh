@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing (NATS 2.15.1),
+# builds once, checks formatting and lints, then runs every test (unit, property and
+# integration tests with real nats-server processes and real concord nodes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash .ci/setup.sh
+export PATH="$PWD/.tools/venv/bin:$PATH"
+export CONCORD_NATS_SERVER="$PWD/.tools/venv/bin/nats-server"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== build (the concord binary the integration tests start)"
+cargo build --locked -p concord
+echo "== cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked --workspace

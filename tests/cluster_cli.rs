@@ -1,0 +1,157 @@
+//! `concord cluster up|kill|start` and the client commands, as a user runs them.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use concord_tests::{TempDir, concord_bin, free_port};
+use serde_json::Value;
+
+fn concord(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(concord_bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An offset that puts the deployment's NATS (4301) and HTTP (8301) ports on free ports.
+fn free_offset() -> u16 {
+    loop {
+        let nats = free_port();
+        if !(4301..=60000).contains(&nats) {
+            continue;
+        }
+        let offset = nats - 4301;
+        if TcpListener::bind(("127.0.0.1", 8301 + offset)).is_ok() {
+            return offset;
+        }
+    }
+}
+
+#[test]
+fn cluster_up_kill_start_and_the_client_commands() {
+    let dir = TempDir::new("cluster");
+    let d = dir.0.to_str().unwrap();
+    let offset = free_offset().to_string();
+    let mut up = Command::new(concord_bin())
+        .args([
+            "cluster",
+            "up",
+            "--dir",
+            d,
+            "--regions",
+            "us-east",
+            "--port-offset",
+            &offset,
+        ])
+        .current_dir(concord_tests::repo_root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cluster_json = dir.0.join("cluster.json");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !cluster_json.exists() {
+        assert!(up.try_wait().unwrap().is_none(), "cluster up exited early");
+        assert!(Instant::now() < deadline, "cluster.json never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cluster: Value = serde_json::from_slice(&std::fs::read(&cluster_json).unwrap()).unwrap();
+    let region = &cluster["regions"]["us-east"];
+    assert!(
+        region["nats"]
+            .as_str()
+            .unwrap()
+            .starts_with("nats://127.0.0.1:")
+    );
+    let node = &region["nodes"][0];
+    assert_eq!(node["name"], "us-east-1");
+    assert_eq!(node["role"], "leader");
+    let ep = node["http"].as_str().unwrap().to_string();
+
+    let (ok, out, err) = concord(&["put", "--endpoint", &ep, "users", "alice", "hello"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"ok\":true"), "{out}");
+    assert_eq!(
+        concord(&["get", "--endpoint", &ep, "users", "alice"])
+            .1
+            .trim(),
+        "hello"
+    );
+    assert!(
+        concord(&[
+            "doc",
+            "--endpoint",
+            &ep,
+            "docs",
+            "d",
+            "--ops",
+            r#"[{"op":"inc","path":["n"],"by":2}]"#
+        ])
+        .0
+    );
+    let (_, doc, _) = concord(&["doc", "--endpoint", &ep, "docs", "d"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&doc).unwrap(),
+        serde_json::json!({"n": 2})
+    );
+    assert_eq!(
+        concord(&["ls", "--endpoint", &ep, "users"]).1.trim(),
+        "alice"
+    );
+    let (ok, _, err) = concord(&["get", "--endpoint", &ep, "users", "nobody"]);
+    assert!(!ok && err.contains("404"), "{err}");
+
+    // kill: the node is gone; start: it is back on the same data.
+    let (ok, _, err) = concord(&["cluster", "kill", "--dir", d, "us-east-1"]);
+    assert!(ok, "{err}");
+    assert!(!concord(&["get", "--endpoint", &ep, "users", "alice"]).0);
+    let (ok, _, err) = concord(&["cluster", "start", "--dir", d, "us-east-1"]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out, _) = concord(&["get", "--endpoint", &ep, "users", "alice"]);
+        if ok {
+            assert_eq!(out.trim(), "hello");
+            break;
+        }
+        assert!(Instant::now() < deadline, "us-east-1 did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, status, _) = concord(&["status", "--endpoint", &ep]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["epoch"], 2,
+        "a restarted leader starts a new epoch: {status}"
+    );
+
+    // SIGTERM stops everything.
+    let pids: Vec<u32> =
+        std::fs::read_dir(dir.0.join("procs"))
+            .unwrap()
+            .map(|e| {
+                serde_json::from_slice::<Value>(&std::fs::read(e.unwrap().path()).unwrap()).unwrap()
+                    ["pid"]
+                    .as_u64()
+                    .unwrap() as u32
+            })
+            .collect();
+    assert_eq!(pids.len(), 2);
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    let status = up.wait().unwrap();
+    assert!(status.success(), "cluster up exited with {status}");
+    for pid in pids {
+        // Gone, or a zombie waiting for a parent that is not ours to reap.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let gone = state.is_empty()
+            || state
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'));
+        assert!(gone, "pid {pid} still runs after cluster up stopped");
+    }
+}
