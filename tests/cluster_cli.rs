@@ -128,16 +128,12 @@ fn cluster_up_kill_start_and_the_client_commands() {
     );
 
     // SIGTERM stops everything.
-    let pids: Vec<u32> =
-        std::fs::read_dir(dir.0.join("procs"))
-            .unwrap()
-            .map(|e| {
-                serde_json::from_slice::<Value>(&std::fs::read(e.unwrap().path()).unwrap()).unwrap()
-                    ["pid"]
-                    .as_u64()
-                    .unwrap() as u32
-            })
-            .collect();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(dir.0.join("procs")).unwrap() {
+        let record: Value =
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        pids.push(record["pid"].as_u64().unwrap() as u32);
+    }
     assert_eq!(pids.len(), 2);
     unsafe {
         libc::kill(up.id() as i32, libc::SIGTERM);
