@@ -12,23 +12,10 @@ impl Api {
     /// Send a request; return the status and the body parsed as JSON (panics when the
     /// body of an error is not the documented `{"error", "code"}` object).
     async fn call(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let resp = self
-            .client
-            .request(method, format!("{}{path}", self.url))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = self.client.request(method, format!("{}{path}", self.url)).body(body).send().await.unwrap();
         let status = resp.status().as_u16();
-        assert!(
-            resp.headers().contains_key("concord-token"),
-            "{path}: no Concord-Token"
-        );
-        assert_eq!(
-            resp.headers()["concord-region"],
-            "us-east",
-            "{path}: no Concord-Region"
-        );
+        assert!(resp.headers().contains_key("concord-token"), "{path}: no Concord-Token");
+        assert_eq!(resp.headers()["concord-region"], "us-east", "{path}: no Concord-Region");
         let bytes = resp.bytes().await.unwrap();
         let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status >= 400 {
@@ -42,33 +29,15 @@ impl Api {
         (status, v)
     }
 
-    async fn expect(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Vec<u8>,
-        status: u16,
-        code: &str,
-    ) {
+    async fn expect(&self, method: reqwest::Method, path: &str, body: Vec<u8>, status: u16, code: &str) {
         let (s, v) = self.call(method.clone(), path, body).await;
-        assert_eq!(
-            (s, v["code"].as_str().unwrap_or("")),
-            (status, code),
-            "{method} {path}: {v}"
-        );
+        assert_eq!((s, v["code"].as_str().unwrap_or("")), (status, code), "{method} {path}: {v}");
     }
 
     /// Everything stored, for comparing before and after.
     async fn snapshot(&self) -> (Vec<(String, Vec<u8>)>, Value, Value) {
-        let keys: Value = self
-            .client
-            .get(format!("{}/v1/kv/data?limit=10000", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let keys: Value =
+            self.client.get(format!("{}/v1/kv/data?limit=10000", self.url)).send().await.unwrap().json().await.unwrap();
         let mut values = Vec::new();
         for k in keys["keys"].as_array().unwrap() {
             let k = k.as_str().unwrap().to_string();
@@ -83,24 +52,10 @@ impl Api {
                 .unwrap();
             values.push((k, v.to_vec()));
         }
-        let doc: Value = self
-            .client
-            .get(format!("{}/v1/docs/data/doc", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let status: Value = self
-            .client
-            .get(format!("{}/v1/status", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value =
+            self.client.get(format!("{}/v1/docs/data/doc", self.url)).send().await.unwrap().json().await.unwrap();
+        let status: Value =
+            self.client.get(format!("{}/v1/status", self.url)).send().await.unwrap().json().await.unwrap();
         (values, doc, status["applied"].clone())
     }
 }
@@ -112,143 +67,37 @@ async fn bad_inputs_are_refused_clearly_and_touch_nothing() {
     let dir = TempDir::new("bad-input");
     let nats = Nats::start(&dir.0);
     let node = Node::start(&dir.0, "us-east", &nats.url());
-    let api = Api {
-        url: node.url(),
-        client: http(),
-    };
+    let api = Api { url: node.url(), client: http() };
 
     // Data that must survive every bad request below.
     let max_key = "k".repeat(1024);
-    api.expect(Method::PUT, "/v1/kv/data/k1", b"v1".to_vec(), 200, "")
-        .await;
-    api.expect(
-        Method::PUT,
-        &format!("/v1/kv/data/{max_key}"),
-        b"longest key".to_vec(),
-        200,
-        "",
-    )
-    .await;
-    api.expect(Method::PUT, "/v1/kv/data/big", vec![b'x'; 1 << 20], 200, "")
-        .await;
-    api.expect(
-        Method::PUT,
-        &format!("/v1/kv/data/{}", seg("ünï/cødé key")),
-        b"utf8".to_vec(),
-        200,
-        "",
-    )
-    .await;
+    api.expect(Method::PUT, "/v1/kv/data/k1", b"v1".to_vec(), 200, "").await;
+    api.expect(Method::PUT, &format!("/v1/kv/data/{max_key}"), b"longest key".to_vec(), 200, "").await;
+    api.expect(Method::PUT, "/v1/kv/data/big", vec![b'x'; 1 << 20], 200, "").await;
+    api.expect(Method::PUT, &format!("/v1/kv/data/{}", seg("ünï/cødé key")), b"utf8".to_vec(), 200, "").await;
     let ops = json!({"ops": [{"op": "set", "path": ["a"], "value": 1}, {"op": "inc", "path": ["n"], "by": 2},
         {"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": "abc"}]});
-    api.expect(
-        Method::POST,
-        "/v1/docs/data/doc",
-        ops.to_string().into_bytes(),
-        200,
-        "",
-    )
-    .await;
+    api.expect(Method::POST, "/v1/docs/data/doc", ops.to_string().into_bytes(), 200, "").await;
     let before = api.snapshot().await;
     assert_eq!(before.0.len(), 4);
 
     // Oversized values: 413, by the default 1 MiB limit.
-    api.expect(
-        Method::PUT,
-        "/v1/kv/data/k1",
-        vec![b'x'; (1 << 20) + 1],
-        413,
-        "value_too_large",
-    )
-    .await;
-    api.expect(
-        Method::PUT,
-        "/v1/kv/data/big",
-        vec![b'y'; 3 << 20],
-        413,
-        "value_too_large",
-    )
-    .await;
-    api.expect(
-        Method::POST,
-        "/v1/docs/data/doc",
-        vec![b' '; (1 << 20) + 1],
-        413,
-        "value_too_large",
-    )
-    .await;
+    api.expect(Method::PUT, "/v1/kv/data/k1", vec![b'x'; (1 << 20) + 1], 413, "value_too_large").await;
+    api.expect(Method::PUT, "/v1/kv/data/big", vec![b'y'; 3 << 20], 413, "value_too_large").await;
+    api.expect(Method::POST, "/v1/docs/data/doc", vec![b' '; (1 << 20) + 1], 413, "value_too_large").await;
     // Malformed keys and buckets: 400.
     let long_key = "k".repeat(1025);
-    api.expect(
-        Method::PUT,
-        &format!("/v1/kv/data/{long_key}"),
-        b"v".to_vec(),
-        400,
-        "bad_key",
-    )
-    .await;
-    api.expect(
-        Method::GET,
-        &format!("/v1/kv/data/{long_key}"),
-        vec![],
-        400,
-        "bad_key",
-    )
-    .await;
-    api.expect(Method::PUT, "/v1/kv/data/", b"v".to_vec(), 400, "bad_key")
-        .await;
-    api.expect(
-        Method::PUT,
-        "/v1/kv/data/%FF%FE",
-        b"v".to_vec(),
-        400,
-        "bad_key",
-    )
-    .await;
-    api.expect(
-        Method::PUT,
-        "/v1/kv/data/a%00b",
-        b"v".to_vec(),
-        400,
-        "bad_key",
-    )
-    .await;
-    api.expect(Method::DELETE, "/v1/kv/data/%C3", vec![], 400, "bad_key")
-        .await;
-    api.expect(
-        Method::PUT,
-        "/v1/kv/bad%21bucket/k1",
-        b"v".to_vec(),
-        400,
-        "bad_bucket",
-    )
-    .await;
-    api.expect(
-        Method::GET,
-        "/v1/kv/bad%21bucket",
-        vec![],
-        400,
-        "bad_bucket",
-    )
-    .await;
-    api.expect(
-        Method::PUT,
-        "/v1/kv/data/k1?durability=sometimes",
-        b"v".to_vec(),
-        400,
-        "bad_durability",
-    )
-    .await;
-    api.expect(Method::GET, "/v1/kv/data?limit=0", vec![], 400, "bad_limit")
-        .await;
-    api.expect(
-        Method::GET,
-        "/v1/kv/data?limit=lots",
-        vec![],
-        400,
-        "bad_limit",
-    )
-    .await;
+    api.expect(Method::PUT, &format!("/v1/kv/data/{long_key}"), b"v".to_vec(), 400, "bad_key").await;
+    api.expect(Method::GET, &format!("/v1/kv/data/{long_key}"), vec![], 400, "bad_key").await;
+    api.expect(Method::PUT, "/v1/kv/data/", b"v".to_vec(), 400, "bad_key").await;
+    api.expect(Method::PUT, "/v1/kv/data/%FF%FE", b"v".to_vec(), 400, "bad_key").await;
+    api.expect(Method::PUT, "/v1/kv/data/a%00b", b"v".to_vec(), 400, "bad_key").await;
+    api.expect(Method::DELETE, "/v1/kv/data/%C3", vec![], 400, "bad_key").await;
+    api.expect(Method::PUT, "/v1/kv/bad%21bucket/k1", b"v".to_vec(), 400, "bad_bucket").await;
+    api.expect(Method::GET, "/v1/kv/bad%21bucket", vec![], 400, "bad_bucket").await;
+    api.expect(Method::PUT, "/v1/kv/data/k1?durability=sometimes", b"v".to_vec(), 400, "bad_durability").await;
+    api.expect(Method::GET, "/v1/kv/data?limit=0", vec![], 400, "bad_limit").await;
+    api.expect(Method::GET, "/v1/kv/data?limit=lots", vec![], 400, "bad_limit").await;
     // Malformed document ops: 400, and the document is unchanged.
     for bad in [
         "not json".to_string(),
@@ -263,59 +112,23 @@ async fn bad_inputs_are_refused_clearly_and_touch_nothing() {
     ] {
         api.expect(Method::POST, "/v1/docs/data/doc", bad.into_bytes(), 400, "bad_op").await;
     }
-    api.expect(
-        Method::GET,
-        "/v1/docs/data/doc?format=xml",
-        vec![],
-        400,
-        "bad_format",
-    )
-    .await;
-    api.expect(
-        Method::POST,
-        "/v1/docs/data/",
-        b"{}".to_vec(),
-        400,
-        "bad_key",
-    )
-    .await;
+    api.expect(Method::GET, "/v1/docs/data/doc?format=xml", vec![], 400, "bad_format").await;
+    api.expect(Method::POST, "/v1/docs/data/", b"{}".to_vec(), 400, "bad_key").await;
     // Absent things: 404.
-    api.expect(Method::GET, "/v1/kv/data/absent", vec![], 404, "not_found")
-        .await;
-    api.expect(
-        Method::GET,
-        "/v1/docs/data/absent",
-        vec![],
-        404,
-        "not_found",
-    )
-    .await;
-    api.expect(Method::GET, "/v1/nothing/here", vec![], 404, "not_found")
-        .await;
+    api.expect(Method::GET, "/v1/kv/data/absent", vec![], 404, "not_found").await;
+    api.expect(Method::GET, "/v1/docs/data/absent", vec![], 404, "not_found").await;
+    api.expect(Method::GET, "/v1/nothing/here", vec![], 404, "not_found").await;
     // A deleted key reads as absent.
-    api.expect(Method::PUT, "/v1/kv/other/gone", b"v".to_vec(), 200, "")
-        .await;
-    api.expect(Method::DELETE, "/v1/kv/other/gone", vec![], 200, "")
-        .await;
-    api.expect(Method::GET, "/v1/kv/other/gone", vec![], 404, "not_found")
-        .await;
+    api.expect(Method::PUT, "/v1/kv/other/gone", b"v".to_vec(), 200, "").await;
+    api.expect(Method::DELETE, "/v1/kv/other/gone", vec![], 200, "").await;
+    api.expect(Method::GET, "/v1/kv/other/gone", vec![], 404, "not_found").await;
     // Wrong methods.
-    api.expect(
-        Method::POST,
-        "/v1/kv/data/k1",
-        b"v".to_vec(),
-        400,
-        "method_not_allowed",
-    )
-    .await;
+    api.expect(Method::POST, "/v1/kv/data/k1", b"v".to_vec(), 400, "method_not_allowed").await;
 
     let mut after = api.snapshot().await;
     // The applied vector moved only by the two writes to bucket `other`.
     let origin = before.2.as_object().unwrap().keys().next().unwrap().clone();
-    assert_eq!(
-        after.2[&origin].as_u64().unwrap(),
-        before.2[&origin].as_u64().unwrap() + 2
-    );
+    assert_eq!(after.2[&origin].as_u64().unwrap(), before.2[&origin].as_u64().unwrap() + 2);
     after.2 = before.2.clone();
     assert_eq!(after, before, "a bad request changed stored data");
 
@@ -324,10 +137,7 @@ async fn bad_inputs_are_refused_clearly_and_touch_nothing() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Concord-Bucket", "data");
     headers.insert("Concord-Key", long_key.as_str());
-    let msg = client
-        .request_with_headers("concord.api.us-east.kv.put", headers, "v".into())
-        .await
-        .unwrap();
+    let msg = client.request_with_headers("concord.api.us-east.kv.put", headers, "v".into()).await.unwrap();
     let h = msg.headers.unwrap();
     assert_eq!(h.get("Concord-Status").unwrap().as_str(), "400");
     let v: Value = serde_json::from_slice(&msg.payload).unwrap();
@@ -336,34 +146,10 @@ async fn bad_inputs_are_refused_clearly_and_touch_nothing() {
 
     // A configured limit applies instead of the default.
     drop(node);
-    let small = Node::start_with(
-        &dir.0,
-        "us-east",
-        &nats.url(),
-        &[("CONCORD_VALUE_BYTES_MAX", "16")],
-    );
-    let api = Api {
-        url: small.url(),
-        client: http(),
-    };
-    api.expect(Method::PUT, "/v1/kv/data/k1", vec![b'x'; 16], 200, "")
-        .await;
-    api.expect(
-        Method::PUT,
-        "/v1/kv/data/k1",
-        vec![b'y'; 17],
-        413,
-        "value_too_large",
-    )
-    .await;
-    let got = api
-        .client
-        .get(format!("{}/v1/kv/data/k1", api.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let small = Node::start_with(&dir.0, "us-east", &nats.url(), &[("CONCORD_VALUE_BYTES_MAX", "16")]);
+    let api = Api { url: small.url(), client: http() };
+    api.expect(Method::PUT, "/v1/kv/data/k1", vec![b'x'; 16], 200, "").await;
+    api.expect(Method::PUT, "/v1/kv/data/k1", vec![b'y'; 17], 413, "value_too_large").await;
+    let got = api.client.get(format!("{}/v1/kv/data/k1", api.url)).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(&got[..], &[b'x'; 16][..]);
 }

@@ -36,16 +36,7 @@ fn cluster_up_kill_start_and_the_client_commands() {
     let d = dir.0.to_str().unwrap();
     let offset = free_offset().to_string();
     let mut up = Command::new(concord_bin())
-        .args([
-            "cluster",
-            "up",
-            "--dir",
-            d,
-            "--regions",
-            "us-east",
-            "--port-offset",
-            &offset,
-        ])
+        .args(["cluster", "up", "--dir", d, "--regions", "us-east", "--port-offset", &offset])
         .current_dir(concord_tests::repo_root())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -60,12 +51,7 @@ fn cluster_up_kill_start_and_the_client_commands() {
     }
     let cluster: Value = serde_json::from_slice(&std::fs::read(&cluster_json).unwrap()).unwrap();
     let region = &cluster["regions"]["us-east"];
-    assert!(
-        region["nats"]
-            .as_str()
-            .unwrap()
-            .starts_with("nats://127.0.0.1:")
-    );
+    assert!(region["nats"].as_str().unwrap().starts_with("nats://127.0.0.1:"));
     let node = &region["nodes"][0];
     assert_eq!(node["name"], "us-east-1");
     assert_eq!(node["role"], "leader");
@@ -74,33 +60,11 @@ fn cluster_up_kill_start_and_the_client_commands() {
     let (ok, out, err) = concord(&["put", "--endpoint", &ep, "users", "alice", "hello"]);
     assert!(ok, "{err}");
     assert!(out.contains("\"ok\":true"), "{out}");
-    assert_eq!(
-        concord(&["get", "--endpoint", &ep, "users", "alice"])
-            .1
-            .trim(),
-        "hello"
-    );
-    assert!(
-        concord(&[
-            "doc",
-            "--endpoint",
-            &ep,
-            "docs",
-            "d",
-            "--ops",
-            r#"[{"op":"inc","path":["n"],"by":2}]"#
-        ])
-        .0
-    );
+    assert_eq!(concord(&["get", "--endpoint", &ep, "users", "alice"]).1.trim(), "hello");
+    assert!(concord(&["doc", "--endpoint", &ep, "docs", "d", "--ops", r#"[{"op":"inc","path":["n"],"by":2}]"#]).0);
     let (_, doc, _) = concord(&["doc", "--endpoint", &ep, "docs", "d"]);
-    assert_eq!(
-        serde_json::from_str::<Value>(&doc).unwrap(),
-        serde_json::json!({"n": 2})
-    );
-    assert_eq!(
-        concord(&["ls", "--endpoint", &ep, "users"]).1.trim(),
-        "alice"
-    );
+    assert_eq!(serde_json::from_str::<Value>(&doc).unwrap(), serde_json::json!({"n": 2}));
+    assert_eq!(concord(&["ls", "--endpoint", &ep, "users"]).1.trim(), "alice");
     let (ok, _, err) = concord(&["get", "--endpoint", &ep, "users", "nobody"]);
     assert!(!ok && err.contains("404"), "{err}");
 
@@ -122,16 +86,12 @@ fn cluster_up_kill_start_and_the_client_commands() {
     }
     let (_, status, _) = concord(&["status", "--endpoint", &ep]);
     let status: Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(
-        status["epoch"], 2,
-        "a restarted leader starts a new epoch: {status}"
-    );
+    assert_eq!(status["epoch"], 2, "a restarted leader starts a new epoch: {status}");
 
     // SIGTERM stops everything.
     let mut pids = Vec::new();
     for entry in std::fs::read_dir(dir.0.join("procs")).unwrap() {
-        let record: Value =
-            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        let record: Value = serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
         pids.push(record["pid"].as_u64().unwrap() as u32);
     }
     assert_eq!(pids.len(), 2);
@@ -143,11 +103,7 @@ fn cluster_up_kill_start_and_the_client_commands() {
     for pid in pids {
         // Gone, or a zombie waiting for a parent that is not ours to reap.
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let gone = state.is_empty()
-            || state
-                .rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'));
+        let gone = state.is_empty() || state.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
         assert!(gone, "pid {pid} still runs after cluster up stopped");
     }
 }

@@ -86,10 +86,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
     // Let the load build, then kill the leader mid-load.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while acked.load(Ordering::Relaxed) < 400 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the load never got going"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the load never got going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let acked_before_kill = acked.load(Ordering::Relaxed);
@@ -108,33 +105,19 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
         logs.push(t.await.unwrap());
     }
     let errors: u64 = logs.iter().map(|l| l.errors).sum();
-    assert!(
-        errors > 0,
-        "the kill did not interrupt any write: the test did not test a crash"
-    );
+    assert!(errors > 0, "the kill did not interrupt any write: the test did not test a crash");
     // Writes answered between kill and restart would mean the node was not down.
-    assert!(
-        acked_while_down <= WRITERS as u64,
-        "{acked_while_down} writes acknowledged while the leader was dead"
-    );
+    assert!(acked_while_down <= WRITERS as u64, "{acked_while_down} writes acknowledged while the leader was dead");
 
     let client = http();
     let mut checked = 0;
     for (w, log) in logs.iter().enumerate() {
         for (key, k) in &log.keys {
-            let resp = client
-                .get(format!("{url}/v1/kv/crash/{key}"))
-                .send()
-                .await
-                .unwrap();
+            let resp = client.get(format!("{url}/v1/kv/crash/{key}")).send().await.unwrap();
             let Some(last_acked) = k.last_acked else {
                 continue;
             };
-            assert_eq!(
-                resp.status(),
-                200,
-                "{key}: acknowledged value {last_acked} is gone"
-            );
+            assert_eq!(resp.status(), 200, "{key}: acknowledged value {last_acked} is gone");
             let body = resp.text().await.unwrap();
             let (writer, counter) = body.split_once(':').expect("value format");
             assert_eq!(writer, w.to_string(), "{key} holds another writer's value");
@@ -146,19 +129,10 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
             checked += 1;
         }
     }
-    assert!(
-        checked >= WRITERS * KEYS_PER_WRITER as usize / 2,
-        "too few keys checked: {checked}"
-    );
+    assert!(checked >= WRITERS * KEYS_PER_WRITER as usize / 2, "too few keys checked: {checked}");
 
-    let doc: serde_json::Value = client
-        .get(format!("{url}/v1/docs/counters/shared"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value =
+        client.get(format!("{url}/v1/docs/counters/shared")).send().await.unwrap().json().await.unwrap();
     for (w, log) in logs.iter().enumerate() {
         let n = doc[format!("w{w}")].as_u64().unwrap_or(0);
         assert!(
@@ -168,10 +142,8 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
             log.inc_attempted
         );
     }
-    let total_acked: u64 = logs
-        .iter()
-        .map(|l| l.inc_acked + l.keys.values().filter(|k| k.last_acked.is_some()).count() as u64)
-        .sum();
+    let total_acked: u64 =
+        logs.iter().map(|l| l.inc_acked + l.keys.values().filter(|k| k.last_acked.is_some()).count() as u64).sum();
     println!(
         "crash test: {} writes acknowledged before the kill, {errors} failed around it, {checked} keys and {WRITERS} counters verified ({total_acked} acked incs + keys)",
         acked_before_kill

@@ -9,12 +9,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 async fn post_ops(client: &reqwest::Client, url: &str, ops: Value) -> Value {
-    let resp = client
-        .post(url)
-        .json(&json!({ "ops": ops }))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.post(url).json(&json!({ "ops": ops })).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
 }
@@ -27,19 +22,18 @@ async fn documents_read_back_as_json_and_as_automerge() {
     let client = http();
     let url = format!("{}/v1/docs/app/profile", node.url());
 
-    post_ops(&client, &url, json!([
-        {"op": "set", "path": ["user", "name"], "value": "Ada"},
-        {"op": "set", "path": ["user", "address"], "value": {"city": "London", "zip": ["N1", 7]}},
-        {"op": "inc", "path": ["stats", "logins"], "by": 1},
-    ]))
+    post_ops(
+        &client,
+        &url,
+        json!([
+            {"op": "set", "path": ["user", "name"], "value": "Ada"},
+            {"op": "set", "path": ["user", "address"], "value": {"city": "London", "zip": ["N1", 7]}},
+            {"op": "inc", "path": ["stats", "logins"], "by": 1},
+        ]),
+    )
     .await;
     for _ in 0..4 {
-        post_ops(
-            &client,
-            &url,
-            json!([{"op": "inc", "path": ["stats", "logins"], "by": 2}]),
-        )
-        .await;
+        post_ops(&client, &url, json!([{"op": "inc", "path": ["stats", "logins"], "by": 2}])).await;
     }
     post_ops(
         &client,
@@ -71,11 +65,7 @@ async fn documents_read_back_as_json_and_as_automerge() {
     let got: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(got, expected);
 
-    let resp = client
-        .get(format!("{url}?format=automerge"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(format!("{url}?format=automerge")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/octet-stream");
     let bytes = resp.bytes().await.unwrap();
@@ -102,56 +92,19 @@ async fn documents_read_back_as_json_and_as_automerge() {
     let info = nc.request("$SRV.INFO.concord", "".into()).await.unwrap();
     let info: Value = serde_json::from_slice(&info.payload).unwrap();
     assert_eq!(info["name"], "concord");
-    let subjects: Vec<&str> = info["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["subject"].as_str().unwrap())
-        .collect();
-    for op in [
-        "kv.put",
-        "kv.get",
-        "kv.del",
-        "kv.list",
-        "doc.apply",
-        "doc.get",
-        "status",
-    ] {
-        assert!(
-            subjects.contains(&format!("concord.api.us-east.{op}").as_str()),
-            "{op} missing from {subjects:?}"
-        );
+    let subjects: Vec<&str> =
+        info["endpoints"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap()).collect();
+    for op in ["kv.put", "kv.get", "kv.del", "kv.list", "doc.apply", "doc.get", "status"] {
+        assert!(subjects.contains(&format!("concord.api.us-east.{op}").as_str()), "{op} missing from {subjects:?}");
     }
     let mut h = async_nats::HeaderMap::new();
     h.insert("Concord-Bucket", "app");
     h.insert("Concord-Key", "profile");
     let body = json!({"ops": [{"op": "inc", "path": ["stats", "logins"], "by": 1}]}).to_string();
-    let msg = nc
-        .request_with_headers("concord.api.us-east.doc.apply", h.clone(), body.into())
-        .await
-        .unwrap();
-    assert_eq!(
-        msg.headers
-            .as_ref()
-            .unwrap()
-            .get("Concord-Status")
-            .unwrap()
-            .as_str(),
-        "200"
-    );
-    assert!(
-        msg.headers
-            .as_ref()
-            .unwrap()
-            .get("Concord-Token")
-            .unwrap()
-            .as_str()
-            .starts_with("v1:us-east.")
-    );
-    let msg = nc
-        .request_with_headers("concord.api.us-east.doc.get", h, "".into())
-        .await
-        .unwrap();
+    let msg = nc.request_with_headers("concord.api.us-east.doc.apply", h.clone(), body.into()).await.unwrap();
+    assert_eq!(msg.headers.as_ref().unwrap().get("Concord-Status").unwrap().as_str(), "200");
+    assert!(msg.headers.as_ref().unwrap().get("Concord-Token").unwrap().as_str().starts_with("v1:us-east."));
+    let msg = nc.request_with_headers("concord.api.us-east.doc.get", h, "".into()).await.unwrap();
     let over_nats: Value = serde_json::from_slice(&msg.payload).unwrap();
     let over_http: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(over_nats, over_http);
@@ -161,47 +114,18 @@ async fn documents_read_back_as_json_and_as_automerge() {
     let mut h = async_nats::HeaderMap::new();
     h.insert("Concord-Bucket", "app");
     h.insert("Concord-Key", "a.key.with.dots");
-    let msg = nc
-        .request_with_headers("concord.api.us-east.kv.put", h.clone(), "v".into())
-        .await
-        .unwrap();
-    assert_eq!(
-        msg.headers
-            .as_ref()
-            .unwrap()
-            .get("Concord-Status")
-            .unwrap()
-            .as_str(),
-        "200"
-    );
-    let msg = nc
-        .request_with_headers("concord.api.us-east.kv.get", h, "".into())
-        .await
-        .unwrap();
+    let msg = nc.request_with_headers("concord.api.us-east.kv.put", h.clone(), "v".into()).await.unwrap();
+    assert_eq!(msg.headers.as_ref().unwrap().get("Concord-Status").unwrap().as_str(), "200");
+    let msg = nc.request_with_headers("concord.api.us-east.kv.get", h, "".into()).await.unwrap();
     assert_eq!(&msg.payload[..], b"v");
-    let got = client
-        .get(format!("{}/v1/kv/app/a.key.with.dots", node.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let got =
+        client.get(format!("{}/v1/kv/app/a.key.with.dots", node.url())).send().await.unwrap().text().await.unwrap();
     assert_eq!(got, "v");
     let mut stats = nc.subscribe("_INBOX.stats").await.unwrap();
-    nc.publish_with_reply("$SRV.STATS.concord", "_INBOX.stats", "".into())
-        .await
-        .unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(5), stats.next())
-        .await
-        .unwrap()
-        .unwrap();
+    nc.publish_with_reply("$SRV.STATS.concord", "_INBOX.stats", "".into()).await.unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(5), stats.next()).await.unwrap().unwrap();
     let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
-    let requests: u64 = stats["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["num_requests"].as_u64().unwrap())
-        .sum();
+    let requests: u64 =
+        stats["endpoints"].as_array().unwrap().iter().map(|e| e["num_requests"].as_u64().unwrap()).sum();
     assert!(requests >= 4, "{stats}");
 }

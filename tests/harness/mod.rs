@@ -12,21 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 pub fn concord_bin() -> PathBuf {
-    let path = std::env::var_os("CONCORD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/debug/concord"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p concord` first",
-        path.display()
-    );
+    let path =
+        std::env::var_os("CONCORD_BIN").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/debug/concord"));
+    assert!(path.is_file(), "{} is missing: run `cargo build -p concord` first", path.display());
     path
 }
 
@@ -34,25 +26,15 @@ pub fn nats_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CONCORD_NATS_SERVER") {
         return PathBuf::from(p);
     }
-    let on_path = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| p.is_file()));
     let path = on_path.unwrap_or_else(|| repo_root().join(".tools/venv/bin/nats-server"));
-    assert!(
-        path.is_file(),
-        "nats-server not found: run `bash .ci/setup.sh`"
-    );
+    assert!(path.is_file(), "nats-server not found: run `bash .ci/setup.sh`");
     path
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A temporary directory removed on drop.
@@ -60,11 +42,7 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "concord-test-{name}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = std::env::temp_dir().join(format!("concord-test-{name}-{}-{}", std::process::id(), free_port()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -80,10 +58,7 @@ impl Drop for TempDir {
 fn wait_tcp(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "port {port} did not open within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "port {port} did not open within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -102,11 +77,7 @@ pub struct Nats {
 
 impl Nats {
     pub fn start(dir: &Path) -> Nats {
-        let mut nats = Nats {
-            port: free_port(),
-            dir: dir.join("nats"),
-            child: None,
-        };
+        let mut nats = Nats { port: free_port(), dir: dir.join("nats"), child: None };
         nats.spawn();
         nats
     }
@@ -184,10 +155,7 @@ impl Node {
             name,
             nats_url: nats_url.to_string(),
             region: region.to_string(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
         };
         node.spawn();
@@ -195,11 +163,7 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(concord_bin())
             .args(["serve", "--node", &self.name, "--role", "leader"])
             .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
@@ -233,23 +197,10 @@ impl Node {
                     return;
                 }
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "{} exited ({status}) before it was ready:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("{} exited ({status}) before it was ready:\n{}", self.name, self.log_tail());
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready within {timeout:?}:\n{}",
-                self.name,
-                self.log_tail()
-            );
+            assert!(Instant::now() < deadline, "{} not ready within {timeout:?}:\n{}", self.name, self.log_tail());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -306,8 +257,5 @@ pub fn seg(s: &str) -> String {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
 }

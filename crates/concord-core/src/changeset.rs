@@ -64,10 +64,7 @@ impl Changeset {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        assert!(
-            !self.changes.is_empty(),
-            "a changeset holds at least one change"
-        );
+        assert!(!self.changes.is_empty(), "a changeset holds at least one change");
         assert!(self.first_seq >= 1, "origin sequences start at 1");
         let mut w = Writer::new();
         w.raw(MAGIC);
@@ -106,10 +103,7 @@ impl Changeset {
         }
         let version = r.u8()?;
         if version != FORMAT_VERSION {
-            return Err(CoreError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(CoreError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
         let origin: Origin = parse_origin(&r.string(64)?)?;
         let first_seq = r.u64()?;
@@ -119,47 +113,27 @@ impl Changeset {
         }
         let mut changes = Vec::with_capacity(count.min(1024));
         for _ in 0..count {
-            let hlc = Hlc {
-                wall_ms: r.u64()?,
-                logical: r.u32()?,
-            };
+            let hlc = Hlc { wall_ms: r.u64()?, logical: r.u32()? };
             let bucket = r.string(BUCKET_BYTES_MAX)?;
             let key = r.string(KEY_BYTES_MAX)?;
             let body = match r.u8()? {
                 1 => {
                     let value = r.bytes(BODY_BYTES_MAX)?.to_vec();
-                    ChangeBody::Put {
-                        value,
-                        vv: decode_vv(&mut r)?,
-                    }
+                    ChangeBody::Put { value, vv: decode_vv(&mut r)? }
                 }
-                2 => ChangeBody::Delete {
-                    vv: decode_vv(&mut r)?,
-                },
-                3 => ChangeBody::Doc {
-                    change: r.bytes(BODY_BYTES_MAX)?.to_vec(),
-                },
+                2 => ChangeBody::Delete { vv: decode_vv(&mut r)? },
+                3 => ChangeBody::Doc { change: r.bytes(BODY_BYTES_MAX)?.to_vec() },
                 kind => return Err(CoreError::Corrupt(format!("unknown change kind {kind}"))),
             };
-            changes.push(Change {
-                hlc,
-                bucket,
-                key,
-                body,
-            });
+            changes.push(Change { hlc, bucket, key, body });
         }
         r.expect_end()?;
-        Ok(Changeset {
-            origin,
-            first_seq,
-            changes,
-        })
+        Ok(Changeset { origin, first_seq, changes })
     }
 }
 
 fn parse_origin(s: &str) -> CoreResult<Origin> {
-    s.parse()
-        .map_err(|e: CoreError| CoreError::Corrupt(e.to_string()))
+    s.parse().map_err(|e: CoreError| CoreError::Corrupt(e.to_string()))
 }
 
 fn encode_vv(w: &mut Writer, vv: &VersionVector) {
@@ -212,16 +186,10 @@ pub mod stored {
         let mut r = Reader::new(bytes);
         let version = r.u8()?;
         if version != STORED_VERSION {
-            return Err(CoreError::UnsupportedVersion {
-                found: version,
-                supported: STORED_VERSION,
-            });
+            return Err(CoreError::UnsupportedVersion { found: version, supported: STORED_VERSION });
         }
         let origin = parse_origin(&r.string(64)?)?;
-        let hlc = Hlc {
-            wall_ms: r.u64()?,
-            logical: r.u32()?,
-        };
+        let hlc = Hlc { wall_ms: r.u64()?, logical: r.u32()? };
         let value = match r.u8()? {
             1 => Some(r.bytes(BODY_BYTES_MAX)?.to_vec()),
             0 => None,
@@ -229,12 +197,7 @@ pub mod stored {
         };
         let vv = decode_vv(&mut r)?;
         r.expect_end()?;
-        Ok(Version {
-            value,
-            hlc,
-            origin,
-            vv,
-        })
+        Ok(Version { value, hlc, origin, vv })
     }
 }
 
@@ -245,10 +208,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn origin(i: u8, epoch: u64) -> Origin {
-        Origin::new(
-            RegionId::new(["us-east", "eu-west", "ap-south"][i as usize % 3]).unwrap(),
-            epoch,
-        )
+        Origin::new(RegionId::new(["us-east", "eu-west", "ap-south"][i as usize % 3]).unwrap(), epoch)
     }
 
     fn vv() -> impl Strategy<Value = VersionVector> {
@@ -258,42 +218,21 @@ mod tests {
 
     fn body() -> impl Strategy<Value = ChangeBody> {
         prop_oneof![
-            (proptest::collection::vec(any::<u8>(), 0..64), vv())
-                .prop_map(|(value, vv)| ChangeBody::Put { value, vv }),
+            (proptest::collection::vec(any::<u8>(), 0..64), vv()).prop_map(|(value, vv)| ChangeBody::Put { value, vv }),
             vv().prop_map(|vv| ChangeBody::Delete { vv }),
-            proptest::collection::vec(any::<u8>(), 0..64)
-                .prop_map(|change| ChangeBody::Doc { change }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|change| ChangeBody::Doc { change }),
         ]
     }
 
     fn change() -> impl Strategy<Value = Change> {
-        (
-            any::<u64>(),
-            any::<u32>(),
-            "[a-z]{1,8}",
-            "\\PC{1,16}",
-            body(),
+        (any::<u64>(), any::<u32>(), "[a-z]{1,8}", "\\PC{1,16}", body()).prop_map(
+            |(wall_ms, logical, bucket, key, body)| Change { hlc: Hlc { wall_ms, logical }, bucket, key, body },
         )
-            .prop_map(|(wall_ms, logical, bucket, key, body)| Change {
-                hlc: Hlc { wall_ms, logical },
-                bucket,
-                key,
-                body,
-            })
     }
 
     fn changeset() -> impl Strategy<Value = Changeset> {
-        (
-            0u8..3,
-            1u64..u64::MAX / 2,
-            1u64..1_000_000,
-            proptest::collection::vec(change(), 1..8),
-        )
-            .prop_map(|(o, e, first_seq, changes)| Changeset {
-                origin: origin(o, e),
-                first_seq,
-                changes,
-            })
+        (0u8..3, 1u64..u64::MAX / 2, 1u64..1_000_000, proptest::collection::vec(change(), 1..8))
+            .prop_map(|(o, e, first_seq, changes)| Changeset { origin: origin(o, e), first_seq, changes })
     }
 
     proptest! {
@@ -342,19 +281,11 @@ mod tests {
                 hlc: Hlc::ZERO,
                 bucket: "b".into(),
                 key: "k".into(),
-                body: ChangeBody::Delete {
-                    vv: VersionVector::new(),
-                },
+                body: ChangeBody::Delete { vv: VersionVector::new() },
             }],
         };
         let mut bytes = cs.encode();
         bytes[3] = 9;
-        assert_eq!(
-            Changeset::decode(&bytes),
-            Err(CoreError::UnsupportedVersion {
-                found: 9,
-                supported: 1
-            })
-        );
+        assert_eq!(Changeset::decode(&bytes), Err(CoreError::UnsupportedVersion { found: 9, supported: 1 }));
     }
 }

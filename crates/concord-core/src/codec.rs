@@ -64,10 +64,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u8(&mut self) -> CoreResult<u8> {
-        let b = *self
-            .buf
-            .get(self.pos)
-            .ok_or_else(|| self.corrupt("truncated"))?;
+        let b = *self.buf.get(self.pos).ok_or_else(|| self.corrupt("truncated"))?;
         self.pos += 1;
         Ok(b)
     }

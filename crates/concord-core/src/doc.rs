@@ -16,8 +16,7 @@
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{
-    ActorId, Automerge, Change, LoadOptions, ObjId, ObjType, ROOT, ReadDoc, ScalarValue,
-    TextEncoding, Value,
+    ActorId, Automerge, Change, LoadOptions, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, TextEncoding, Value,
 };
 use base64::Engine;
 use serde::Deserialize;
@@ -72,16 +71,13 @@ struct OpsRequest {
 
 /// Parse a request body `{"ops": [...]}`.
 pub fn parse_ops(body: &[u8]) -> CoreResult<Vec<DocOp>> {
-    let req: OpsRequest = serde_json::from_slice(body)
-        .map_err(|e| CoreError::InvalidOp(format!("request body: {e}")))?;
+    let req: OpsRequest =
+        serde_json::from_slice(body).map_err(|e| CoreError::InvalidOp(format!("request body: {e}")))?;
     if req.ops.is_empty() {
         return Err(CoreError::InvalidOp("ops is empty".into()));
     }
     if req.ops.len() > OPS_MAX {
-        return Err(CoreError::InvalidOp(format!(
-            "{} ops; the limit is {OPS_MAX}",
-            req.ops.len()
-        )));
+        return Err(CoreError::InvalidOp(format!("{} ops; the limit is {OPS_MAX}", req.ops.len())));
     }
     Ok(req.ops)
 }
@@ -91,11 +87,8 @@ pub fn new_doc() -> Automerge {
 }
 
 pub fn load_doc(bytes: &[u8]) -> CoreResult<Automerge> {
-    Automerge::load_with_options(
-        bytes,
-        LoadOptions::new().text_encoding(TextEncoding::UnicodeCodePoint),
-    )
-    .map_err(|e| CoreError::Corrupt(format!("automerge document: {e}")))
+    Automerge::load_with_options(bytes, LoadOptions::new().text_encoding(TextEncoding::UnicodeCodePoint))
+        .map_err(|e| CoreError::Corrupt(format!("automerge document: {e}")))
 }
 
 /// Apply `ops` as one change by `actor`. Returns the change, or `None` when the ops
@@ -119,9 +112,7 @@ fn split_path(path: &[PathElem]) -> OpResult<(&[PathElem], &PathElem)> {
     if path.len() > PATH_DEPTH_MAX {
         return Err(format!("path deeper than {PATH_DEPTH_MAX}"));
     }
-    path.split_last()
-        .map(|(last, parent)| (parent, last))
-        .ok_or_else(|| "path is empty".to_string())
+    path.split_last().map(|(last, parent)| (parent, last)).ok_or_else(|| "path is empty".to_string())
 }
 
 fn am(e: automerge::AutomergeError) -> String {
@@ -150,9 +141,7 @@ fn resolve(tx: &mut Transaction<'_>, path: &[PathElem], create: bool) -> OpResul
             (Some((Value::Scalar(_), _)), _) => {
                 return Err(format!("path element {depth} is not an object"));
             }
-            (None, PathElem::Key(k)) if create => {
-                tx.put_object(&obj, k.as_str(), ObjType::Map).map_err(am)?
-            }
+            (None, PathElem::Key(k)) if create => tx.put_object(&obj, k.as_str(), ObjType::Map).map_err(am)?,
             (None, _) => return Err(format!("path element {depth} does not exist")),
         };
     }
@@ -184,40 +173,27 @@ fn apply_op(tx: &mut Transaction<'_>, op: &DocOp) -> OpResult<()> {
             };
             let list = list_at(tx, parent, *i == 0)?;
             if index(*i) > tx.length(&list) {
-                return Err(format!(
-                    "insert: index {i} is past the end of the list ({})",
-                    tx.length(&list)
-                ));
+                return Err(format!("insert: index {i} is past the end of the list ({})", tx.length(&list)));
             }
             insert_value(tx, &list, index(*i), value, 0)
         }
-        DocOp::Splice {
-            path,
-            pos,
-            del,
-            text,
-        } => {
+        DocOp::Splice { path, pos, del, text } => {
             let (parent, last) = split_path(path)?;
             let obj = resolve(tx, parent, true)?;
             let text_obj = match tx.get(&obj, prop_of(last)).map_err(am)? {
                 Some((Value::Object(ObjType::Text), id)) => id,
                 None => match last {
-                    PathElem::Key(k) => {
-                        tx.put_object(&obj, k.as_str(), ObjType::Text).map_err(am)?
-                    }
+                    PathElem::Key(k) => tx.put_object(&obj, k.as_str(), ObjType::Text).map_err(am)?,
                     PathElem::Index(_) => return Err("splice: no text at that index".into()),
                 },
                 Some(_) => return Err("splice: the property is not text".into()),
             };
             let len = tx.length(&text_obj) as u64;
             if pos.checked_add(*del).is_none_or(|end| end > len) {
-                return Err(format!(
-                    "splice: pos {pos} + del {del} is past the end of the text ({len})"
-                ));
+                return Err(format!("splice: pos {pos} + del {del} is past the end of the text ({len})"));
             }
             let del = isize::try_from(*del).map_err(|_| "splice: del too large".to_string())?;
-            tx.splice_text(&text_obj, index(*pos), del, text)
-                .map_err(am)
+            tx.splice_text(&text_obj, index(*pos), del, text).map_err(am)
         }
         DocOp::Del { path } => {
             let (parent, last) = split_path(path)?;
@@ -273,13 +249,7 @@ fn scalar(value: &Json) -> Option<ScalarValue> {
     })
 }
 
-fn set_value(
-    tx: &mut Transaction<'_>,
-    obj: &ObjId,
-    at: &PathElem,
-    value: &Json,
-    depth: usize,
-) -> OpResult<()> {
+fn set_value(tx: &mut Transaction<'_>, obj: &ObjId, at: &PathElem, value: &Json, depth: usize) -> OpResult<()> {
     if depth > PATH_DEPTH_MAX {
         return Err(format!("value nested deeper than {PATH_DEPTH_MAX}"));
     }
@@ -299,13 +269,7 @@ fn set_value(
     fill(tx, &child, value, depth + 1)
 }
 
-fn insert_value(
-    tx: &mut Transaction<'_>,
-    list: &ObjId,
-    i: usize,
-    value: &Json,
-    depth: usize,
-) -> OpResult<()> {
+fn insert_value(tx: &mut Transaction<'_>, list: &ObjId, i: usize, value: &Json, depth: usize) -> OpResult<()> {
     if depth > PATH_DEPTH_MAX {
         return Err(format!("value nested deeper than {PATH_DEPTH_MAX}"));
     }

@@ -7,31 +7,20 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Hlc {
     pub wall_ms: u64,
     pub logical: u32,
 }
 
 impl Hlc {
-    pub const ZERO: Hlc = Hlc {
-        wall_ms: 0,
-        logical: 0,
-    };
+    pub const ZERO: Hlc = Hlc { wall_ms: 0, logical: 0 };
 
     /// The smallest timestamp greater than `self`.
     pub fn successor(self) -> Hlc {
         match self.logical.checked_add(1) {
-            Some(logical) => Hlc {
-                wall_ms: self.wall_ms,
-                logical,
-            },
-            None => Hlc {
-                wall_ms: self.wall_ms + 1,
-                logical: 0,
-            },
+            Some(logical) => Hlc { wall_ms: self.wall_ms, logical },
+            None => Hlc { wall_ms: self.wall_ms + 1, logical: 0 },
         }
     }
 }
@@ -45,14 +34,7 @@ pub struct Clock {
 impl Clock {
     /// A new timestamp, greater than everything issued or observed so far.
     pub fn tick(&mut self, wall_ms: u64) -> Hlc {
-        let next = if wall_ms > self.last.wall_ms {
-            Hlc {
-                wall_ms,
-                logical: 0,
-            }
-        } else {
-            self.last.successor()
-        };
+        let next = if wall_ms > self.last.wall_ms { Hlc { wall_ms, logical: 0 } } else { self.last.successor() };
         self.last = next;
         next
     }
@@ -79,24 +61,9 @@ mod tests {
         let a = c.tick(1000);
         let b = c.tick(900);
         assert!(b > a);
-        c.observe(Hlc {
-            wall_ms: 5000,
-            logical: 3,
-        });
+        c.observe(Hlc { wall_ms: 5000, logical: 3 });
         let d = c.tick(1000);
-        assert_eq!(
-            d,
-            Hlc {
-                wall_ms: 5000,
-                logical: 4
-            }
-        );
-        assert_eq!(
-            c.tick(6000),
-            Hlc {
-                wall_ms: 6000,
-                logical: 0
-            }
-        );
+        assert_eq!(d, Hlc { wall_ms: 5000, logical: 4 });
+        assert_eq!(c.tick(6000), Hlc { wall_ms: 6000, logical: 0 });
     }
 }

@@ -21,9 +21,7 @@ pub struct RegionId(String);
 impl RegionId {
     pub fn new(name: impl Into<String>) -> CoreResult<Self> {
         let name = name.into();
-        let valid_chars = name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let valid_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if name.is_empty() || name.len() > REGION_BYTES_MAX || !valid_chars {
             return Err(CoreError::InvalidInput(format!(
                 "region {name:?}: use 1 to {REGION_BYTES_MAX} of a-z, 0-9 and '-'"
@@ -84,12 +82,11 @@ impl fmt::Display for Origin {
 impl FromStr for Origin {
     type Err = CoreError;
     fn from_str(s: &str) -> CoreResult<Self> {
-        let (region, epoch) = s.rsplit_once('.').ok_or_else(|| {
-            CoreError::InvalidInput(format!("origin {s:?}: expected region.epoch"))
-        })?;
-        let epoch = epoch
-            .parse()
-            .map_err(|_| CoreError::InvalidInput(format!("origin {s:?}: epoch is not a number")))?;
+        let (region, epoch) = s
+            .rsplit_once('.')
+            .ok_or_else(|| CoreError::InvalidInput(format!("origin {s:?}: expected region.epoch")))?;
+        let epoch =
+            epoch.parse().map_err(|_| CoreError::InvalidInput(format!("origin {s:?}: epoch is not a number")))?;
         Ok(Self::new(RegionId::new(region)?, epoch))
     }
 }

@@ -10,9 +10,7 @@ pub const BUCKET_BYTES_MAX: usize = 128;
 pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
 
 pub fn check_bucket(bucket: &str) -> CoreResult<()> {
-    let ok_chars = bucket
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let ok_chars = bucket.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if bucket.is_empty() || bucket.len() > BUCKET_BYTES_MAX || !ok_chars {
         return Err(CoreError::InvalidInput(format!(
             "bucket {bucket:?}: use 1 to {BUCKET_BYTES_MAX} of A-Z, a-z, 0-9, '_', '-', '.'"
@@ -28,13 +26,9 @@ pub fn check_key(key: &[u8]) -> CoreResult<&str> {
         return Err(CoreError::InvalidInput("key is empty".into()));
     }
     if key.len() > KEY_BYTES_MAX {
-        return Err(CoreError::InvalidInput(format!(
-            "key is {} bytes; the limit is {KEY_BYTES_MAX}",
-            key.len()
-        )));
+        return Err(CoreError::InvalidInput(format!("key is {} bytes; the limit is {KEY_BYTES_MAX}", key.len())));
     }
-    let key = std::str::from_utf8(key)
-        .map_err(|_| CoreError::InvalidInput("key is not valid UTF-8".into()))?;
+    let key = std::str::from_utf8(key).map_err(|_| CoreError::InvalidInput("key is not valid UTF-8".into()))?;
     if key.contains('\0') {
         return Err(CoreError::InvalidInput("key contains NUL".into()));
     }

@@ -50,11 +50,7 @@ pub struct Merged {
 /// result's vector is the join of both, so a later write supersedes both versions.
 pub fn merge(current: &Version, incoming: &Version) -> Merged {
     let causality = current.vv.compare(&incoming.vv);
-    let (winner, loser) = if incoming.rank() > current.rank() {
-        (incoming, current)
-    } else {
-        (current, incoming)
-    };
+    let (winner, loser) = if incoming.rank() > current.rank() { (incoming, current) } else { (current, incoming) };
     let mut state = winner.clone();
     state.vv.join(&loser.vv);
     let conflict = (causality == Causality::Concurrent).then(|| (winner.clone(), loser.clone()));
@@ -68,10 +64,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn origin(i: u8) -> Origin {
-        Origin::new(
-            RegionId::new(format!("r{}", i % 3)).unwrap(),
-            u64::from(i % 2) + 1,
-        )
+        Origin::new(RegionId::new(format!("r{}", i % 3)).unwrap(), u64::from(i % 2) + 1)
     }
 
     prop_compose! {
@@ -128,19 +121,13 @@ mod tests {
         let o = origin(0);
         let old = Version {
             value: Some(b"1".to_vec()),
-            hlc: Hlc {
-                wall_ms: 1,
-                logical: 0,
-            },
+            hlc: Hlc { wall_ms: 1, logical: 0 },
             origin: o.clone(),
             vv: [(o.clone(), 1)].into_iter().collect(),
         };
         let new = Version {
             value: Some(b"2".to_vec()),
-            hlc: Hlc {
-                wall_ms: 2,
-                logical: 0,
-            },
+            hlc: Hlc { wall_ms: 2, logical: 0 },
             origin: o.clone(),
             vv: [(o, 2)].into_iter().collect(),
         };

@@ -17,9 +17,7 @@ pub fn encode(vv: &VersionVector) -> String {
 
 pub fn decode(token: &str) -> CoreResult<VersionVector> {
     let bad = |why: &str| CoreError::InvalidInput(format!("session token: {why}"));
-    let body = token
-        .strip_prefix(PREFIX)
-        .ok_or_else(|| bad("expected the prefix v1:"))?;
+    let body = token.strip_prefix(PREFIX).ok_or_else(|| bad("expected the prefix v1:"))?;
     let mut vv = VersionVector::new();
     if body.is_empty() {
         return Ok(vv);
@@ -28,9 +26,7 @@ pub fn decode(token: &str) -> CoreResult<VersionVector> {
         if i >= TOKEN_ENTRIES_MAX {
             return Err(bad("too many entries"));
         }
-        let (origin, seq) = pair
-            .split_once('=')
-            .ok_or_else(|| bad("expected origin=seq"))?;
+        let (origin, seq) = pair.split_once('=').ok_or_else(|| bad("expected origin=seq"))?;
         let origin: Origin = origin.parse()?;
         let seq: u64 = seq.parse().map_err(|_| bad("sequence is not a number"))?;
         vv.observe(&origin, seq);
@@ -46,9 +42,7 @@ mod tests {
     #[test]
     fn tokens_round_trip() {
         let o = |r: &str, e| Origin::new(RegionId::new(r).unwrap(), e);
-        let vv: VersionVector = [(o("us-east", 3), 120), (o("eu-west", 1), 55)]
-            .into_iter()
-            .collect();
+        let vv: VersionVector = [(o("us-east", 3), 120), (o("eu-west", 1), 55)].into_iter().collect();
         let t = encode(&vv);
         assert_eq!(t, "v1:eu-west.1=55,us-east.3=120");
         assert_eq!(decode(&t).unwrap(), vv);

@@ -50,6 +50,12 @@ pub struct NodeConfig {
     pub write_timeout_ms: u64,
     /// How long the node tries to reach NATS at start before giving up.
     pub nats_connect_timeout_ms: u64,
+    /// Every region of the deployment (this one included). Changesets of the others
+    /// arrive through local mirrors of their logs. Empty: this region alone.
+    pub regions: Vec<String>,
+    /// How long a `remote` or `all` write waits for other regions to store it before
+    /// answering 504 (the write stays durable here and still replicates).
+    pub durability_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -67,6 +73,8 @@ impl Default for NodeConfig {
             write_queue_max: 8192,
             write_timeout_ms: 30_000,
             nats_connect_timeout_ms: 30_000,
+            regions: Vec::new(),
+            durability_timeout_ms: 10_000,
         }
     }
 }
@@ -74,15 +82,9 @@ impl Default for NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("parsing {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("environment variable {name}: {why}")]
     Env { name: String, why: String },
     #[error("invalid configuration: {0}")]
@@ -94,14 +96,8 @@ impl NodeConfig {
     pub fn load(path: Option<&Path>) -> Result<NodeConfig, ConfigError> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.into(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: p.into(),
-                    source,
-                })?
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p.into(), source })?
             }
             None => NodeConfig::default(),
         };
@@ -111,51 +107,55 @@ impl NodeConfig {
 
     /// Override fields from `CONCORD_<FIELD>` variables, read through `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let mut table =
-            toml::Table::try_from(&*self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut table = toml::Table::try_from(&*self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mut changed = false;
         for (field, value) in table.iter_mut() {
             let name = format!("CONCORD_{}", field.to_ascii_uppercase());
             let Some(text) = get(&name) else { continue };
             *value = match value {
-                toml::Value::Integer(_) => {
-                    toml::Value::Integer(text.parse().map_err(|_| ConfigError::Env {
-                        name: name.clone(),
-                        why: "expected an integer".into(),
-                    })?)
-                }
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    text.parse()
+                        .map_err(|_| ConfigError::Env { name: name.clone(), why: "expected an integer".into() })?,
+                ),
                 _ => toml::Value::String(text),
             };
             changed = true;
         }
         if changed {
-            *self = table
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+            *self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(())
     }
 
     pub fn validate(&self) -> Result<RegionId, ConfigError> {
-        let region =
-            RegionId::new(&self.region).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let region = RegionId::new(&self.region).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.node.is_empty() {
             return Err(ConfigError::Invalid("node name is empty".into()));
         }
-        if self.value_bytes_max == 0
-            || self.value_bytes_max > concord_core::changeset::BODY_BYTES_MAX
-        {
+        if self.value_bytes_max == 0 || self.value_bytes_max > concord_core::changeset::BODY_BYTES_MAX {
             return Err(ConfigError::Invalid(format!(
                 "value_bytes_max must be 1..={}",
                 concord_core::changeset::BODY_BYTES_MAX
             )));
         }
         if self.batch_changes_max == 0 || self.write_queue_max == 0 {
-            return Err(ConfigError::Invalid(
-                "batch_changes_max and write_queue_max must be positive".into(),
-            ));
+            return Err(ConfigError::Invalid("batch_changes_max and write_queue_max must be positive".into()));
+        }
+        for r in &self.regions {
+            RegionId::new(r.as_str()).map_err(|e| ConfigError::Invalid(format!("regions: {e}")))?;
+        }
+        if !self.regions.is_empty() && !self.regions.contains(&self.region) {
+            return Err(ConfigError::Invalid(format!(
+                "regions {:?} does not include this node's region {}",
+                self.regions, self.region
+            )));
         }
         Ok(region)
+    }
+
+    /// The other regions of the deployment.
+    pub fn remote_regions(&self) -> Vec<RegionId> {
+        self.regions.iter().filter(|r| **r != self.region).filter_map(|r| RegionId::new(r.as_str()).ok()).collect()
     }
 }
 
@@ -169,14 +169,13 @@ mod tests {
         cfg.apply_env(|n| match n {
             "CONCORD_REGION" => Some("eu-west".into()),
             "CONCORD_VALUE_BYTES_MAX" => Some("42".into()),
+            "CONCORD_REGIONS" => Some("us-east, eu-west".into()),
             _ => None,
         })
         .unwrap();
         assert_eq!(cfg.region, "eu-west");
         assert_eq!(cfg.value_bytes_max, 42);
-        assert!(
-            cfg.apply_env(|n| (n == "CONCORD_VALUE_BYTES_MAX").then(|| "x".into()))
-                .is_err()
-        );
+        assert_eq!(cfg.regions, ["us-east", "eu-west"]);
+        assert!(cfg.apply_env(|n| (n == "CONCORD_VALUE_BYTES_MAX").then(|| "x".into())).is_err());
     }
 }

@@ -23,6 +23,9 @@ pub enum NodeError {
     /// The write was not confirmed in time (504); it may still apply.
     #[error("{0}")]
     Timeout(String),
+    /// The write is durable here but other regions did not confirm it in time (504).
+    #[error("{message}")]
+    DurabilityTimeout { message: String, unconfirmed: Vec<String> },
     /// Local state failed; the node stops.
     #[error("internal error: {0}")]
     Fatal(String),
@@ -30,17 +33,11 @@ pub enum NodeError {
 
 impl NodeError {
     pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        NodeError::BadRequest {
-            code,
-            message: message.into(),
-        }
+        NodeError::BadRequest { code, message: message.into() }
     }
 
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        NodeError::Unavailable {
-            code,
-            message: message.into(),
-        }
+        NodeError::Unavailable { code, message: message.into() }
     }
 
     pub fn status(&self) -> u16 {
@@ -49,7 +46,7 @@ impl NodeError {
             NodeError::NotFound(_) => 404,
             NodeError::TooLarge(_) => 413,
             NodeError::Unavailable { .. } => 503,
-            NodeError::Timeout(_) => 504,
+            NodeError::Timeout(_) | NodeError::DurabilityTimeout { .. } => 504,
             NodeError::Fatal(_) => 500,
         }
     }
@@ -60,6 +57,7 @@ impl NodeError {
             NodeError::NotFound(_) => "not_found",
             NodeError::TooLarge(_) => "value_too_large",
             NodeError::Timeout(_) => "timeout",
+            NodeError::DurabilityTimeout { .. } => "durability_timeout",
             NodeError::Fatal(_) => "internal",
         }
     }

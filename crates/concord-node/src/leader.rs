@@ -13,6 +13,7 @@
 //! no Automerge actor sequence is ever reused for different content. When the log was
 //! written by another origin of this region, this leader was deposed: it stops writing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,10 @@ use bytes::Bytes;
 use concord_core::changeset::{Change, ChangeBody, Changeset};
 use concord_core::doc::{self, DocOp};
 use concord_core::hlc::Hlc;
-use concord_core::ids::Origin;
+use concord_core::ids::{Origin, RegionId};
 use concord_core::lww::Version;
 use concord_core::vv::VersionVector;
+use concord_transport::LogEntry;
 use concord_transport::{LogError, RegionLog};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -33,20 +35,9 @@ use crate::replica::{Overlay, Replica};
 
 #[derive(Debug)]
 pub enum WriteOp {
-    Put {
-        bucket: String,
-        key: String,
-        value: Bytes,
-    },
-    Delete {
-        bucket: String,
-        key: String,
-    },
-    Doc {
-        bucket: String,
-        key: String,
-        ops: Vec<DocOp>,
-    },
+    Put { bucket: String, key: String, value: Bytes },
+    Delete { bucket: String, key: String },
+    Doc { bucket: String, key: String, ops: Vec<DocOp> },
 }
 
 impl WriteOp {
@@ -66,6 +57,10 @@ pub struct WriteAck {
     /// The write's sequence in its origin; `None` when it changed nothing.
     pub seq: Option<u64>,
     pub hlc: Option<Hlc>,
+    /// The sequence of the changeset in the region's log (what other regions' mirrors
+    /// must reach for `remote` / `all` durability); `None` when nothing was written.
+    #[serde(skip)]
+    pub log_seq: Option<u64>,
 }
 
 /// Where a write's outcome goes.
@@ -95,28 +90,45 @@ pub struct Leader<L: RegionLog> {
     pub batch_bytes_max: usize,
     pub append_deadline: Duration,
     pub state_tx: watch::Sender<LeaderState>,
+    /// The local mirrors of other regions' logs, and whose log each one holds.
+    pub mirrors: HashMap<String, RegionId>,
 }
+
+/// Most entries from other regions applied in one step.
+const INBOUND_BATCH_MAX: usize = 1000;
 
 fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
 impl<L: RegionLog> Leader<L> {
-    /// Serve writes until the queue closes or `shutdown` fires; then drain what is queued.
+    /// Serve writes, and apply what arrives from other regions, until the queue closes or
+    /// `shutdown` fires; then drain what is queued.
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<WriteRequest>,
+        mut inbound: mpsc::Receiver<(String, LogEntry)>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), NodeError> {
         let mut carry: Option<WriteRequest> = None;
+        let mut stopping = false;
         loop {
             let first = match carry.take() {
                 Some(r) => r,
+                None if stopping => match rx.recv().await {
+                    Some(r) => r,
+                    None => break,
+                },
                 None => tokio::select! {
                     r = rx.recv() => match r { Some(r) => r, None => break },
+                    Some(entry) = inbound.recv() => {
+                        self.apply_inbound(entry, &mut inbound).await?;
+                        continue;
+                    }
                     _ = shutdown.changed() => {
                         rx.close();
-                        match rx.recv().await { Some(r) => r, None => break }
+                        stopping = true;
+                        continue;
                     }
                 },
             };
@@ -137,16 +149,46 @@ impl<L: RegionLog> Leader<L> {
             }
             if self.state_tx.borrow().fenced {
                 for r in reqs {
-                    let _ = r.reply.send(Err(NodeError::unavailable(
-                        "not_leader",
-                        "this node lost its leadership (fenced)",
-                    )));
+                    let _ = r
+                        .reply
+                        .send(Err(NodeError::unavailable("not_leader", "this node lost its leadership (fenced)")));
                 }
                 continue;
             }
             self.process(reqs).await?;
         }
         info!("writer drained and stopped");
+        Ok(())
+    }
+
+    /// Apply `first` and whatever else has arrived from other regions, stream by stream.
+    async fn apply_inbound(
+        &mut self,
+        first: (String, LogEntry),
+        inbound: &mut mpsc::Receiver<(String, LogEntry)>,
+    ) -> Result<(), NodeError> {
+        let mut by_stream: Vec<(String, Vec<LogEntry>)> = vec![(first.0, vec![first.1])];
+        let mut n = 1;
+        while n < INBOUND_BATCH_MAX {
+            let Ok((stream, entry)) = inbound.try_recv() else { break };
+            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+                Some((_, entries)) => entries.push(entry),
+                None => by_stream.push((stream, vec![entry])),
+            }
+            n += 1;
+        }
+        for (stream, entries) in by_stream {
+            let Some(region) = self.mirrors.get(&stream).cloned() else {
+                warn!(stream, "entries from an unknown stream; ignored");
+                continue;
+            };
+            // Entries at or below the cursor were applied before (a consumer resumed).
+            let cursor = self.replica.cursor(&stream);
+            let fresh: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq > cursor).collect();
+            if !fresh.is_empty() {
+                self.replica.apply_entries(&stream, &region, &fresh).await?;
+            }
+        }
         Ok(())
     }
 
@@ -160,17 +202,10 @@ impl<L: RegionLog> Leader<L> {
             let seq = self.next_seq + changes.len() as u64;
             let made = match req.op {
                 WriteOp::Put { bucket, key, value } => {
-                    let change =
-                        self.lww_change(&mut overlay, bucket, key, Some(value.to_vec()), seq)?;
+                    let change = self.lww_change(&mut overlay, bucket, key, Some(value.to_vec()), seq)?;
                     Ok(Some(change))
                 }
-                WriteOp::Delete { bucket, key } => Ok(Some(self.lww_change(
-                    &mut overlay,
-                    bucket,
-                    key,
-                    None,
-                    seq,
-                )?)),
+                WriteOp::Delete { bucket, key } => Ok(Some(self.lww_change(&mut overlay, bucket, key, None, seq)?)),
                 WriteOp::Doc { bucket, key, ops } => {
                     let doc = self.replica.doc_mut(&mut overlay, &bucket, &key)?;
                     match doc::apply_ops(doc, &actor, &ops) {
@@ -183,9 +218,7 @@ impl<L: RegionLog> Leader<L> {
                                 hlc,
                                 bucket,
                                 key,
-                                body: ChangeBody::Doc {
-                                    change: change.raw_bytes().to_vec(),
-                                },
+                                body: ChangeBody::Doc { change: change.raw_bytes().to_vec() },
                             }))
                         }
                     }
@@ -205,25 +238,19 @@ impl<L: RegionLog> Leader<L> {
         }
         if changes.is_empty() {
             for (reply, _) in pending {
-                let _ = reply.send(Ok(WriteAck {
-                    origin: self.origin.to_string(),
-                    seq: None,
-                    hlc: None,
-                }));
+                let _ =
+                    reply.send(Ok(WriteAck { origin: self.origin.to_string(), seq: None, hlc: None, log_seq: None }));
             }
             return Ok(());
         }
         let hlcs: Vec<Hlc> = changes.iter().map(|c| c.hlc).collect();
-        let cs = Changeset {
-            origin: self.origin.clone(),
-            first_seq: self.next_seq,
-            changes,
-        };
+        let cs = Changeset { origin: self.origin.clone(), first_seq: self.next_seq, changes };
         match self.append(&cs).await {
             Ok(stream_seq) => {
                 let mut applied = self.replica.applied().clone();
                 applied.observe(&self.origin, cs.last_seq());
-                self.replica.commit(overlay, applied, stream_seq).await?;
+                let stream = self.replica.stream().to_string();
+                self.replica.commit(overlay, applied, &stream, stream_seq).await?;
                 self.log_last = stream_seq;
                 self.next_seq = cs.last_seq() + 1;
                 let m = &self.replica.metrics;
@@ -234,6 +261,7 @@ impl<L: RegionLog> Leader<L> {
                         origin: self.origin.to_string(),
                         seq: idx.map(|i| cs.first_seq + i as u64),
                         hlc: idx.map(|i| hlcs[i]),
+                        log_seq: idx.map(|_| stream_seq),
                     };
                     metrics::inc(&m.writes_acked_total);
                     let _ = reply.send(Ok(ack));
@@ -278,23 +306,13 @@ impl<L: RegionLog> Leader<L> {
         }
         let hlc = self.replica.clock.tick(now_ms());
         vv.observe(&self.origin, seq);
-        let version = Version {
-            value: value.clone(),
-            hlc,
-            origin: self.origin.clone(),
-            vv: vv.clone(),
-        };
+        let version = Version { value: value.clone(), hlc, origin: self.origin.clone(), vv: vv.clone() };
         overlay.kv.insert((bucket.clone(), key.clone()), version);
         let body = match value {
             Some(value) => ChangeBody::Put { value, vv },
             None => ChangeBody::Delete { vv },
         };
-        Ok(Change {
-            hlc,
-            bucket,
-            key,
-            body,
-        })
+        Ok(Change { hlc, bucket, key, body })
     }
 
     /// Append with retries until the deadline. Retrying an append whose outcome is
@@ -304,11 +322,7 @@ impl<L: RegionLog> Leader<L> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
-            match self
-                .log
-                .append(payload.clone(), cs.message_id(), self.log_last)
-                .await
-            {
+            match self.log.append(payload.clone(), cs.message_id(), self.log_last).await {
                 Ok(seq) => return Ok(seq),
                 Err(e @ (LogError::Fenced { .. } | LogError::TooLarge(_))) => return Err(e),
                 Err(e) if started.elapsed() + backoff >= self.append_deadline => return Err(e),
@@ -337,11 +351,8 @@ impl<L: RegionLog> Leader<L> {
                 }
             }
         };
-        let deposed = self
-            .replica
-            .applied()
-            .iter()
-            .any(|(o, _)| o.region == self.origin.region && o.epoch > self.origin.epoch);
+        let deposed =
+            self.replica.applied().iter().any(|(o, _)| o.region == self.origin.region && o.epoch > self.origin.epoch);
         if deposed {
             error!(origin = %self.origin, "another leader wrote to this region's log: this node is fenced and stops writing");
             self.state_tx.send_modify(|s| s.fenced = true);
@@ -361,8 +372,7 @@ impl<L: RegionLog> Leader<L> {
         self.next_seq = 1;
         self.log_last = last;
         info!(origin = %self.origin, "resumed writing in a new epoch");
-        self.state_tx
-            .send_modify(|s| s.origin = self.origin.clone());
+        self.state_tx.send_modify(|s| s.origin = self.origin.clone());
         Ok(())
     }
 }

@@ -6,9 +6,13 @@
 //! ([`leader`]), the HTTP API and the NATS micro service ([`api`]) until shutdown,
 //! when it stops taking requests, drains queued writes and exits.
 //!
-//! Known limits of this phase: one region, a leader only (followers, other regions and
-//! the conflict log come in later phases); durability levels other than `async` answer
-//! 503 `durability_unavailable`.
+//! Other regions' changesets arrive through local JetStream mirrors of their logs (NATS
+//! carries them, so a partition only delays them); the leader applies them in batches,
+//! idempotently, in the same task that serves writes.
+//!
+//! Known limits of this phase: a leader only (followers, and with them `region`
+//! durability, come later); the conflict log comes later (conflicts are counted and
+//! logged).
 
 pub mod api;
 pub mod config;
@@ -17,6 +21,7 @@ pub mod leader;
 pub mod metrics;
 pub mod replica;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,8 +45,41 @@ pub struct Node {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub applied: watch::Receiver<VersionVector>,
+    pub cursors: watch::Receiver<HashMap<String, u64>>,
     pub leader: watch::Receiver<LeaderState>,
     pub writes: mpsc::Sender<WriteRequest>,
+    pub log: Arc<NatsLog>,
+    /// For each other region: how much of this region's log it has stored (the last
+    /// sequence of its mirror of us), as last seen.
+    pub remote_stored: Vec<(RegionId, watch::Receiver<u64>)>,
+}
+
+/// How often a leader asks the other regions how much of its log they stored.
+const REMOTE_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Keep `tx` at the last sequence of `remote`'s mirror of `region`'s log.
+async fn poll_remote_stored(
+    log: Arc<NatsLog>,
+    region: RegionId,
+    remote: RegionId,
+    tx: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mirror = concord_transport::nats::mirror_name(region.as_str());
+    loop {
+        let asked = tokio::time::timeout(Duration::from_secs(2), log.remote_last_seq(remote.as_str(), &mirror)).await;
+        if let Ok(Ok(seq)) = asked {
+            tx.send_if_modified(|v| {
+                let grew = seq > *v;
+                *v = (*v).max(seq);
+                grew
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REMOTE_POLL_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// How long shutdown waits for queued writes and open requests.
@@ -100,21 +138,33 @@ pub async fn run(
         .into());
     }
     let log = Arc::new(NatsLog::open(client.clone(), region.as_str()).await?);
-    let mut replica = Replica::open(
-        store.clone(),
-        region.clone(),
-        log.stream().to_string(),
-        metrics.clone(),
-    )?;
+    let mut mirrors = HashMap::new();
+    for remote in cfg.remote_regions() {
+        let name = log.ensure_mirror(remote.as_str()).await?;
+        mirrors.insert(name, remote);
+    }
+    let mut replica = Replica::open(store.clone(), region.clone(), log.stream().to_string(), metrics.clone())?;
     let log_last = replica.catch_up(log.as_ref()).await?;
+    // Other regions' changesets: one follower task per mirror, all feeding the one task
+    // that owns the replica (bounded: a slow apply slows the followers, never memory).
+    let (inbound_tx, inbound_rx) = mpsc::channel(4 * replica::CATCH_UP_CHUNK as usize);
+    for name in mirrors.keys() {
+        let from = replica.cursor(name) + 1;
+        let (log, name, tx) = (log.clone(), name.clone(), inbound_tx.clone());
+        tokio::spawn(async move { log.follow(name, from, tx).await });
+    }
+    drop(inbound_tx);
+    let mut remote_stored = Vec::new();
+    for remote in cfg.remote_regions() {
+        let (tx, rx) = watch::channel(0);
+        tokio::spawn(poll_remote_stored(log.clone(), region.clone(), remote.clone(), tx, shutdown.clone()));
+        remote_stored.push((remote, rx));
+    }
     let epoch = concord_transport::RegionLog::next_epoch(log.as_ref(), region.as_str()).await?;
     let origin = Origin::new(region.clone(), epoch);
     info!(%origin, log_last, "leader ready");
 
-    let (state_tx, state_rx) = watch::channel(LeaderState {
-        origin: origin.clone(),
-        fenced: false,
-    });
+    let (state_tx, state_rx) = watch::channel(LeaderState { origin: origin.clone(), fenced: false });
     let (writes_tx, writes_rx) = mpsc::channel(cfg.write_queue_max);
     let node = Arc::new(Node {
         cfg: cfg.clone(),
@@ -122,8 +172,11 @@ pub async fn run(
         store,
         metrics,
         applied: replica.watch_applied(),
+        cursors: replica.watch_cursors(),
         leader: state_rx,
         writes: writes_tx,
+        log: log.clone(),
+        remote_stored,
     });
     let leader = Leader {
         replica,
@@ -132,14 +185,12 @@ pub async fn run(
         next_seq: 1,
         log_last,
         batch_changes_max: cfg.batch_changes_max,
-        batch_bytes_max: cfg
-            .batch_bytes_max
-            .min(max_payload.saturating_sub(64 * 1024))
-            .max(1),
+        batch_bytes_max: cfg.batch_bytes_max.min(max_payload.saturating_sub(64 * 1024)).max(1),
         append_deadline: Duration::from_millis(cfg.write_timeout_ms / 2),
         state_tx,
+        mirrors,
     };
-    let mut writer = tokio::spawn(leader.run(writes_rx, shutdown.clone()));
+    let mut writer = tokio::spawn(leader.run(writes_rx, inbound_rx, shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(&cfg.http_listen).await?;
     info!(addr = %listener.local_addr()?, "HTTP API listening");
@@ -151,11 +202,7 @@ pub async fn run(
             })
             .into_future(),
     );
-    let nats_api = tokio::spawn(api::nats::serve(
-        node.clone(),
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let nats_api = tokio::spawn(api::nats::serve(node.clone(), client.clone(), shutdown.clone()));
 
     let mut stop = shutdown.clone();
     tokio::select! {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use automerge::Automerge;
+use automerge::{Automerge, ReadDoc};
 use concord_core::changeset::{ChangeBody, Changeset};
 use concord_core::hlc::Clock;
 use concord_core::ids::RegionId;
@@ -34,10 +34,13 @@ pub struct Replica {
     pub region: RegionId,
     pub clock: Clock,
     applied: VersionVector,
-    /// The last stream sequence of the region's log that is applied.
-    cursor: u64,
+    /// Per stream (the region's log, each remote region's mirror): the last stream
+    /// sequence applied.
+    cursors: HashMap<String, u64>,
+    /// The region's own log.
     stream: String,
     applied_tx: watch::Sender<VersionVector>,
+    cursors_tx: watch::Sender<HashMap<String, u64>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -47,26 +50,25 @@ pub struct Overlay {
     pub kv: HashMap<DocKey, Version>,
     pub docs: HashMap<DocKey, Automerge>,
     pub dirty_docs: std::collections::HashSet<DocKey>,
+    /// Documents whose waiting changes changed (an empty list clears them).
+    pub pending: Vec<(String, String, Vec<Vec<u8>>)>,
 }
 
 impl Replica {
-    pub fn open(
-        store: Store,
-        region: RegionId,
-        stream: String,
-        metrics: Arc<Metrics>,
-    ) -> Result<Replica, NodeError> {
+    pub fn open(store: Store, region: RegionId, stream: String, metrics: Arc<Metrics>) -> Result<Replica, NodeError> {
         let applied = store.applied()?;
-        let cursor = store.cursor(&stream)?;
+        let cursors: HashMap<String, u64> = store.cursors()?.into_iter().collect();
         let (applied_tx, _) = watch::channel(applied.clone());
+        let (cursors_tx, _) = watch::channel(cursors.clone());
         Ok(Replica {
             store,
             region,
             clock: Clock::default(),
             applied,
-            cursor,
+            cursors,
             stream,
             applied_tx,
+            cursors_tx,
             metrics,
         })
     }
@@ -75,8 +77,14 @@ impl Replica {
         &self.applied
     }
 
-    pub fn cursor(&self) -> u64 {
-        self.cursor
+    /// The last applied sequence of `stream` (0 when none).
+    pub fn cursor(&self, stream: &str) -> u64 {
+        self.cursors.get(stream).copied().unwrap_or(0)
+    }
+
+    /// A receiver that sees the cursors after every commit.
+    pub fn watch_cursors(&self) -> watch::Receiver<HashMap<String, u64>> {
+        self.cursors_tx.subscribe()
     }
 
     pub fn stream(&self) -> &str {
@@ -89,12 +97,7 @@ impl Replica {
     }
 
     /// The current version of a key, from the overlay first.
-    pub fn current_kv(
-        &self,
-        overlay: &Overlay,
-        bucket: &str,
-        key: &str,
-    ) -> Result<Option<Version>, NodeError> {
+    pub fn current_kv(&self, overlay: &Overlay, bucket: &str, key: &str) -> Result<Option<Version>, NodeError> {
         if let Some(v) = overlay.kv.get(&(bucket.to_string(), key.to_string())) {
             return Ok(Some(v.clone()));
         }
@@ -111,8 +114,9 @@ impl Replica {
         let k = (bucket.to_string(), key.to_string());
         if !overlay.docs.contains_key(&k) {
             let doc = match self.store.get_doc(bucket, key)? {
-                Some(bytes) => doc::load_doc(&bytes)
-                    .map_err(|e| NodeError::Fatal(format!("document {bucket}/{key}: {e}")))?,
+                Some(bytes) => {
+                    doc::load_doc(&bytes).map_err(|e| NodeError::Fatal(format!("document {bucket}/{key}: {e}")))?
+                }
                 None => doc::new_doc(),
             };
             overlay.docs.insert(k.clone(), doc);
@@ -127,6 +131,7 @@ impl Replica {
         &mut self,
         overlay: Overlay,
         applied: VersionVector,
+        stream: &str,
         cursor: u64,
     ) -> Result<(), NodeError> {
         let mut batch = Batch::default();
@@ -142,20 +147,29 @@ impl Replica {
                 batch.applied.push((origin.clone(), seq));
             }
         }
-        assert!(cursor >= self.cursor, "the log cursor never goes back");
-        batch.cursors.push((self.stream.clone(), cursor));
+        // A re-delivered old entry never moves a cursor back.
+        let cursor = cursor.max(self.cursor(stream));
+        batch.cursors.push((stream.to_string(), cursor));
+        batch.pending = overlay.pending;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.commit(&batch))
             .await
             .map_err(|e| NodeError::Fatal(format!("commit task: {e}")))??;
         self.applied = applied;
-        self.cursor = cursor;
+        self.cursors.insert(stream.to_string(), cursor);
         self.applied_tx.send_replace(self.applied.clone());
+        self.cursors_tx.send_replace(self.cursors.clone());
         Ok(())
     }
 
-    /// Apply log entries (decoded defensively) in one step.
-    pub async fn apply_entries(&mut self, entries: &[LogEntry]) -> Result<(), NodeError> {
+    /// Apply entries of `stream` (decoded defensively) in one step. Every changeset in
+    /// it must come from an origin of `region` (the region whose log the stream holds).
+    pub async fn apply_entries(
+        &mut self,
+        stream: &str,
+        region: &RegionId,
+        entries: &[LogEntry],
+    ) -> Result<(), NodeError> {
         let Some(last) = entries.last() else {
             return Ok(());
         };
@@ -171,7 +185,7 @@ impl Replica {
                     continue;
                 }
             };
-            if let Err(why) = self.check(&cs) {
+            if let Err(why) = check(&cs, region) {
                 metrics::inc(&self.metrics.changesets_rejected_total);
                 warn!(seq = entry.seq, origin = %cs.origin, why, "skipping an invalid changeset");
                 continue;
@@ -206,12 +220,8 @@ impl Replica {
                         continue;
                     }
                 };
-                let incoming = Version {
-                    value: value.0,
-                    hlc: change.hlc,
-                    origin: cs.origin.clone(),
-                    vv: value.1.clone(),
-                };
+                let incoming =
+                    Version { value: value.0, hlc: change.hlc, origin: cs.origin.clone(), vv: value.1.clone() };
                 let merged = match self.current_kv(&overlay, &k.0, &k.1)? {
                     None => incoming,
                     Some(current) => {
@@ -229,48 +239,84 @@ impl Replica {
             metrics::inc(&self.metrics.changesets_applied_total);
         }
         for (k, changes) in doc_changes {
-            let doc = self.doc_mut(&mut overlay, &k.0, &k.1)?;
-            if let Err(e) = doc.apply_changes(changes) {
-                metrics::inc(&self.metrics.changesets_rejected_total);
-                warn!(bucket = %k.0, key = %k.1, error = %e, "document changes refused by automerge");
-                continue;
-            }
-            overlay.dirty_docs.insert(k);
+            self.apply_doc_changes(&mut overlay, k, changes)?;
         }
-        self.commit(overlay, applied, last.seq).await
+        self.commit(overlay, applied, stream, last.seq).await
     }
 
-    /// What a changeset must satisfy before anything in it is applied.
-    fn check(&self, cs: &Changeset) -> Result<(), &'static str> {
-        for c in &cs.changes {
-            if input::check_bucket(&c.bucket).is_err()
-                || input::check_key(c.key.as_bytes()).is_err()
-            {
-                return Err("bad bucket or key");
+    /// Apply a batch of Automerge changes to one document, together with the changes
+    /// that were waiting for dependencies. Changes whose dependencies are still missing
+    /// (another origin's change not yet delivered) are kept durably, not dropped.
+    fn apply_doc_changes(
+        &self,
+        overlay: &mut Overlay,
+        k: DocKey,
+        mut changes: Vec<automerge::Change>,
+    ) -> Result<(), NodeError> {
+        let waiting = self.store.get_pending(&k.0, &k.1)?;
+        let had_waiting = !waiting.is_empty();
+        for bytes in waiting {
+            match automerge::Change::from_bytes(bytes) {
+                Ok(c) => changes.push(c),
+                Err(e) => warn!(bucket = %k.0, key = %k.1, error = %e, "dropping a corrupt waiting change"),
             }
         }
+        let doc = self.doc_mut(overlay, &k.0, &k.1)?;
+        let mut hashes: Vec<_> = changes.iter().map(|c| c.hash()).collect();
+        if let Err(e) = doc.apply_changes(changes.clone()) {
+            metrics::inc(&self.metrics.changesets_rejected_total);
+            warn!(bucket = %k.0, key = %k.1, error = %e, "document changes refused by automerge");
+            return Ok(());
+        }
+        // What automerge queued instead of applying waits for its dependencies.
+        hashes.retain(|h| doc.get_change_by_hash(h).is_none());
+        let still_waiting: Vec<Vec<u8>> =
+            changes.into_iter().filter(|c| hashes.contains(&c.hash())).map(|c| c.raw_bytes().to_vec()).collect();
+        if !still_waiting.is_empty() {
+            debug!(bucket = %k.0, key = %k.1, waiting = still_waiting.len(), "document changes wait for dependencies");
+        }
+        if had_waiting || !still_waiting.is_empty() {
+            overlay.pending.push((k.0.clone(), k.1.clone(), still_waiting));
+        }
+        overlay.dirty_docs.insert(k);
         Ok(())
     }
 
-    /// Read and apply the log from the cursor to its end.
+    /// Read and apply the region's own log from the cursor to its end.
     pub async fn catch_up<L: RegionLog>(&mut self, log: &L) -> Result<u64, NodeError> {
         let last = log.last_seq().await?;
-        let start = self.cursor;
-        while self.cursor < last {
-            let to = (self.cursor + CATCH_UP_CHUNK).min(last);
-            let entries = log.read(self.cursor + 1, to).await?;
+        let stream = self.stream.clone();
+        let region = self.region.clone();
+        let start = self.cursor(&stream);
+        while self.cursor(&stream) < last {
+            let cursor = self.cursor(&stream);
+            let to = (cursor + CATCH_UP_CHUNK).min(last);
+            let entries = log.read(cursor + 1, to).await?;
             if entries.is_empty() {
                 // Messages removed by retention: nothing to apply up to `to`.
-                self.commit(Overlay::default(), self.applied.clone(), to)
-                    .await?;
+                self.commit(Overlay::default(), self.applied.clone(), &stream, to).await?;
                 continue;
             }
-            self.apply_entries(&entries).await?;
-            debug!(cursor = self.cursor, last, "catching up");
+            self.apply_entries(&stream, &region, &entries).await?;
+            debug!(cursor = self.cursor(&stream), last, "catching up");
         }
         if last > start {
             info!(from = start, to = last, "caught up with the region's log");
         }
         Ok(last)
     }
+}
+
+/// What a changeset must satisfy before anything in it is applied: it comes from an
+/// origin of the region whose log carried it, and names valid buckets and keys.
+fn check(cs: &Changeset, region: &RegionId) -> Result<(), &'static str> {
+    if &cs.origin.region != region {
+        return Err("origin from another region than the log that carried it");
+    }
+    for c in &cs.changes {
+        if input::check_bucket(&c.bucket).is_err() || input::check_key(c.key.as_bytes()).is_err() {
+            return Err("bad bucket or key");
+        }
+    }
+    Ok(())
 }

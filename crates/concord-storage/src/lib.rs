@@ -2,7 +2,8 @@
 //!
 //! Tables: `kv` (bucket NUL key → stored LWW version), `docs` (bucket NUL key → saved
 //! Automerge document), `applied` (origin → highest contiguous sequence applied) and
-//! `cursors` (log stream → last stream sequence applied).
+//! `cursors` (log stream → last stream sequence applied) and `doc_pending` (bucket NUL
+//! key → Automerge changes waiting for their dependencies).
 //!
 //! The guarantee: [`Store::commit`] writes a whole [`Batch`] — values, documents, the
 //! applied vector and the log cursors — in one durable transaction (redb's default
@@ -17,13 +18,16 @@ use concord_core::changeset::stored;
 use concord_core::ids::Origin;
 use concord_core::lww::Version;
 use concord_core::vv::VersionVector;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
 const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// Automerge changes that arrived before a change they depend on (from another
+/// origin): kept here, durably, until their dependencies arrive.
+const DOC_PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc_pending");
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -58,6 +62,28 @@ pub struct Batch {
     pub docs: Vec<(String, String, Vec<u8>)>,
     pub applied: Vec<(Origin, u64)>,
     pub cursors: Vec<(String, u64)>,
+    /// Documents' waiting changes; an empty list clears the record.
+    pub pending: Vec<(String, String, Vec<Vec<u8>>)>,
+}
+
+fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {
+    let mut w = concord_core::codec::Writer::new();
+    w.u64(changes.len() as u64);
+    for c in changes {
+        w.bytes(c);
+    }
+    w.finish()
+}
+
+fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CoreError> {
+    let mut r = concord_core::codec::Reader::new(bytes);
+    let n = r.len(bytes.len())?;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        out.push(r.bytes(bytes.len())?.to_vec());
+    }
+    r.expect_end()?;
+    Ok(out)
 }
 
 #[derive(Clone)]
@@ -76,39 +102,26 @@ impl Store {
             tx.open_table(DOCS).map_err(db_err)?;
             tx.open_table(APPLIED).map_err(db_err)?;
             tx.open_table(CURSORS).map_err(db_err)?;
+            tx.open_table(DOC_PENDING).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(Store {
-            db: std::sync::Arc::new(db),
-        })
+        Ok(Store { db: std::sync::Arc::new(db) })
     }
 
     pub fn get_kv(&self, bucket: &str, key: &str) -> StorageResult<Option<Version>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(KV).map_err(db_err)?;
-        let Some(raw) = table
-            .get(record_key(bucket, key).as_slice())
-            .map_err(db_err)?
-        else {
+        let Some(raw) = table.get(record_key(bucket, key).as_slice()).map_err(db_err)? else {
             return Ok(None);
         };
         stored::decode(raw.value())
             .map(Some)
-            .map_err(|source| StorageError::Corrupt {
-                what: format!("{bucket}/{key}"),
-                source,
-            })
+            .map_err(|source| StorageError::Corrupt { what: format!("{bucket}/{key}"), source })
     }
 
     /// Live (not deleted) keys of `bucket`, in key order, after `after`, starting with
     /// `prefix`, at most `limit`.
-    pub fn list_kv(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StorageResult<Vec<String>> {
+    pub fn list_kv(&self, bucket: &str, prefix: &str, after: Option<&str>, limit: usize) -> StorageResult<Vec<String>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(KV).map_err(db_err)?;
         let start = match after {
@@ -130,10 +143,8 @@ impl Store {
             if !key.starts_with(prefix) {
                 break;
             }
-            let version = stored::decode(v.value()).map_err(|source| StorageError::Corrupt {
-                what: format!("{bucket}/{key}"),
-                source,
-            })?;
+            let version = stored::decode(v.value())
+                .map_err(|source| StorageError::Corrupt { what: format!("{bucket}/{key}"), source })?;
             if version.is_tombstone() {
                 continue;
             }
@@ -148,10 +159,36 @@ impl Store {
     pub fn get_doc(&self, bucket: &str, key: &str) -> StorageResult<Option<Vec<u8>>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(DOCS).map_err(db_err)?;
-        Ok(table
-            .get(record_key(bucket, key).as_slice())
-            .map_err(db_err)?
-            .map(|v| v.value().to_vec()))
+        Ok(table.get(record_key(bucket, key).as_slice()).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Changes of a document still waiting for their dependencies.
+    pub fn get_pending(&self, bucket: &str, key: &str) -> StorageResult<Vec<Vec<u8>>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(DOC_PENDING).map_err(db_err)?;
+        let Some(raw) = table.get(record_key(bucket, key).as_slice()).map_err(db_err)? else {
+            return Ok(Vec::new());
+        };
+        decode_changes(raw.value())
+            .map_err(|source| StorageError::Corrupt { what: format!("pending changes of {bucket}/{key}"), source })
+    }
+
+    /// How many documents hold waiting changes.
+    pub fn pending_docs(&self) -> StorageResult<u64> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(DOC_PENDING).map_err(db_err)?;
+        table.len().map_err(db_err)
+    }
+
+    pub fn cursors(&self) -> StorageResult<Vec<(String, u64)>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(CURSORS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
     }
 
     pub fn applied(&self) -> StorageResult<VersionVector> {
@@ -160,10 +197,8 @@ impl Store {
         let mut vv = VersionVector::new();
         for entry in table.iter().map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
-            let origin: Origin = k.value().parse().map_err(|source| StorageError::Corrupt {
-                what: "applied vector".into(),
-                source,
-            })?;
+            let origin: Origin =
+                k.value().parse().map_err(|source| StorageError::Corrupt { what: "applied vector".into(), source })?;
             vv.observe(&origin, v.value());
         }
         Ok(vv)
@@ -181,33 +216,31 @@ impl Store {
         {
             let mut kv = tx.open_table(KV).map_err(db_err)?;
             for (bucket, key, version) in &batch.kv {
-                kv.insert(
-                    record_key(bucket, key).as_slice(),
-                    stored::encode(version).as_slice(),
-                )
-                .map_err(db_err)?;
+                kv.insert(record_key(bucket, key).as_slice(), stored::encode(version).as_slice()).map_err(db_err)?;
             }
             let mut docs = tx.open_table(DOCS).map_err(db_err)?;
             for (bucket, key, bytes) in &batch.docs {
-                docs.insert(record_key(bucket, key).as_slice(), bytes.as_slice())
-                    .map_err(db_err)?;
+                docs.insert(record_key(bucket, key).as_slice(), bytes.as_slice()).map_err(db_err)?;
             }
             let mut applied = tx.open_table(APPLIED).map_err(db_err)?;
             for (origin, seq) in &batch.applied {
                 let name = origin.to_string();
-                let old = applied
-                    .get(name.as_str())
-                    .map_err(db_err)?
-                    .map_or(0, |v| v.value());
-                assert!(
-                    *seq >= old,
-                    "the applied vector never goes back ({origin}: {old} -> {seq})"
-                );
+                let old = applied.get(name.as_str()).map_err(db_err)?.map_or(0, |v| v.value());
+                assert!(*seq >= old, "the applied vector never goes back ({origin}: {old} -> {seq})");
                 applied.insert(name.as_str(), *seq).map_err(db_err)?;
             }
             let mut cursors = tx.open_table(CURSORS).map_err(db_err)?;
             for (stream, seq) in &batch.cursors {
                 cursors.insert(stream.as_str(), *seq).map_err(db_err)?;
+            }
+            let mut pending = tx.open_table(DOC_PENDING).map_err(db_err)?;
+            for (bucket, key, changes) in &batch.pending {
+                let k = record_key(bucket, key);
+                if changes.is_empty() {
+                    pending.remove(k.as_slice()).map_err(db_err)?;
+                } else {
+                    pending.insert(k.as_slice(), encode_changes(changes).as_slice()).map_err(db_err)?;
+                }
             }
         }
         tx.commit().map_err(db_err)
@@ -224,10 +257,7 @@ mod tests {
         let origin = Origin::new(RegionId::new("us-east").unwrap(), 1);
         Version {
             value: value.map(|v| v.as_bytes().to_vec()),
-            hlc: Hlc {
-                wall_ms: seq,
-                logical: 0,
-            },
+            hlc: Hlc { wall_ms: seq, logical: 0 },
             vv: [(origin.clone(), seq)].into_iter().collect(),
             origin,
         }
@@ -242,24 +272,17 @@ mod tests {
             let store = Store::open(&dir).unwrap();
             let mut batch = Batch::default();
             for (i, k) in ["a", "ab", "b", "c"].iter().enumerate() {
-                batch
-                    .kv
-                    .push(("bk".into(), k.to_string(), version(Some("v"), i as u64 + 1)));
+                batch.kv.push(("bk".into(), k.to_string(), version(Some("v"), i as u64 + 1)));
             }
             batch.kv.push(("bk".into(), "c".into(), version(None, 5)));
-            batch
-                .kv
-                .push(("bk2".into(), "a".into(), version(Some("x"), 6)));
+            batch.kv.push(("bk2".into(), "a".into(), version(Some("x"), 6)));
             batch.docs.push(("d".into(), "doc".into(), vec![1, 2, 3]));
             batch.applied.push((origin.clone(), 6));
             batch.cursors.push(("CONCORD_US_EAST".into(), 2));
             store.commit(&batch).unwrap();
         }
         let store = Store::open(&dir).unwrap();
-        assert_eq!(
-            store.get_kv("bk", "a").unwrap().unwrap().value.as_deref(),
-            Some(&b"v"[..])
-        );
+        assert_eq!(store.get_kv("bk", "a").unwrap().unwrap().value.as_deref(), Some(&b"v"[..]));
         assert!(store.get_kv("bk", "c").unwrap().unwrap().is_tombstone());
         assert!(store.get_kv("bk", "zz").unwrap().is_none());
         assert_eq!(store.list_kv("bk", "", None, 10).unwrap(), ["a", "ab", "b"]);
@@ -269,6 +292,14 @@ mod tests {
         assert_eq!(store.applied().unwrap().get(&origin), 6);
         assert_eq!(store.cursor("CONCORD_US_EAST").unwrap(), 2);
         assert_eq!(store.cursor("other").unwrap(), 0);
+        let mut batch = Batch::default();
+        batch.pending.push(("d".into(), "doc".into(), vec![vec![1], vec![2, 3]]));
+        store.commit(&batch).unwrap();
+        assert_eq!(store.get_pending("d", "doc").unwrap(), vec![vec![1], vec![2, 3]]);
+        let mut batch = Batch::default();
+        batch.pending.push(("d".into(), "doc".into(), vec![]));
+        store.commit(&batch).unwrap();
+        assert!(store.get_pending("d", "doc").unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

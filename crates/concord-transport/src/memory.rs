@@ -30,9 +30,7 @@ impl RegionLog for MemoryLog {
             return Ok(seq);
         }
         if inner.entries.len() as u64 != expected_last {
-            return Err(LogError::Fenced {
-                expected: expected_last,
-            });
+            return Err(LogError::Fenced { expected: expected_last });
         }
         inner.entries.push(payload);
         let seq = inner.entries.len() as u64;
@@ -43,12 +41,7 @@ impl RegionLog for MemoryLog {
     async fn read(&self, from: u64, to: u64) -> LogResult<Vec<LogEntry>> {
         let inner = self.inner.lock().unwrap();
         let to = to.min(inner.entries.len() as u64);
-        Ok((from.max(1)..=to)
-            .map(|seq| LogEntry {
-                seq,
-                payload: inner.entries[seq as usize - 1].clone(),
-            })
-            .collect())
+        Ok((from.max(1)..=to).map(|seq| LogEntry { seq, payload: inner.entries[seq as usize - 1].clone() }).collect())
     }
 
     async fn next_epoch(&self, region: &str) -> LogResult<u64> {
@@ -68,18 +61,9 @@ mod tests {
         let log = MemoryLog::default();
         assert_eq!(log.append("a".into(), "x:1".into(), 0).await, Ok(1));
         assert_eq!(log.append("a".into(), "x:1".into(), 0).await, Ok(1));
-        assert_eq!(
-            log.append("b".into(), "y:1".into(), 0).await,
-            Err(LogError::Fenced { expected: 0 })
-        );
+        assert_eq!(log.append("b".into(), "y:1".into(), 0).await, Err(LogError::Fenced { expected: 0 }));
         assert_eq!(log.append("b".into(), "x:2".into(), 1).await, Ok(2));
-        assert_eq!(
-            log.read(2, 10).await.unwrap(),
-            vec![LogEntry {
-                seq: 2,
-                payload: "b".into()
-            }]
-        );
+        assert_eq!(log.read(2, 10).await.unwrap(), vec![LogEntry { seq: 2, payload: "b".into() }]);
         assert_eq!(log.last_seq().await, Ok(2));
     }
 }

@@ -20,14 +20,27 @@ const READ_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const EPOCH_BUCKET: &str = "concord_epochs";
 
 pub fn stream_name(region: &str) -> String {
-    format!(
-        "CONCORD_LOG_{}",
-        region.to_ascii_uppercase().replace('-', "_")
-    )
+    format!("CONCORD_LOG_{}", region.to_ascii_uppercase().replace('-', "_"))
 }
 
 pub fn subject(region: &str) -> String {
     format!("concord.log.{region}")
+}
+
+/// The local copy of a remote region's log: a mirror keeps the origin's sequences,
+/// so "region R stored our message N" is "R's mirror of us has last sequence >= N".
+pub fn mirror_name(remote_region: &str) -> String {
+    format!("CONCORD_MIRROR_{}", remote_region.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// How far a stream is, and for a mirror how far its upstream is ahead of it.
+#[derive(Debug, Clone, Default)]
+pub struct StreamPosition {
+    pub last_seq: u64,
+    /// Messages the upstream holds that the mirror does not (0 for a log).
+    pub upstream_lag: u64,
+    /// Time since the mirror last heard from its upstream.
+    pub upstream_active: Option<Duration>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> LogError {
@@ -55,15 +68,122 @@ impl NatsLog {
         })
         .await
         .map_err(unavailable)?;
-        Ok(NatsLog {
-            js,
-            stream: name,
-            subject: subject(region),
-        })
+        Ok(NatsLog { js, stream: name, subject: subject(region) })
     }
 
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+
+    /// Create (or open) the local mirror of `remote_region`'s log, fed by NATS through
+    /// the remote domain's JetStream API (`$JS.<remote>.API`), so a partition only
+    /// delays it and NATS resumes it after heal.
+    pub async fn ensure_mirror(&self, remote_region: &str) -> LogResult<String> {
+        let name = mirror_name(remote_region);
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                storage: stream::StorageType::File,
+                allow_direct: true,
+                mirror: Some(stream::Source {
+                    name: stream_name(remote_region),
+                    external: Some(stream::External {
+                        api_prefix: format!("$JS.{remote_region}.API"),
+                        delivery_prefix: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(name)
+    }
+
+    /// Position of a local stream (the log or a mirror).
+    pub async fn position(&self, stream_name: &str) -> LogResult<StreamPosition> {
+        let mut stream = self.js.get_stream(stream_name).await.map_err(unavailable)?;
+        let info = stream.info().await.map_err(unavailable)?;
+        Ok(StreamPosition {
+            last_seq: info.state.last_sequence,
+            upstream_lag: info.mirror.as_ref().map_or(0, |m| m.lag),
+            upstream_active: info.mirror.as_ref().and_then(|m| m.active),
+        })
+    }
+
+    /// The last sequence of `stream_name` in another region's domain: how much of our
+    /// log that region has stored (when `stream_name` is its mirror of us).
+    pub async fn remote_last_seq(&self, domain: &str, stream_name: &str) -> LogResult<u64> {
+        let js = jetstream::with_domain(self.js.client(), domain);
+        let mut stream = js.get_stream(stream_name).await.map_err(unavailable)?;
+        Ok(stream.info().await.map_err(unavailable)?.state.last_sequence)
+    }
+
+    /// When the message `seq` of a local stream was stored (for lag in milliseconds).
+    pub async fn stored_at(&self, stream_name: &str, seq: u64) -> LogResult<Option<chrono::DateTime<chrono::Utc>>> {
+        let stream = self.js.get_stream_no_info(stream_name).await.map_err(unavailable)?;
+        match stream.direct_get(seq).await {
+            Ok(msg) => Ok(Some(msg.time)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Follow a local stream from `from` on, for ever: an ordered consumer that
+    /// recreates itself after errors. Entries go to `tx` in order; the task ends when
+    /// `tx` closes.
+    pub async fn follow(&self, stream_name: String, from: u64, tx: tokio::sync::mpsc::Sender<(String, LogEntry)>) {
+        let mut next = from.max(1);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let consumer = async {
+                let stream = self.js.get_stream_no_info(&stream_name).await.map_err(unavailable)?;
+                stream
+                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                        deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: next },
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(unavailable)?
+                    .messages()
+                    .await
+                    .map_err(unavailable)
+            };
+            let mut messages = match consumer.await {
+                Ok(m) => m,
+                Err(e) => {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    warn!(stream = %stream_name, error = %e, "cannot follow the stream yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            while let Some(msg) = messages.next().await {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(stream = %stream_name, error = %e, "following the stream failed; resuming");
+                        break;
+                    }
+                };
+                let Ok(info) = msg.info() else { continue };
+                let seq = info.stream_sequence;
+                if seq < next {
+                    continue;
+                }
+                next = seq + 1;
+                if tx.send((stream_name.clone(), LogEntry { seq, payload: msg.payload.clone() })).await.is_err() {
+                    return;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+        }
     }
 
     /// Allocate the next leader epoch of `region` (compare-and-set, so two starting
@@ -85,20 +205,12 @@ impl NatsLog {
         for _attempt in 0..20 {
             let entry = kv.entry(region).await.map_err(unavailable)?;
             let outcome = match entry {
-                None => kv
-                    .create(region, Bytes::from_static(b"1"))
-                    .await
-                    .map(|_| 1)
-                    .map_err(|e| e.to_string()),
+                None => kv.create(region, Bytes::from_static(b"1")).await.map(|_| 1).map_err(|e| e.to_string()),
                 Some(e) => {
                     let current: u64 = std::str::from_utf8(&e.value)
                         .ok()
                         .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| {
-                            LogError::Unavailable(format!(
-                                "epoch record of {region} is not a number"
-                            ))
-                        })?;
+                        .ok_or_else(|| LogError::Unavailable(format!("epoch record of {region} is not a number")))?;
                     let next = current + 1;
                     kv.update(region, next.to_string().into(), e.revision)
                         .await
@@ -112,32 +224,18 @@ impl NatsLog {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(LogError::Unavailable(format!(
-            "could not allocate an epoch for {region}"
-        )))
+        Err(LogError::Unavailable(format!("could not allocate an epoch for {region}")))
     }
 }
 
 impl RegionLog for NatsLog {
     async fn last_seq(&self) -> LogResult<u64> {
-        let mut stream = self
-            .js
-            .get_stream(&self.stream)
-            .await
-            .map_err(unavailable)?;
-        Ok(stream
-            .info()
-            .await
-            .map_err(unavailable)?
-            .state
-            .last_sequence)
+        let mut stream = self.js.get_stream(&self.stream).await.map_err(unavailable)?;
+        Ok(stream.info().await.map_err(unavailable)?.state.last_sequence)
     }
 
     async fn append(&self, payload: Bytes, msg_id: String, expected_last: u64) -> LogResult<u64> {
-        let publish = PublishMessage::build()
-            .payload(payload)
-            .message_id(msg_id)
-            .expected_last_sequence(expected_last);
+        let publish = PublishMessage::build().payload(payload).message_id(msg_id).expected_last_sequence(expected_last);
         let ack = match self.js.send_publish(self.subject.clone(), publish).await {
             Ok(ack) => ack,
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
@@ -146,14 +244,10 @@ impl RegionLog for NatsLog {
             Err(e) => return Err(LogError::Indeterminate(e.to_string())),
         };
         match tokio::time::timeout(APPEND_ACK_TIMEOUT, ack.into_future()).await {
-            Err(_) => Err(LogError::Indeterminate(
-                "no acknowledgement within 5 s".into(),
-            )),
+            Err(_) => Err(LogError::Indeterminate("no acknowledgement within 5 s".into())),
             Ok(Ok(ack)) => Ok(ack.sequence),
             Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(LogError::Fenced {
-                    expected: expected_last,
-                })
+                Err(LogError::Fenced { expected: expected_last })
             }
             Ok(Err(e)) => Err(LogError::Indeterminate(e.to_string())),
         }
@@ -163,16 +257,10 @@ impl RegionLog for NatsLog {
         if from > to {
             return Ok(Vec::new());
         }
-        let stream = self
-            .js
-            .get_stream(&self.stream)
-            .await
-            .map_err(unavailable)?;
+        let stream = self.js.get_stream(&self.stream).await.map_err(unavailable)?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
                 ..Default::default()
             })
             .await
@@ -195,10 +283,7 @@ impl RegionLog for NatsLog {
             if seq > to {
                 break;
             }
-            out.push(LogEntry {
-                seq,
-                payload: msg.payload.clone(),
-            });
+            out.push(LogEntry { seq, payload: msg.payload.clone() });
             if seq == to {
                 break;
             }

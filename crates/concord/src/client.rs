@@ -8,11 +8,7 @@ use anyhow::{Context, bail};
 #[derive(clap::Args, Clone)]
 pub struct Endpoint {
     /// The node to talk to.
-    #[arg(
-        long,
-        env = "CONCORD_ENDPOINT",
-        default_value = "http://127.0.0.1:8301"
-    )]
+    #[arg(long, env = "CONCORD_ENDPOINT", default_value = "http://127.0.0.1:8301")]
     pub endpoint: String,
 }
 
@@ -30,10 +26,7 @@ pub fn encode_segment(s: &str) -> String {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .expect("HTTP client")
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("HTTP client")
 }
 
 async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
@@ -61,41 +54,25 @@ pub async fn put(
         Some(v) => v.into_bytes(),
         None => {
             let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("reading the value from stdin")?;
+            std::io::stdin().read_to_end(&mut buf).context("reading the value from stdin")?;
             buf
         }
     };
-    let url = format!(
-        "{}/v1/kv/{}/{}?durability={durability}",
-        ep.endpoint,
-        encode_segment(bucket),
-        encode_segment(key)
-    );
+    let url =
+        format!("{}/v1/kv/{}/{}?durability={durability}", ep.endpoint, encode_segment(bucket), encode_segment(key));
     print_body(&send(http().put(url).body(value)).await?);
     Ok(())
 }
 
 pub async fn get(ep: &Endpoint, bucket: &str, key: &str) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/v1/kv/{}/{}",
-        ep.endpoint,
-        encode_segment(bucket),
-        encode_segment(key)
-    );
+    let url = format!("{}/v1/kv/{}/{}", ep.endpoint, encode_segment(bucket), encode_segment(key));
     let body = send(http().get(url)).await?;
     print_body(&body);
     Ok(())
 }
 
 pub async fn del(ep: &Endpoint, bucket: &str, key: &str) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/v1/kv/{}/{}",
-        ep.endpoint,
-        encode_segment(bucket),
-        encode_segment(key)
-    );
+    let url = format!("{}/v1/kv/{}/{}", ep.endpoint, encode_segment(bucket), encode_segment(key));
     print_body(&send(http().delete(url)).await?);
     Ok(())
 }
@@ -107,12 +84,7 @@ pub async fn ls(
     after: Option<String>,
     limit: Option<usize>,
 ) -> anyhow::Result<()> {
-    let mut url = format!(
-        "{}/v1/kv/{}?prefix={}",
-        ep.endpoint,
-        encode_segment(bucket),
-        encode_segment(prefix)
-    );
+    let mut url = format!("{}/v1/kv/{}?prefix={}", ep.endpoint, encode_segment(bucket), encode_segment(prefix));
     if let Some(a) = after {
         url.push_str(&format!("&after={}", encode_segment(&a)));
     }
@@ -137,19 +109,10 @@ pub async fn doc(
     ops: Option<String>,
     automerge_out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/v1/docs/{}/{}",
-        ep.endpoint,
-        encode_segment(bucket),
-        encode_segment(key)
-    );
+    let url = format!("{}/v1/docs/{}/{}", ep.endpoint, encode_segment(bucket), encode_segment(key));
     if let Some(ops) = ops {
         let parsed: serde_json::Value = serde_json::from_str(&ops).context("--ops is not JSON")?;
-        let body = if parsed.is_array() {
-            serde_json::json!({ "ops": parsed })
-        } else {
-            parsed
-        };
+        let body = if parsed.is_array() { serde_json::json!({ "ops": parsed }) } else { parsed };
         print_body(&send(http().post(url).json(&body)).await?);
         return Ok(());
     }

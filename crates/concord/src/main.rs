@@ -10,11 +10,7 @@ use clap::{Parser, Subcommand};
 use concord_node::{NodeConfig, Role};
 
 #[derive(Parser)]
-#[command(
-    name = "concord",
-    version,
-    about = "Concord: a multi-region, multi-leader store"
-)]
+#[command(name = "concord", version, about = "Concord: a multi-region, multi-leader store")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -127,35 +123,19 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Put {
-                ep,
-                bucket,
-                key,
-                value,
-                durability,
-            } => client::put(&ep, &bucket, &key, value, &durability).await,
+            Command::Put { ep, bucket, key, value, durability } => {
+                client::put(&ep, &bucket, &key, value, &durability).await
+            }
             Command::Get { ep, bucket, key } => client::get(&ep, &bucket, &key).await,
             Command::Del { ep, bucket, key } => client::del(&ep, &bucket, &key).await,
-            Command::Ls {
-                ep,
-                bucket,
-                prefix,
-                after,
-                limit,
-            } => client::ls(&ep, &bucket, &prefix, after, limit).await,
-            Command::Doc {
-                ep,
-                bucket,
-                key,
-                ops,
-                automerge_out,
-            } => client::doc(&ep, &bucket, &key, ops, automerge_out).await,
+            Command::Ls { ep, bucket, prefix, after, limit } => client::ls(&ep, &bucket, &prefix, after, limit).await,
+            Command::Doc { ep, bucket, key, ops, automerge_out } => {
+                client::doc(&ep, &bucket, &key, ops, automerge_out).await
+            }
             Command::Status { ep } => client::status(&ep).await,
             Command::Cluster { command } => cluster::run(command).await,
         }
@@ -165,8 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .init();
     let mut cfg = NodeConfig::load(args.config.as_deref()).context("loading the configuration")?;
@@ -187,15 +166,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         let _ = tx.send(true);
     });
-    concord_node::run(cfg, rx)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
+    concord_node::run(cfg, rx).await.map_err(|e| anyhow::anyhow!(e))
 }

@@ -72,11 +72,7 @@ fn malformed_requests_are_refused() {
         br#"{"ops": [{"op": "set", "path": ["a"], "value": 1, "extra": 1}]}"#,
         br#"{"ops": [{"op": "set", "path": [-1], "value": 1}]}"#,
     ] {
-        assert!(
-            parse_ops(body).is_err(),
-            "{}",
-            String::from_utf8_lossy(body)
-        );
+        assert!(parse_ops(body).is_err(), "{}", String::from_utf8_lossy(body));
     }
 }
 
@@ -129,18 +125,10 @@ fn no_op_requests_make_no_change() {
     let mut doc = new_doc();
     apply(&mut doc, json!([{"op": "set", "path": ["a"], "value": 1}])).unwrap();
     let n = doc.get_changes(&[]).len();
-    let change = apply(
-        &mut doc,
-        json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}]),
-    )
-    .unwrap();
+    let change = apply(&mut doc, json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}])).unwrap();
     // Creating the empty text object is a change; splicing nothing into it again is not.
     assert!(change.is_some());
-    let again = apply(
-        &mut doc,
-        json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}]),
-    )
-    .unwrap();
+    let again = apply(&mut doc, json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}])).unwrap();
     assert!(again.is_none());
     assert_eq!(doc.get_changes(&[]).len(), n + 1);
 }

@@ -42,25 +42,16 @@ async fn stamp(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
 
 fn respond(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        [(header::CONTENT_TYPE, reply.content_type)],
-        reply.body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response()
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
-    respond(super::status(&node))
+    respond(super::status(&node).await)
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let labels = format!("region=\"{}\",node=\"{}\"", node.region, node.cfg.node);
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(&labels),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render(&labels))
         .into_response()
 }
 
@@ -69,10 +60,7 @@ async fn not_found() -> Response {
 }
 
 fn method_not_allowed(method: &Method) -> Response {
-    respond(Reply::error(&NodeError::bad(
-        "method_not_allowed",
-        format!("{method} is not allowed here"),
-    )))
+    respond(Reply::error(&NodeError::bad("method_not_allowed", format!("{method} is not allowed here"))))
 }
 
 /// Decode `%XX` escapes into raw bytes; a malformed escape is kept literally.
@@ -82,9 +70,7 @@ pub fn percent_decode(s: &str) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(v) = hex {
                 out.push(v);
                 i += 3;
@@ -108,6 +94,7 @@ fn params(query: Option<&str>) -> Params {
             "after" => p.after = Some(v),
             "limit" => p.limit = Some(v),
             "format" => p.format = Some(v),
+            "timeout_ms" => p.timeout_ms = Some(v),
             _ => {}
         }
     }
@@ -117,14 +104,10 @@ fn params(query: Option<&str>) -> Params {
 /// Split `rest` (what follows `/v1/kv/` or `/v1/docs/`) into bucket and raw key bytes.
 fn bucket_and_key(rest: &str) -> (String, Option<Vec<u8>>) {
     match rest.split_once('/') {
-        Some((bucket, key)) => (
-            String::from_utf8_lossy(&percent_decode(bucket)).into_owned(),
-            Some(percent_decode(key)),
-        ),
-        None => (
-            String::from_utf8_lossy(&percent_decode(rest)).into_owned(),
-            None,
-        ),
+        Some((bucket, key)) => {
+            (String::from_utf8_lossy(&percent_decode(bucket)).into_owned(), Some(percent_decode(key)))
+        }
+        None => (String::from_utf8_lossy(&percent_decode(rest)).into_owned(), None),
     }
 }
 
@@ -139,8 +122,7 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
     let mut buf = Vec::new();
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| NodeError::bad("bad_body", format!("reading the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| NodeError::bad("bad_body", format!("reading the request body: {e}")))?;
         total += chunk.len();
         if total <= limit {
             buf.extend_from_slice(&chunk);
@@ -149,9 +131,7 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
         }
     }
     if total > limit {
-        return Err(NodeError::TooLarge(format!(
-            "body is larger than the limit of {limit} bytes (value_bytes_max)"
-        )));
+        return Err(NodeError::TooLarge(format!("body is larger than the limit of {limit} bytes (value_bytes_max)")));
     }
     Ok(Bytes::from(buf))
 }
@@ -180,10 +160,7 @@ async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {
     let p = params(parts.uri.query());
     let (bucket, key) = bucket_and_key(&rest);
     let Some(key) = key else {
-        return respond(Reply::error(&NodeError::bad(
-            "bad_key",
-            "the path names no key: /v1/docs/{bucket}/{key}",
-        )));
+        return respond(Reply::error(&NodeError::bad("bad_key", "the path names no key: /v1/docs/{bucket}/{key}")));
     };
     let reply = match parts.method {
         Method::GET => super::doc_get(&node, &bucket, &key, &p).await,

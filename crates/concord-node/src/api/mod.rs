@@ -30,18 +30,15 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, value: serde_json::Value) -> Reply {
-        Reply {
-            status,
-            content_type: JSON,
-            body: Bytes::from(value.to_string()),
-        }
+        Reply { status, content_type: JSON, body: Bytes::from(value.to_string()) }
     }
 
     pub fn error(e: &NodeError) -> Reply {
-        Reply::json(
-            e.status(),
-            json!({ "error": e.to_string(), "code": e.code() }),
-        )
+        let mut body = json!({ "error": e.to_string(), "code": e.code() });
+        if let NodeError::DurabilityTimeout { unconfirmed, .. } = e {
+            body["unconfirmed"] = json!(unconfirmed);
+        }
+        Reply::json(e.status(), body)
     }
 }
 
@@ -59,6 +56,8 @@ pub struct Params {
     pub after: Option<String>,
     pub limit: Option<String>,
     pub format: Option<String>,
+    /// Overrides `durability_timeout_ms` for one write.
+    pub timeout_ms: Option<String>,
 }
 
 /// Durability levels of a write (DESIGN.md, "Guarantees" 4).
@@ -76,10 +75,9 @@ fn durability(p: &Params) -> Result<Durability, NodeError> {
         "region" => Ok(Durability::Region),
         "remote" => Ok(Durability::Remote),
         "all" => Ok(Durability::All),
-        other => Err(NodeError::bad(
-            "bad_durability",
-            format!("durability {other:?}: use async, region, remote or all"),
-        )),
+        other => {
+            Err(NodeError::bad("bad_durability", format!("durability {other:?}: use async, region, remote or all")))
+        }
     }
 }
 
@@ -89,9 +87,7 @@ fn bucket(raw: &str) -> Result<String, NodeError> {
 }
 
 fn key(raw: &[u8]) -> Result<String, NodeError> {
-    Ok(input::check_key(raw)
-        .map_err(|e| NodeError::bad("bad_key", e.to_string()))?
-        .to_string())
+    Ok(input::check_key(raw).map_err(|e| NodeError::bad("bad_key", e.to_string()))?.to_string())
 }
 
 fn value_fits(node: &Node, body: &Bytes) -> Result<(), NodeError> {
@@ -107,28 +103,40 @@ fn value_fits(node: &Node, body: &Bytes) -> Result<(), NodeError> {
 
 /// Queue a write for the leader and wait for its acknowledgement.
 async fn write(node: &Node, op: WriteOp, p: &Params) -> Result<Reply, NodeError> {
-    match durability(p)? {
-        Durability::Async => {}
-        level => {
+    let level = durability(p)?;
+    match level {
+        Durability::Region => {
             return Err(NodeError::unavailable(
                 "durability_unavailable",
-                format!(
-                    "durability {level:?} needs followers or remote regions, which this deployment does not run yet"
-                ),
+                "durability region needs followers, which this deployment does not run yet",
             ));
         }
+        Durability::Remote if node.remote_stored.is_empty() => {
+            return Err(NodeError::unavailable(
+                "durability_unavailable",
+                "durability remote needs another region; this node's configuration names none (regions)",
+            ));
+        }
+        _ => {}
     }
+    let wait = match &p.timeout_ms {
+        None => Duration::from_millis(node.cfg.durability_timeout_ms),
+        Some(t) => Duration::from_millis(
+            t.parse::<u64>()
+                .ok()
+                .filter(|ms| (1..=600_000).contains(ms))
+                .ok_or_else(|| NodeError::bad("bad_timeout", format!("timeout_ms {t:?}: use 1 to 600000")))?,
+        ),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    node.writes
-        .try_send(WriteRequest { op, reply: tx })
-        .map_err(|e| match e {
-            tokio::sync::mpsc::error::TrySendError::Full(_) => {
-                NodeError::unavailable("overloaded", "the write queue is full; retry with backoff")
-            }
-            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-                NodeError::unavailable("shutting_down", "this node is not accepting writes")
-            }
-        })?;
+    node.writes.try_send(WriteRequest { op, reply: tx }).map_err(|e| match e {
+        tokio::sync::mpsc::error::TrySendError::Full(_) => {
+            NodeError::unavailable("overloaded", "the write queue is full; retry with backoff")
+        }
+        tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+            NodeError::unavailable("shutting_down", "this node is not accepting writes")
+        }
+    })?;
     let timeout = Duration::from_millis(node.cfg.write_timeout_ms);
     let ack = tokio::time::timeout(timeout, rx)
         .await
@@ -138,13 +146,47 @@ async fn write(node: &Node, op: WriteOp, p: &Params) -> Result<Reply, NodeError>
                 timeout.as_millis()
             ))
         })?
-        .map_err(|_| {
-            NodeError::unavailable("shutting_down", "the writer stopped before acknowledging")
-        })??;
+        .map_err(|_| NodeError::unavailable("shutting_down", "the writer stopped before acknowledging"))??;
+    let mut confirmed: Vec<String> = Vec::new();
+    if let (Some(log_seq), Durability::Remote | Durability::All) = (ack.log_seq, level) {
+        confirmed = wait_remote(node, log_seq, level, wait).await?;
+    }
     Ok(Reply::json(
         200,
-        json!({ "ok": true, "origin": ack.origin, "seq": ack.seq, "hlc": ack.hlc }),
+        json!({ "ok": true, "origin": ack.origin, "seq": ack.seq, "hlc": ack.hlc, "confirmed_by": confirmed }),
     ))
+}
+
+/// Wait until other regions stored the log up to `log_seq`: any one for `remote`, all
+/// for `all`. Returns the regions that confirmed; on timeout, 504 naming the others.
+async fn wait_remote(node: &Node, log_seq: u64, level: Durability, wait: Duration) -> Result<Vec<String>, NodeError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut watches: Vec<_> = node.remote_stored.iter().map(|(r, rx)| (r.to_string(), rx.clone())).collect();
+    loop {
+        let confirmed: Vec<String> =
+            watches.iter().filter(|(_, rx)| *rx.borrow() >= log_seq).map(|(r, _)| r.clone()).collect();
+        let enough = match level {
+            Durability::Remote => !confirmed.is_empty(),
+            _ => confirmed.len() == watches.len(),
+        };
+        if enough {
+            return Ok(confirmed);
+        }
+        let changes = futures::future::select_all(watches.iter_mut().map(|(_, rx)| Box::pin(rx.changed())));
+        if tokio::time::timeout_at(deadline, changes).await.is_err() {
+            let missing: Vec<String> =
+                watches.iter().filter(|(_, rx)| *rx.borrow() < log_seq).map(|(r, _)| r.clone()).collect();
+            return Err(NodeError::DurabilityTimeout {
+                message: format!(
+                    "not confirmed within {} ms by {}; the write is durable in {} and still replicates",
+                    wait.as_millis(),
+                    missing.join(", "),
+                    node.region
+                ),
+                unconfirmed: missing,
+            });
+        }
+    }
 }
 
 pub async fn kv_put(
@@ -156,24 +198,10 @@ pub async fn kv_put(
 ) -> Result<Reply, NodeError> {
     let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
     value_fits(node, &body)?;
-    write(
-        node,
-        WriteOp::Put {
-            bucket,
-            key,
-            value: body,
-        },
-        p,
-    )
-    .await
+    write(node, WriteOp::Put { bucket, key, value: body }, p).await
 }
 
-pub async fn kv_delete(
-    node: &Node,
-    bucket_raw: &str,
-    key_raw: &[u8],
-    p: &Params,
-) -> Result<Reply, NodeError> {
+pub async fn kv_delete(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
     let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
     write(node, WriteOp::Delete { bucket, key }, p).await
 }
@@ -186,14 +214,8 @@ pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8]) -> Result<Rep
         .await
         .map_err(|e| NodeError::Fatal(e.to_string()))??;
     match found.and_then(|v| v.value) {
-        Some(value) => Ok(Reply {
-            status: 200,
-            content_type: OCTETS,
-            body: Bytes::from(value),
-        }),
-        None => Err(NodeError::NotFound(format!(
-            "{bucket}/{key} does not exist"
-        ))),
+        Some(value) => Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(value) }),
+        None => Err(NodeError::NotFound(format!("{bucket}/{key} does not exist"))),
     }
 }
 
@@ -205,21 +227,14 @@ pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply,
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
-            .ok_or_else(|| {
-                NodeError::bad(
-                    "bad_limit",
-                    format!("limit {l:?}: use 1 to {LIST_LIMIT_MAX}"),
-                )
-            })?,
+            .ok_or_else(|| NodeError::bad("bad_limit", format!("limit {l:?}: use 1 to {LIST_LIMIT_MAX}")))?,
     };
     let prefix = p.prefix.clone().unwrap_or_default();
     let after = p.after.clone();
     let store = node.store.clone();
-    let keys = tokio::task::spawn_blocking(move || {
-        store.list_kv(&bucket, &prefix, after.as_deref(), limit + 1)
-    })
-    .await
-    .map_err(|e| NodeError::Fatal(e.to_string()))??;
+    let keys = tokio::task::spawn_blocking(move || store.list_kv(&bucket, &prefix, after.as_deref(), limit + 1))
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))??;
     let more = keys.len() > limit;
     let keys: Vec<String> = keys.into_iter().take(limit).collect();
     let next = if more { keys.last().cloned() } else { None };
@@ -239,37 +254,23 @@ pub async fn doc_apply(
     write(node, WriteOp::Doc { bucket, key, ops }, p).await
 }
 
-pub async fn doc_get(
-    node: &Node,
-    bucket_raw: &str,
-    key_raw: &[u8],
-    p: &Params,
-) -> Result<Reply, NodeError> {
+pub async fn doc_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
     let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
     let binary = match p.format.as_deref() {
         None | Some("json") => false,
         Some("automerge") => true,
         Some(other) => {
-            return Err(NodeError::bad(
-                "bad_format",
-                format!("format {other:?}: use json or automerge"),
-            ));
+            return Err(NodeError::bad("bad_format", format!("format {other:?}: use json or automerge")));
         }
     };
     let store = node.store.clone();
     let (b, k) = (bucket.clone(), key.clone());
     tokio::task::spawn_blocking(move || -> Result<Reply, NodeError> {
         let Some(bytes) = store.get_doc(&b, &k)? else {
-            return Err(NodeError::NotFound(format!(
-                "document {b}/{k} does not exist"
-            )));
+            return Err(NodeError::NotFound(format!("document {b}/{k} does not exist")));
         };
         if binary {
-            return Ok(Reply {
-                status: 200,
-                content_type: OCTETS,
-                body: Bytes::from(bytes),
-            });
+            return Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(bytes) });
         }
         let doc = doc::load_doc(&bytes).map_err(|e| NodeError::Fatal(e.to_string()))?;
         Ok(Reply::json(200, doc::to_json(&doc)))
@@ -278,19 +279,17 @@ pub async fn doc_get(
     .map_err(|e| NodeError::Fatal(e.to_string()))?
 }
 
-pub fn status(node: &Node) -> Reply {
+pub async fn status(node: &Node) -> Reply {
     let leader = node.leader.borrow().clone();
-    let applied: serde_json::Map<String, serde_json::Value> = node
-        .applied
-        .borrow()
-        .iter()
-        .map(|(o, s)| (o.to_string(), json!(s)))
-        .collect();
-    let role = if leader.fenced {
-        "fenced".to_string()
-    } else {
-        node.cfg.role.to_string()
-    };
+    let applied: serde_json::Map<String, serde_json::Value> =
+        node.applied.borrow().iter().map(|(o, s)| (o.to_string(), json!(s))).collect();
+    let role = if leader.fenced { "fenced".to_string() } else { node.cfg.role.to_string() };
+    let mut lag = serde_json::Map::new();
+    for remote in node.cfg.remote_regions() {
+        lag.insert(remote.to_string(), remote_lag(node, remote.as_str()).await);
+    }
+    let stored: serde_json::Map<String, serde_json::Value> =
+        node.remote_stored.iter().map(|(r, rx)| (r.to_string(), json!(*rx.borrow()))).collect();
     Reply::json(
         200,
         json!({
@@ -301,9 +300,40 @@ pub fn status(node: &Node) -> Reply {
             "origin": leader.origin.to_string(),
             "leader": node.cfg.node,
             "applied": applied,
-            "lag": {},
+            "lag": lag,
+            "remote_stored": stored,
         }),
     )
+}
+
+/// How far this replica is behind another region's log: `seq` messages (those its
+/// mirror holds but this replica has not applied, plus those the mirror has not yet
+/// copied), `ms` the age of the oldest unapplied message in the mirror, and the
+/// mirror's own view of its upstream (`mirror_active_ms` grows while it is cut off).
+async fn remote_lag(node: &Node, remote: &str) -> serde_json::Value {
+    let mirror = concord_transport::nats::mirror_name(remote);
+    let cursor = node.cursors.borrow().get(&mirror).copied().unwrap_or(0);
+    let pos = match tokio::time::timeout(Duration::from_secs(2), node.log.position(&mirror)).await {
+        Ok(Ok(pos)) => pos,
+        Ok(Err(e)) => return json!({ "error": e.to_string(), "applied_seq": cursor }),
+        Err(_) => return json!({ "error": "the local mirror did not answer in 2 s", "applied_seq": cursor }),
+    };
+    let unapplied = pos.last_seq.saturating_sub(cursor);
+    let mut ms = 0u64;
+    if unapplied > 0
+        && let Ok(Ok(Some(at))) =
+            tokio::time::timeout(Duration::from_secs(2), node.log.stored_at(&mirror, cursor + 1)).await
+    {
+        ms = (chrono::Utc::now() - at).num_milliseconds().max(0) as u64;
+    }
+    json!({
+        "seq": unapplied + pos.upstream_lag,
+        "ms": ms,
+        "applied_seq": cursor,
+        "mirror_seq": pos.last_seq,
+        "mirror_lag": pos.upstream_lag,
+        "mirror_active_ms": pos.upstream_active.map(|d| d.as_millis() as u64),
+    })
 }
 
 /// The session token of this replica now.

