@@ -259,3 +259,179 @@ pub fn seg(s: &str) -> String {
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
 }
+
+/// A whole local deployment started by `concord cluster up` (real NATS servers, the
+/// leaf-node backbone and the fault-injecting proxy), stopped on drop.
+pub struct Cluster {
+    pub dir: TempDir,
+    up: Option<Child>,
+    /// region -> (NATS URL, leader HTTP URL)
+    pub regions: std::collections::BTreeMap<String, (String, String)>,
+}
+
+/// A port offset under which every port of a `regions`-region deployment is free.
+fn free_cluster_offset(regions: usize) -> u16 {
+    let mut seed = std::process::id() as u64
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    loop {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let offset = 1000 + (seed >> 33) as u16 % 50_000;
+        let mut ports: Vec<u16> = Vec::new();
+        for i in 0..regions as u16 {
+            ports.extend((0..4).map(|k| 4301 + 10 * i + k + offset));
+            ports.extend((1..=4).map(|k| 8300 + 10 * i + k + offset));
+            for j in 0..regions as u16 {
+                ports.extend([5001 + 100 * i + 10 * j + offset, 5002 + 100 * i + 10 * j + offset]);
+            }
+        }
+        if ports.iter().all(|&p| p < 65000 && TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return offset;
+        }
+    }
+}
+
+impl Cluster {
+    pub fn start(regions: &[&str]) -> Cluster {
+        let dir = TempDir::new("cluster");
+        let offset = free_cluster_offset(regions.len());
+        let log = std::fs::File::create(dir.0.join("up.log")).unwrap();
+        let up = Command::new(concord_bin())
+            .args(["cluster", "up", "--dir"])
+            .arg(&dir.0)
+            .args(["--regions", &regions.join(","), "--port-offset", &offset.to_string()])
+            .current_dir(repo_root())
+            .env("CONCORD_NATS_SERVER", nats_bin())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start concord cluster up");
+        let mut cluster = Cluster { dir, up: Some(up), regions: Default::default() };
+        let json = cluster.dir.0.join("cluster.json");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !json.exists() {
+            if let Some(status) = cluster.up.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "cluster up exited ({status}):\n{}",
+                    std::fs::read_to_string(cluster.dir.0.join("up.log")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "cluster.json never appeared");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        for (region, r) in v["regions"].as_object().unwrap() {
+            let http = r["nodes"][0]["http"].as_str().unwrap().to_string();
+            cluster.regions.insert(region.clone(), (r["nats"].as_str().unwrap().to_string(), http));
+        }
+        cluster
+    }
+
+    /// The leader's HTTP URL of `region`.
+    pub fn url(&self, region: &str) -> String {
+        self.regions[region].1.clone()
+    }
+
+    pub fn nats(&self, region: &str) -> String {
+        self.regions[region].0.clone()
+    }
+
+    /// Run `concord cluster VERB --dir DIR ARGS...`, panicking on failure.
+    pub fn ctl(&self, verb: &str, args: &[&str]) {
+        let out =
+            Command::new(concord_bin()).args(["cluster", verb, "--dir"]).arg(&self.dir.0).args(args).output().unwrap();
+        assert!(out.status.success(), "cluster {verb} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn partition(&self, region: &str) {
+        self.ctl("partition", &[region]);
+    }
+
+    pub fn heal(&self) {
+        self.ctl("heal", &[]);
+    }
+
+    pub fn kill(&self, name: &str) {
+        self.ctl("kill", &[name]);
+    }
+
+    pub fn start_again(&self, name: &str) {
+        self.ctl("start", &[name]);
+    }
+
+    /// Wait until `url` answers its status.
+    pub async fn wait_ready(&self, url: &str, timeout: Duration) {
+        let client = http();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = client.get(format!("{url}/v1/status")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{url} not ready within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until every region has applied everything every other region wrote
+    /// (equal applied vectors, no lag), or panic after `timeout`.
+    pub async fn wait_converged(&self, timeout: Duration) -> Duration {
+        let client = http();
+        let started = Instant::now();
+        loop {
+            let mut applied = Vec::new();
+            let mut lagging = false;
+            for region in self.regions.keys() {
+                let Ok(r) = client.get(format!("{}/v1/status", self.url(region))).send().await else {
+                    lagging = true;
+                    continue;
+                };
+                let Ok(s) = r.json::<serde_json::Value>().await else {
+                    lagging = true;
+                    continue;
+                };
+                for (_, lag) in s["lag"].as_object().cloned().unwrap_or_default() {
+                    if lag["seq"].as_u64() != Some(0) {
+                        lagging = true;
+                    }
+                }
+                applied.push(s["applied"].clone());
+            }
+            if !lagging && applied.windows(2).all(|w| w[0] == w[1]) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < timeout, "no convergence within {timeout:?}: {applied:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.up.take() {
+            unsafe {
+                libc::kill(up.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while up.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+        // Whatever still runs (a node started by `cluster start`): SIGKILL it.
+        if let Ok(entries) = std::fs::read_dir(self.dir.0.join("procs")) {
+            for e in entries.flatten() {
+                let pid = std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["pid"].as_u64());
+                if let Some(pid) = pid {
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}

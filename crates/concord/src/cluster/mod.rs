@@ -104,7 +104,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Partition { dir, region } => {
             let mut f = running_faults(&dir, Some(&region))?;
             f.cut.insert(region.clone());
-            f.save(&dir)?;
+            proxy::change(&dir, f)?;
             println!("partitioned {region}");
             Ok(())
         }
@@ -116,7 +116,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                 }
                 None => f.cut.clear(),
             }
-            f.save(&dir)?;
+            proxy::change(&dir, f)?;
             println!("healed {}", region.as_deref().unwrap_or("every region"));
             Ok(())
         }
@@ -127,7 +127,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             } else {
                 f.delay_ms.insert(region.clone(), ms);
             }
-            f.save(&dir)?;
+            proxy::change(&dir, f)?;
             println!("delay of {region}: {ms} ms");
             Ok(())
         }
@@ -216,6 +216,7 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
 
     // The proxies first, so the servers' first connections already pass through them.
     Faults::default().save(&dir)?;
+    std::fs::write(proxy::applied_path(&dir), "0")?;
     let (faults_tx, faults_rx) = tokio::sync::watch::channel(Faults::default());
     for (i, from) in regions.iter().enumerate() {
         for (j, to) in regions.iter().enumerate().filter(|(j, _)| *j != i) {
@@ -333,11 +334,17 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
                     let _ = c.try_wait();
                 }
                 let faults = Faults::load(&dir);
-                faults_tx.send_if_modified(|f| {
+                let generation = faults.generation;
+                let changed = faults_tx.send_if_modified(|f| {
                     let changed = *f != faults;
                     *f = faults;
                     changed
                 });
+                if changed {
+                    // Give the proxies' tasks a moment to close what the change cut.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    std::fs::write(proxy::applied_path(&dir), generation.to_string())?;
+                }
             }
         }
     }

@@ -24,6 +24,33 @@ pub struct Faults {
     /// Extra one-way latency on every link touching a region, in milliseconds.
     #[serde(default)]
     pub delay_ms: BTreeMap<String, u64>,
+    /// Raised by every change, so the CLI can wait until the proxies applied it.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// Where `cluster up` records the generation of the faults its proxies apply.
+pub fn applied_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("faults.applied")
+}
+
+/// Save `faults` as the next generation and wait until the running proxies applied it.
+pub fn change(dir: &Path, mut faults: Faults) -> anyhow::Result<()> {
+    faults.generation += 1;
+    faults.save(dir)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied: u64 =
+            std::fs::read_to_string(applied_path(dir)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        if applied >= faults.generation {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "cluster up did not apply the change within 10 s (is it running?)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Faults {
