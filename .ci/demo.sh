@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command: installs what is missing, builds Concord, starts a local
-# deployment (`concord cluster up`, every region with its own NATS server and leader),
-# and walks through writes, documents, a leader crash (SIGKILL) and its recovery.
+# deployment of three regions (`concord cluster up`: each region with its own NATS
+# server and leader, linked through a fault-injecting proxy), and walks through writes
+# in every region, a partition with concurrent writes to one key, heal and convergence,
+# durability levels, and a leader crash (SIGKILL) and its recovery.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,16 +27,61 @@ US=http://127.0.0.1:8301 EU=http://127.0.0.1:8311 AP=http://127.0.0.1:8321
 say "cluster.json: what runs where"
 cat "$DIR/cluster.json"
 
-say "Writes in every region (each region's leader acknowledges once its JetStream log has the write on disk)"
+wait_converged() {
+  # Until every region reports no lag and the same applied vector.
+  for _ in $(seq 1 300); do
+    a=$(curl -s $US/v1/status); b=$(curl -s $EU/v1/status); c=$(curl -s $AP/v1/status)
+    if python3 - "$a" "$b" "$c" <<'PY'
+import json, sys
+s = [json.loads(x) for x in sys.argv[1:]]
+ok = all(l.get("seq") == 0 for x in s for l in x["lag"].values()) and s[0]["applied"] == s[1]["applied"] == s[2]["applied"]
+sys.exit(0 if ok else 1)
+PY
+    then return 0; fi
+    sleep 0.2
+  done
+  echo "regions did not converge" >&2; return 1
+}
+
+say "Writes in every region; each is read back from the others (changesets travel over NATS)"
 run $C put --endpoint $US users alice '{"name":"Alice","city":"Boston"}'
 run $C put --endpoint $EU users bob '{"name":"Bob","city":"Dublin"}'
 run $C put --endpoint $AP users chandra '{"name":"Chandra","city":"Mumbai"}'
-run $C get --endpoint $US users alice
+wait_converged
+run $C get --endpoint $AP users alice
+run $C get --endpoint $US users bob
+run $C ls --endpoint $EU users
 
-say "A document: nested map, counter, list and text"
-run $C doc --endpoint $US docs cart --ops '[{"op":"set","path":["owner"],"value":"alice"},{"op":"inc","path":["items"],"by":2},{"op":"insert","path":["lines",0],"value":{"sku":"A-1","qty":2}},{"op":"splice","path":["note"],"pos":0,"del":0,"text":"leave at door"}]'
-run $C doc --endpoint $US docs cart --ops '[{"op":"inc","path":["items"],"by":1}]'
-run $C doc --endpoint $US docs cart
+say "A document: created once in us-east, then incremented and edited from every region"
+run $C doc --endpoint $US docs cart --ops '[{"op":"set","path":["owner"],"value":"alice"},{"op":"inc","path":["items"],"by":0},{"op":"splice","path":["note"],"pos":0,"del":0,"text":"leave at door"}]'
+wait_converged
+run $C doc --endpoint $US docs cart --ops '[{"op":"inc","path":["items"],"by":2}]'
+run $C doc --endpoint $EU docs cart --ops '[{"op":"inc","path":["items"],"by":3},{"op":"insert","path":["lines",0],"value":{"sku":"A-1","qty":2}}]'
+run $C doc --endpoint $AP docs cart --ops '[{"op":"inc","path":["items"],"by":1},{"op":"splice","path":["note"],"pos":13,"del":0,"text":", ring twice"}]'
+wait_converged
+run $C doc --endpoint $AP docs cart
+
+say "Partition: cut eu-west off from the other regions (the proxies close its links for real)"
+run $C cluster partition --dir "$DIR" eu-west
+echo "Both sides keep taking writes, to the same key:"
+run $C put --endpoint $US users dana '{"name":"Dana","plan":"pro"}'
+run $C put --endpoint $EU users dana '{"name":"Dana","plan":"enterprise"}'
+echo "us-east and ap-south see one value, eu-west its own:"
+sleep 1
+run $C get --endpoint $AP users dana
+run $C get --endpoint $EU users dana
+echo "A write that needs every region answers 504 naming the unreachable one (it stays durable and still replicates):"
+run curl -s -X PUT "$US/v1/kv/users/erin?durability=all&timeout_ms=2000" -d '{"name":"Erin"}'; echo
+echo "A write that needs one other region succeeds through ap-south:"
+run curl -s -X PUT "$US/v1/kv/users/frank?durability=remote" -d '{"name":"Frank"}'; echo
+
+say "Heal: every region converges to one winner (highest hybrid-logical-clock time)"
+run $C cluster heal --dir "$DIR"
+wait_converged
+for ep in $US $EU $AP; do printf '%s: ' "$ep"; $C get --endpoint $ep users dana; done
+run $C get --endpoint $EU users erin
+echo "Concurrent versions the merge reconciled, per region (the inspectable conflict log is the next phase):"
+for ep in $US $EU $AP; do printf '%s: ' "$ep"; curl -s $ep/metrics | grep '^concord_lww_conflicts_total'; done
 
 say "Bad input is refused with a clear error, and nothing changes"
 run curl -s -X PUT "$US/v1/kv/users/" -d x; echo
@@ -42,14 +89,14 @@ run curl -s -X POST "$US/v1/docs/docs/cart" -d '{"ops":[{"op":"inc","path":["own
 
 say "Crash: SIGKILL the us-east leader, start it again on the same data"
 run $C cluster kill --dir "$DIR" us-east-1
-$C get --endpoint $US users alice 2>&1 | sed 's/^/  (while down) /' || true
+run $C put --endpoint $EU users gita '{"name":"Gita"}'
 run $C cluster start --dir "$DIR" us-east-1
 for _ in $(seq 1 300); do $C status --endpoint $US >/dev/null 2>&1 && break; sleep 0.1; done
+wait_converged
 run $C get --endpoint $US users alice
-run $C doc --endpoint $US docs cart
+run $C get --endpoint $US users gita
 run $C status --endpoint $US
 
 say "Done"
-echo "Regions do not exchange changesets yet (that is the next phase), so the conflict log"
-echo "has nothing to show in this build. Run a deployment yourself with:"
-echo "  $C cluster up --dir .cluster     (Ctrl-C stops it)"
+echo "Run a deployment yourself with:"
+echo "  $C cluster up --dir .cluster     (Ctrl-C stops it; partition/heal/kill/start from another shell)"

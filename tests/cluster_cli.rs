@@ -94,7 +94,7 @@ fn cluster_up_kill_start_and_the_client_commands() {
         let record: Value = serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
         pids.push(record["pid"].as_u64().unwrap() as u32);
     }
-    assert_eq!(pids.len(), 2);
+    assert_eq!(pids.len(), 3, "backbone, region NATS server and node");
     unsafe {
         libc::kill(up.id() as i32, libc::SIGTERM);
     }

@@ -117,6 +117,14 @@ impl NodeConfig {
                     text.parse()
                         .map_err(|_| ConfigError::Env { name: name.clone(), why: "expected an integer".into() })?,
                 ),
+                // Lists are comma-separated: CONCORD_REGIONS=us-east,eu-west,ap-south
+                toml::Value::Array(_) => toml::Value::Array(
+                    text.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.into()))
+                        .collect(),
+                ),
                 _ => toml::Value::String(text),
             };
             changed = true;
