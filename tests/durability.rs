@@ -50,6 +50,13 @@ async fn all_fails_naming_the_cut_region_and_remote_succeeds() {
     let there = client.get(format!("{}/v1/kv/d/all-write", cluster.url("ap-south"))).send().await.unwrap();
     assert_eq!(there.status(), 404, "the cut region received a write during the cut");
 
+    // While cut off, the mirror of ap-south cannot know how far ap-south's log is (its
+    // lag reads 0), but the time since it last heard from ap-south grows: status shows it.
+    let status: Value = client.get(format!("{us}/v1/status")).send().await.unwrap().json().await.unwrap();
+    let silent_ms = status["lag"]["ap-south"]["mirror_active_ms"].as_u64().unwrap();
+    assert!(silent_ms > 5000, "mirror of the cut region active {silent_ms} ms ago: {status}");
+    assert!(status["lag"]["eu-west"]["mirror_active_ms"].as_u64().unwrap() < 5000, "{status}");
+
     // After heal it replicates to the region that did not confirm it.
     cluster.heal();
     cluster.wait_converged(Duration::from_secs(60)).await;
@@ -57,6 +64,14 @@ async fn all_fails_naming_the_cut_region_and_remote_succeeds() {
         let r = client.get(format!("{}/v1/kv/d/{key}", cluster.url("ap-south"))).send().await.unwrap();
         assert_eq!(r.status(), 200, "{key} never reached ap-south");
     }
+    // Latency on eu-west's links (cluster delay) slows an `all` write by at least that.
+    cluster.ctl("delay", &["eu-west", "400"]);
+    let started = Instant::now();
+    let r = client.put(format!("{us}/v1/kv/d/slow?durability=all")).body("s").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(400), "delay had no effect: {:?}", started.elapsed());
+    cluster.ctl("delay", &["eu-west", "0"]);
+
     // `region` needs followers, which this deployment does not run: a clear 503.
     let r = client.put(format!("{us}/v1/kv/d/x?durability=region")).body("x").send().await.unwrap();
     assert_eq!(r.status(), 503);

@@ -118,24 +118,38 @@ pub async fn serve(link: Link, faults: watch::Receiver<Faults>) -> anyhow::Resul
     Ok(())
 }
 
+/// Copy `from` to `to`, holding every chunk back by the link's current delay. Reading
+/// and writing are separate tasks joined by a queue, so a delay adds latency without
+/// limiting throughput.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     link: Link,
     faults: watch::Receiver<Faults>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let delay = faults.borrow().delay(&link);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(1024);
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let due = tokio::time::Instant::now() + faults.borrow().delay(&link);
+            if tx.send((due, buf[..n].to_vec())).await.is_err() {
+                return;
+            }
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
         }
-    }
+    };
+    // The writer drains what was read before an end of stream; either side's failure
+    // ends the other (its channel end is dropped).
+    tokio::join!(reader, writer);
 }
