@@ -9,6 +9,7 @@
 //!   kind 1 put:    value(bytes) vv
 //!   kind 2 delete: vv
 //!   kind 3 doc:    automerge change(bytes)
+//!   kind | 0x80:   the same, followed by the 16-byte id of the conflict it resolves
 //! vv = count(varint) (origin(str) seq(varint))*
 //! ```
 //!
@@ -43,7 +44,11 @@ pub struct Change {
     pub bucket: String,
     pub key: String,
     pub body: ChangeBody,
+    /// The conflict-log record this change resolves (POST /v1/conflicts/{id}/resolve).
+    pub resolves: Option<uuid::Uuid>,
 }
+
+const RESOLVES_FLAG: u8 = 0x80;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changeset {
@@ -77,20 +82,24 @@ impl Changeset {
             w.u64(u64::from(c.hlc.logical));
             w.str(&c.bucket);
             w.str(&c.key);
+            let flag = if c.resolves.is_some() { RESOLVES_FLAG } else { 0 };
             match &c.body {
                 ChangeBody::Put { value, vv } => {
-                    w.u8(1);
+                    w.u8(1 | flag);
                     w.bytes(value);
                     encode_vv(&mut w, vv);
                 }
                 ChangeBody::Delete { vv } => {
-                    w.u8(2);
+                    w.u8(2 | flag);
                     encode_vv(&mut w, vv);
                 }
                 ChangeBody::Doc { change } => {
-                    w.u8(3);
+                    w.u8(3 | flag);
                     w.bytes(change);
                 }
+            }
+            if let Some(id) = c.resolves {
+                w.raw(id.as_bytes());
             }
         }
         w.finish()
@@ -116,7 +125,8 @@ impl Changeset {
             let hlc = Hlc { wall_ms: r.u64()?, logical: r.u32()? };
             let bucket = r.string(BUCKET_BYTES_MAX)?;
             let key = r.string(KEY_BYTES_MAX)?;
-            let body = match r.u8()? {
+            let kind = r.u8()?;
+            let body = match kind & !RESOLVES_FLAG {
                 1 => {
                     let value = r.bytes(BODY_BYTES_MAX)?.to_vec();
                     ChangeBody::Put { value, vv: decode_vv(&mut r)? }
@@ -125,7 +135,13 @@ impl Changeset {
                 3 => ChangeBody::Doc { change: r.bytes(BODY_BYTES_MAX)?.to_vec() },
                 kind => return Err(CoreError::Corrupt(format!("unknown change kind {kind}"))),
             };
-            changes.push(Change { hlc, bucket, key, body });
+            let resolves = if kind & RESOLVES_FLAG != 0 {
+                let raw: [u8; 16] = r.raw(16)?.try_into().expect("16 bytes");
+                Some(uuid::Uuid::from_bytes(raw))
+            } else {
+                None
+            };
+            changes.push(Change { hlc, bucket, key, body, resolves });
         }
         r.expect_end()?;
         Ok(Changeset { origin, first_seq, changes })
@@ -158,16 +174,15 @@ fn decode_vv(r: &mut Reader<'_>) -> CoreResult<VersionVector> {
     Ok(vv)
 }
 
-/// The encoding of one stored LWW version (local state), versioned like the wire.
+/// The encoding of one stored LWW register (local state), versioned like the wire:
+/// version 1 held one version; version 2 holds the register's siblings.
 pub mod stored {
     use super::*;
-    use crate::lww::Version;
+    use crate::lww::{Register, SIBLINGS_MAX, Version};
 
-    const STORED_VERSION: u8 = 1;
+    const STORED_VERSION: u8 = 2;
 
-    pub fn encode(v: &Version) -> Vec<u8> {
-        let mut w = Writer::new();
-        w.u8(STORED_VERSION);
+    fn encode_version(w: &mut Writer, v: &Version) {
         w.str(&v.origin.to_string());
         w.u64(v.hlc.wall_ms);
         w.u64(u64::from(v.hlc.logical));
@@ -178,16 +193,10 @@ pub mod stored {
             }
             None => w.u8(0),
         }
-        encode_vv(&mut w, &v.vv);
-        w.finish()
+        encode_vv(w, &v.vv);
     }
 
-    pub fn decode(bytes: &[u8]) -> CoreResult<Version> {
-        let mut r = Reader::new(bytes);
-        let version = r.u8()?;
-        if version != STORED_VERSION {
-            return Err(CoreError::UnsupportedVersion { found: version, supported: STORED_VERSION });
-        }
+    fn decode_version(r: &mut Reader<'_>) -> CoreResult<Version> {
         let origin = parse_origin(&r.string(64)?)?;
         let hlc = Hlc { wall_ms: r.u64()?, logical: r.u32()? };
         let value = match r.u8()? {
@@ -195,9 +204,32 @@ pub mod stored {
             0 => None,
             other => return Err(CoreError::Corrupt(format!("bad value tag {other}"))),
         };
-        let vv = decode_vv(&mut r)?;
-        r.expect_end()?;
+        let vv = decode_vv(r)?;
         Ok(Version { value, hlc, origin, vv })
+    }
+
+    pub fn encode(reg: &Register) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(STORED_VERSION);
+        w.u64(reg.versions().len() as u64);
+        for v in reg.versions() {
+            encode_version(&mut w, v);
+        }
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> CoreResult<Register> {
+        let mut r = Reader::new(bytes);
+        let versions = match r.u8()? {
+            1 => vec![decode_version(&mut r)?],
+            2 => {
+                let n = r.len(SIBLINGS_MAX)?;
+                (0..n).map(|_| decode_version(&mut r)).collect::<CoreResult<Vec<_>>>()?
+            }
+            found => return Err(CoreError::UnsupportedVersion { found, supported: STORED_VERSION }),
+        };
+        r.expect_end()?;
+        Register::from_versions(versions).ok_or_else(|| CoreError::Corrupt("a register without versions".into()))
     }
 }
 
@@ -225,8 +257,14 @@ mod tests {
     }
 
     fn change() -> impl Strategy<Value = Change> {
-        (any::<u64>(), any::<u32>(), "[a-z]{1,8}", "\\PC{1,16}", body()).prop_map(
-            |(wall_ms, logical, bucket, key, body)| Change { hlc: Hlc { wall_ms, logical }, bucket, key, body },
+        (any::<u64>(), any::<u32>(), "[a-z]{1,8}", "\\PC{1,16}", body(), proptest::option::of(any::<u128>())).prop_map(
+            |(wall_ms, logical, bucket, key, body, resolves)| Change {
+                hlc: Hlc { wall_ms, logical },
+                bucket,
+                key,
+                body,
+                resolves: resolves.map(uuid::Uuid::from_u128),
+            },
         )
     }
 
@@ -265,10 +303,16 @@ mod tests {
         }
 
         #[test]
-        fn stored_versions_round_trip(value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+        fn stored_registers_round_trip(value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
                                        vv in vv(), wall_ms in any::<u64>(), logical in any::<u32>()) {
-            let v = crate::lww::Version { value, hlc: Hlc { wall_ms, logical }, origin: origin(1, 3), vv };
-            prop_assert_eq!(stored::decode(&stored::encode(&v)).unwrap(), v);
+            let mut own = vv.clone();
+            own.observe(&origin(1, 3), 1);
+            let v = crate::lww::Version { value, hlc: Hlc { wall_ms, logical }, origin: origin(1, 3), vv: own };
+            let mut reg = crate::lww::Register::new(v.clone());
+            let other = crate::lww::Version { value: None, hlc: Hlc { wall_ms: 1, logical: 0 }, origin: origin(2, 9),
+                vv: [(origin(2, 9), 1)].into_iter().collect() };
+            reg.insert(other);
+            prop_assert_eq!(stored::decode(&stored::encode(&reg)).unwrap(), reg);
         }
     }
 
@@ -282,6 +326,7 @@ mod tests {
                 bucket: "b".into(),
                 key: "k".into(),
                 body: ChangeBody::Delete { vv: VersionVector::new() },
+                resolves: None,
             }],
         };
         let mut bytes = cs.encode();

@@ -3,7 +3,8 @@
 //! - [`ids`]: regions and origins (`region.epoch`), validated at the edge.
 //! - [`hlc`]: the hybrid logical clock that orders versions across regions.
 //! - [`vv`]: version vectors over origins; they tell history from conflict.
-//! - [`lww`]: last-writer-wins registers and their merge (a join-semilattice).
+//! - [`lww`]: last-writer-wins registers that keep concurrent siblings (a join-semilattice).
+//! - [`conflict`]: conflict-log records and their convergent ids.
 //! - [`changeset`]: the versioned binary encoding of what crosses the log.
 //! - [`doc`]: Automerge document operations and their JSON view.
 //! - [`token`]: session tokens (an applied vector, compact and header-safe).
@@ -15,6 +16,7 @@
 
 pub mod changeset;
 pub mod codec;
+pub mod conflict;
 pub mod doc;
 pub mod error;
 pub mod hlc;
