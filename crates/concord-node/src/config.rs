@@ -56,6 +56,13 @@ pub struct NodeConfig {
     /// How long a `remote` or `all` write waits for other regions to store it before
     /// answering 504 (the write stays durable here and still replicates).
     pub durability_timeout_ms: u64,
+    /// Buckets whose concurrent writes wait for a person: reads answer 300 with every
+    /// sibling until the conflict is resolved. Other buckets resolve by LWW (and log).
+    pub manual_buckets: Vec<String>,
+    /// The conflict log keeps at most this many records (oldest leave first)...
+    pub conflicts_max: u64,
+    /// ...and none detected longer ago than this many seconds.
+    pub conflicts_max_age_s: u64,
 }
 
 impl Default for NodeConfig {
@@ -75,6 +82,9 @@ impl Default for NodeConfig {
             nats_connect_timeout_ms: 30_000,
             regions: Vec::new(),
             durability_timeout_ms: 10_000,
+            manual_buckets: Vec::new(),
+            conflicts_max: concord_storage::CONFLICTS_MAX_DEFAULT,
+            conflicts_max_age_s: concord_storage::CONFLICTS_MAX_AGE_DEFAULT.as_secs(),
         }
     }
 }
@@ -145,6 +155,9 @@ impl NodeConfig {
                 "value_bytes_max must be 1..={}",
                 concord_core::changeset::BODY_BYTES_MAX
             )));
+        }
+        if self.conflicts_max == 0 || self.conflicts_max_age_s == 0 {
+            return Err(ConfigError::Invalid("conflicts_max and conflicts_max_age_s must be positive".into()));
         }
         if self.batch_changes_max == 0 || self.write_queue_max == 0 {
             return Err(ConfigError::Invalid("batch_changes_max and write_queue_max must be positive".into()));

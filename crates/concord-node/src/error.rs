@@ -13,6 +13,9 @@ pub enum NodeError {
     /// Nothing there (404).
     #[error("{0}")]
     NotFound(String),
+    /// The request contradicts the current state, e.g. resolving a resolved conflict (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The value is larger than the configured limit (413).
     #[error("{0}")]
     TooLarge(String),
@@ -45,6 +48,7 @@ impl NodeError {
             NodeError::BadRequest { .. } => 400,
             NodeError::NotFound(_) => 404,
             NodeError::TooLarge(_) => 413,
+            NodeError::Conflict(_) => 409,
             NodeError::Unavailable { .. } => 503,
             NodeError::Timeout(_) | NodeError::DurabilityTimeout { .. } => 504,
             NodeError::Fatal(_) => 500,
@@ -56,6 +60,7 @@ impl NodeError {
             NodeError::BadRequest { code, .. } | NodeError::Unavailable { code, .. } => code,
             NodeError::NotFound(_) => "not_found",
             NodeError::TooLarge(_) => "value_too_large",
+            NodeError::Conflict(_) => "already_resolved",
             NodeError::Timeout(_) => "timeout",
             NodeError::DurabilityTimeout { .. } => "durability_timeout",
             NodeError::Fatal(_) => "internal",

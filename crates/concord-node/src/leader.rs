@@ -22,7 +22,7 @@ use concord_core::changeset::{Change, ChangeBody, Changeset};
 use concord_core::doc::{self, DocOp};
 use concord_core::hlc::Hlc;
 use concord_core::ids::{Origin, RegionId};
-use concord_core::lww::Version;
+use concord_core::lww::{Register, Version};
 use concord_core::vv::VersionVector;
 use concord_transport::LogEntry;
 use concord_transport::{LogError, RegionLog};
@@ -68,6 +68,8 @@ pub type Reply = oneshot::Sender<Result<WriteAck, NodeError>>;
 
 pub struct WriteRequest {
     pub op: WriteOp,
+    /// The conflict-log record this write resolves (POST /v1/conflicts/{id}/resolve).
+    pub resolves: Option<uuid::Uuid>,
     pub reply: Reply,
 }
 
@@ -200,25 +202,32 @@ impl<L: RegionLog> Leader<L> {
         let actor = self.origin.actor_bytes();
         for req in reqs {
             let seq = self.next_seq + changes.len() as u64;
+            let resolves = req.resolves;
             let made = match req.op {
                 WriteOp::Put { bucket, key, value } => {
-                    let change = self.lww_change(&mut overlay, bucket, key, Some(value.to_vec()), seq)?;
+                    let change = self.lww_change(&mut overlay, bucket, key, Some(value.to_vec()), seq, resolves)?;
                     Ok(Some(change))
                 }
-                WriteOp::Delete { bucket, key } => Ok(Some(self.lww_change(&mut overlay, bucket, key, None, seq)?)),
+                WriteOp::Delete { bucket, key } => {
+                    Ok(Some(self.lww_change(&mut overlay, bucket, key, None, seq, resolves)?))
+                }
                 WriteOp::Doc { bucket, key, ops } => {
+                    let hlc = self.replica.clock.tick(now_ms());
                     let doc = self.replica.doc_mut(&mut overlay, &bucket, &key)?;
-                    match doc::apply_ops(doc, &actor, &ops) {
+                    match doc::apply_ops(doc, &actor, hlc, &ops) {
                         Err(e) => Err(NodeError::from(e)),
                         Ok(None) => Ok(None),
                         Ok(Some(change)) => {
                             overlay.dirty_docs.insert((bucket.clone(), key.clone()));
-                            let hlc = self.replica.clock.tick(now_ms());
+                            if let Some(id) = resolves {
+                                overlay.doc_resolves.insert((bucket.clone(), key.clone()), id);
+                            }
                             Ok(Some(Change {
                                 hlc,
                                 bucket,
                                 key,
                                 body: ChangeBody::Doc { change: change.raw_bytes().to_vec() },
+                                resolves,
                             }))
                         }
                     }
@@ -288,8 +297,9 @@ impl<L: RegionLog> Leader<L> {
         }
     }
 
-    /// A new LWW version for `bucket/key`: it follows the stored one causally (its HLC is
-    /// later and its vector includes the stored one's).
+    /// A new LWW version for `bucket/key`: it follows every stored sibling causally (its
+    /// HLC is later and its vector joins all of theirs), so it supersedes them all and
+    /// resolves the key's open conflict, if any.
     fn lww_change(
         &mut self,
         overlay: &mut Overlay,
@@ -297,22 +307,39 @@ impl<L: RegionLog> Leader<L> {
         key: String,
         value: Option<Vec<u8>>,
         seq: u64,
+        resolves: Option<uuid::Uuid>,
     ) -> Result<Change, NodeError> {
         let current = self.replica.current_kv(overlay, &bucket, &key)?;
         let mut vv = VersionVector::new();
         if let Some(cur) = &current {
-            self.replica.clock.observe(cur.hlc);
-            vv = cur.vv.clone();
+            for v in cur.versions() {
+                self.replica.clock.observe(v.hlc);
+            }
+            vv = cur.vv();
         }
         let hlc = self.replica.clock.tick(now_ms());
         vv.observe(&self.origin, seq);
         let version = Version { value: value.clone(), hlc, origin: self.origin.clone(), vv: vv.clone() };
-        overlay.kv.insert((bucket.clone(), key.clone()), version);
+        let register = Register::new(version);
+        let manual = self.replica.manual_buckets.contains(&bucket);
+        let region = self.replica.region.to_string();
+        crate::conflicts::track_lww(
+            &self.replica.store,
+            overlay,
+            &region,
+            &bucket,
+            &key,
+            &register,
+            &[],
+            resolves,
+            manual,
+        )?;
+        overlay.kv.insert((bucket.clone(), key.clone()), register);
         let body = match value {
             Some(value) => ChangeBody::Put { value, vv },
             None => ChangeBody::Delete { vv },
         };
-        Ok(Change { hlc, bucket, key, body })
+        Ok(Change { hlc, bucket, key, body, resolves })
     }
 
     /// Append with retries until the deadline. Retrying an append whose outcome is

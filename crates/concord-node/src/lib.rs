@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod conflicts;
 pub mod error;
 pub mod leader;
 pub mod metrics;
@@ -127,7 +128,8 @@ pub async fn run(
         return Err("this build runs leaders only: followers come with the followers phase".into());
     }
     let metrics = Arc::new(Metrics::default());
-    let store = Store::open(&cfg.data_dir)?;
+    let store = Store::open(&cfg.data_dir)?
+        .with_conflict_retention(cfg.conflicts_max, Duration::from_secs(cfg.conflicts_max_age_s));
     let client = connect(&cfg).await?;
     let max_payload = client.server_info().max_payload;
     if max_payload < cfg.value_bytes_max + 64 * 1024 {
@@ -144,6 +146,23 @@ pub async fn run(
         mirrors.insert(name, remote);
     }
     let mut replica = Replica::open(store.clone(), region.clone(), log.stream().to_string(), metrics.clone())?;
+    replica.manual_buckets = cfg.manual_buckets.iter().cloned().collect();
+    // Conflict records go out on NATS for subscribers (bounded: a slow NATS drops
+    // publications, counted, never stalls the writer; the log itself is durable).
+    let (conflict_tx, mut conflict_rx) = mpsc::channel::<concord_core::conflict::ConflictRecord>(1024);
+    replica.conflict_tx = Some(conflict_tx);
+    {
+        let client = client.clone();
+        let subject = api::nats::conflicts_subject(region.as_str());
+        tokio::spawn(async move {
+            while let Some(record) = conflict_rx.recv().await {
+                let body = serde_json::to_vec(&record).expect("a record serializes");
+                if let Err(e) = client.publish(subject.clone(), body.into()).await {
+                    warn!(error = %e, "could not publish a conflict record");
+                }
+            }
+        });
+    }
     let log_last = replica.catch_up(log.as_ref()).await?;
     // Other regions' changesets: one follower task per mirror, all feeding the one task
     // that owns the replica (bounded: a slow apply slows the followers, never memory).

@@ -34,6 +34,8 @@ counters! {
     log_gaps_total: "Changesets that arrived after a gap in their origin's sequence.",
     lww_conflicts_total: "Concurrent LWW versions reconciled by merge.",
     append_retries_total: "Log appends retried after an error.",
+    conflict_records_written_total: "Conflict-log records created, extended or resolved.",
+    conflicts_unpublished_total: "Conflict records not published on NATS (publisher queue full).",
 }
 
 pub fn inc(c: &AtomicU64) {

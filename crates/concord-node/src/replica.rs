@@ -11,16 +11,18 @@ use std::sync::Arc;
 
 use automerge::{Automerge, ReadDoc};
 use concord_core::changeset::{ChangeBody, Changeset};
+use concord_core::conflict::ConflictRecord;
 use concord_core::hlc::Clock;
 use concord_core::ids::RegionId;
-use concord_core::lww::{self, Version};
+use concord_core::lww::{Inserted, Register, Version};
 use concord_core::vv::VersionVector;
 use concord_core::{doc, input};
-use concord_storage::{Batch, Store};
+use concord_storage::{Batch, ConflictWrite, Store};
 use concord_transport::{LogEntry, RegionLog};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::conflicts;
 use crate::error::NodeError;
 use crate::metrics::{self, Metrics};
 
@@ -42,16 +44,26 @@ pub struct Replica {
     applied_tx: watch::Sender<VersionVector>,
     cursors_tx: watch::Sender<HashMap<String, u64>>,
     pub metrics: Arc<Metrics>,
+    /// Buckets whose conflicts wait for a person (siblings, 300 on read).
+    pub manual_buckets: std::collections::HashSet<String>,
+    /// Where committed conflict records go (published on NATS); full means dropped.
+    pub conflict_tx: Option<mpsc::Sender<ConflictRecord>>,
 }
 
 /// Values and documents touched by one step, before they are committed.
 #[derive(Default)]
 pub struct Overlay {
-    pub kv: HashMap<DocKey, Version>,
+    pub kv: HashMap<DocKey, Register>,
     pub docs: HashMap<DocKey, Automerge>,
     pub dirty_docs: std::collections::HashSet<DocKey>,
     /// Documents whose waiting changes changed (an empty list clears them).
     pub pending: Vec<(String, String, Vec<Vec<u8>>)>,
+    /// Conflict-log changes of this step, in order.
+    pub conflict_writes: Vec<ConflictWrite>,
+    /// The open record per key (and path) as this step left it (`None`: none open).
+    pub open_records: HashMap<Vec<u8>, Option<ConflictRecord>>,
+    /// Documents changed by a resolving write: the record it resolves.
+    pub doc_resolves: HashMap<DocKey, uuid::Uuid>,
 }
 
 impl Replica {
@@ -70,6 +82,8 @@ impl Replica {
             applied_tx,
             cursors_tx,
             metrics,
+            manual_buckets: Default::default(),
+            conflict_tx: None,
         })
     }
 
@@ -97,7 +111,7 @@ impl Replica {
     }
 
     /// The current version of a key, from the overlay first.
-    pub fn current_kv(&self, overlay: &Overlay, bucket: &str, key: &str) -> Result<Option<Version>, NodeError> {
+    pub fn current_kv(&self, overlay: &Overlay, bucket: &str, key: &str) -> Result<Option<Register>, NodeError> {
         if let Some(v) = overlay.kv.get(&(bucket.to_string(), key.to_string())) {
             return Ok(Some(v.clone()));
         }
@@ -134,14 +148,25 @@ impl Replica {
         stream: &str,
         cursor: u64,
     ) -> Result<(), NodeError> {
-        let mut batch = Batch::default();
-        for ((bucket, key), version) in overlay.kv {
-            batch.kv.push((bucket, key, version));
+        let mut overlay = overlay;
+        let dirty: Vec<DocKey> = overlay.dirty_docs.iter().cloned().collect();
+        for k in &dirty {
+            let resolves = overlay.doc_resolves.get(k).copied();
+            let doc = overlay.docs.remove(k).expect("a dirty document is loaded");
+            let tracked =
+                conflicts::track_doc(&self.store, &mut overlay, self.region.as_str(), &k.0, &k.1, &doc, resolves);
+            overlay.docs.insert(k.clone(), doc);
+            tracked?;
         }
-        for k in overlay.dirty_docs {
+        let mut batch = Batch::default();
+        for ((bucket, key), register) in overlay.kv {
+            batch.kv.push((bucket, key, register));
+        }
+        for k in dirty {
             let doc = &overlay.docs[&k];
             batch.docs.push((k.0, k.1, doc.save()));
         }
+        batch.conflicts = overlay.conflict_writes;
         for (origin, seq) in applied.iter() {
             if seq > self.applied.get(origin) {
                 batch.applied.push((origin.clone(), seq));
@@ -152,13 +177,21 @@ impl Replica {
         batch.cursors.push((stream.to_string(), cursor));
         batch.pending = overlay.pending;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit(&batch))
+        let batch = tokio::task::spawn_blocking(move || store.commit(&batch).map(|()| batch))
             .await
             .map_err(|e| NodeError::Fatal(format!("commit task: {e}")))??;
         self.applied = applied;
         self.cursors.insert(stream.to_string(), cursor);
         self.applied_tx.send_replace(self.applied.clone());
         self.cursors_tx.send_replace(self.cursors.clone());
+        if let Some(tx) = &self.conflict_tx {
+            for w in &batch.conflicts {
+                if tx.try_send(w.record.clone()).is_err() {
+                    metrics::inc(&self.metrics.conflicts_unpublished_total);
+                }
+            }
+        }
+        metrics::add(&self.metrics.conflict_records_written_total, batch.conflicts.len() as u64);
         Ok(())
     }
 
@@ -210,6 +243,9 @@ impl Replica {
                     ChangeBody::Put { value, vv } => (Some(value.clone()), vv),
                     ChangeBody::Delete { vv } => (None, vv),
                     ChangeBody::Doc { change: bytes } => {
+                        if let Some(id) = change.resolves {
+                            overlay.doc_resolves.insert(k.clone(), id);
+                        }
                         match automerge::Change::from_bytes(bytes.clone()) {
                             Ok(c) => doc_changes.entry(k).or_default().push(c),
                             Err(e) => {
@@ -222,18 +258,33 @@ impl Replica {
                 };
                 let incoming =
                     Version { value: value.0, hlc: change.hlc, origin: cs.origin.clone(), vv: value.1.clone() };
-                let merged = match self.current_kv(&overlay, &k.0, &k.1)? {
-                    None => incoming,
-                    Some(current) => {
-                        let m = lww::merge(&current, &incoming);
-                        if let Some((winner, loser)) = &m.conflict {
-                            metrics::inc(&self.metrics.lww_conflicts_total);
-                            info!(bucket = %k.0, key = %k.1, winner = %winner.origin, loser = %loser.origin, "concurrent LWW versions");
-                        }
-                        m.state
+                let (register, inserted) = match self.current_kv(&overlay, &k.0, &k.1)? {
+                    None => (Register::new(incoming), Inserted { changed: true, cut: Vec::new() }),
+                    Some(mut register) => {
+                        let inserted = register.insert(incoming);
+                        (register, inserted)
                     }
                 };
-                overlay.kv.insert(k, merged);
+                if !inserted.changed {
+                    continue;
+                }
+                if register.is_conflicted() {
+                    metrics::inc(&self.metrics.lww_conflicts_total);
+                    info!(bucket = %k.0, key = %k.1, siblings = register.versions().len(), winner = %register.winner().origin, "concurrent LWW versions");
+                }
+                let manual = self.manual_buckets.contains(&k.0);
+                conflicts::track_lww(
+                    &self.store,
+                    &mut overlay,
+                    self.region.as_str(),
+                    &k.0,
+                    &k.1,
+                    &register,
+                    &inserted.cut,
+                    change.resolves,
+                    manual,
+                )?;
+                overlay.kv.insert(k, register);
             }
             applied.observe(&cs.origin, cs.last_seq());
             metrics::inc(&self.metrics.changesets_applied_total);

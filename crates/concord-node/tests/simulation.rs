@@ -136,7 +136,7 @@ async fn deliver(regions: &mut [Region], dst: usize, src: usize, upto: u64, rng:
 
 async fn write(region: &Region, op: WriteOp) -> bool {
     let (tx, rx) = oneshot::channel();
-    region.writes.send(WriteRequest { op, reply: tx }).await.unwrap();
+    region.writes.send(WriteRequest { op, resolves: None, reply: tx }).await.unwrap();
     rx.await.unwrap().is_ok()
 }
 
@@ -153,6 +153,16 @@ async fn run(seed: u64) {
     for dst in 1..3 {
         let last = regions[0].log.last_seq().await.unwrap();
         deliver(&mut regions, dst, 0, last, &mut rng).await;
+    }
+    // Delivery is asynchronous: wait until both applied it, or an increment there could
+    // create a second counter concurrently (a conflict, and one counter's increments lose).
+    for dst in 1..3 {
+        let mut applied = regions[dst].applied.clone();
+        let origin = Origin::new(regions[0].name.clone(), 1);
+        tokio::time::timeout(Duration::from_secs(10), applied.wait_for(|vv| vv.get(&origin) >= 1))
+            .await
+            .expect("the counter's creation was applied")
+            .unwrap();
     }
 
     let mut total_inc = 0u64;
@@ -172,7 +182,7 @@ async fn run(seed: u64) {
             for _ in 0..1 + rng.below(4) {
                 let (op, inc) = random_op(&mut rng);
                 let (tx, rx) = oneshot::channel();
-                regions[r].writes.send(WriteRequest { op, reply: tx }).await.unwrap();
+                regions[r].writes.send(WriteRequest { op, resolves: None, reply: tx }).await.unwrap();
                 replies.push((rx, inc));
             }
             for (rx, inc) in replies {

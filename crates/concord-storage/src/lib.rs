@@ -211,6 +211,33 @@ impl Store {
         self.get_conflict(&id)
     }
 
+    /// Every unresolved record of `bucket/key`, whatever the path (documents).
+    pub fn open_conflicts_of(&self, bucket: &str, key: &str) -> StorageResult<Vec<ConflictRecord>> {
+        let ids: Vec<uuid::Uuid> = {
+            let tx = self.db.begin_read().map_err(db_err)?;
+            let table = tx.open_table(CONFLICTS_OPEN).map_err(db_err)?;
+            let prefix = open_key(bucket, key, None);
+            let mut ids = Vec::new();
+            for entry in table.range(prefix.as_slice()..).map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                if let Ok(id) = uuid::Uuid::from_slice(v.value()) {
+                    ids.push(id);
+                }
+            }
+            ids
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(r) = self.get_conflict(&id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     /// Records newest first, filtered, one page at a time: returns the page and the
     /// cursor of the next one.
     pub fn list_conflicts(&self, q: &ConflictQuery) -> StorageResult<(Vec<ConflictRecord>, Option<String>)> {
@@ -403,7 +430,7 @@ fn encode_hex(b: &[u8]) -> String {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()

@@ -1,4 +1,5 @@
 use super::*;
+use crate::hlc::Hlc;
 use serde_json::json;
 
 fn ops(v: Json) -> Vec<DocOp> {
@@ -6,7 +7,7 @@ fn ops(v: Json) -> Vec<DocOp> {
 }
 
 fn apply(doc: &mut Automerge, v: Json) -> CoreResult<Option<Change>> {
-    apply_ops(doc, b"us-east.1", &ops(v))
+    apply_ops(doc, b"us-east.1", Hlc::ZERO, &ops(v))
 }
 
 #[test]
@@ -82,6 +83,7 @@ fn concurrent_increments_sum_and_text_edits_interleave() {
     apply_ops(
         &mut base,
         b"us-east.1",
+        Hlc::ZERO,
         &ops(json!([
             {"op": "inc", "path": ["n"], "by": 0},
             {"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": "ac"},
@@ -93,6 +95,7 @@ fn concurrent_increments_sum_and_text_edits_interleave() {
     let ca = apply_ops(
         &mut a,
         b"us-east.1",
+        Hlc::ZERO,
         &ops(json!([{"op": "inc", "path": ["n"], "by": 2},
         {"op": "splice", "path": ["t"], "pos": 1, "del": 0, "text": "b"}])),
     )
@@ -101,6 +104,7 @@ fn concurrent_increments_sum_and_text_edits_interleave() {
     let cb = apply_ops(
         &mut b,
         b"eu-west.1",
+        Hlc::ZERO,
         &ops(json!([{"op": "inc", "path": ["n"], "by": 3},
         {"op": "splice", "path": ["t"], "pos": 2, "del": 0, "text": "d"}])),
     )
@@ -131,4 +135,47 @@ fn no_op_requests_make_no_change() {
     let again = apply(&mut doc, json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 0, "text": ""}])).unwrap();
     assert!(again.is_none());
     assert_eq!(doc.get_changes(&[]).len(), n + 1);
+}
+
+#[test]
+fn concurrent_property_writes_are_reported_as_conflicts() {
+    let mut base = new_doc();
+    apply_ops(
+        &mut base,
+        b"us-east.1",
+        Hlc::ZERO,
+        &ops(json!([{"op": "set", "path": ["cfg", "mode"], "value": "a"}, {"op": "inc", "path": ["n"], "by": 0}])),
+    )
+    .unwrap();
+    let mut x = base.fork();
+    let mut y = base.fork();
+    let cx = apply_ops(
+        &mut x,
+        b"us-east.1",
+        Hlc { wall_ms: 10, logical: 0 },
+        &ops(json!([{"op": "set", "path": ["cfg", "mode"], "value": "x"}, {"op": "inc", "path": ["n"], "by": 1}])),
+    )
+    .unwrap()
+    .unwrap();
+    let cy = apply_ops(&mut y, b"eu-west.1", Hlc { wall_ms: 11, logical: 2 }, &ops(json!([{"op": "set", "path": ["cfg", "mode"], "value": {"deep": true}}, {"op": "inc", "path": ["n"], "by": 1}]))).unwrap().unwrap();
+    x.apply_changes([cy]).unwrap();
+    y.apply_changes([cx]).unwrap();
+    let found = conflicts(&x);
+    assert_eq!(found, conflicts(&y));
+    // Counters merge by sum: only the concurrently set property is a conflict.
+    assert_eq!(found.len(), 1, "{found:?}");
+    let c = &found[0];
+    assert_eq!(c.path, vec![json!("cfg"), json!("mode")]);
+    let mut values: Vec<(String, Json, Hlc)> =
+        c.versions.iter().map(|v| (v.origin.clone(), v.value.clone(), v.hlc)).collect();
+    values.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        values,
+        vec![
+            ("eu-west.1".to_string(), json!({"deep": true}), Hlc { wall_ms: 11, logical: 2 }),
+            ("us-east.1".to_string(), json!("x"), Hlc { wall_ms: 10, logical: 0 }),
+        ]
+    );
+    assert!(c.versions.iter().any(|v| v.id == c.winner));
+    assert_eq!(to_json(&x)["n"], 2);
 }

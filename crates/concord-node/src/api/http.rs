@@ -22,6 +22,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/kv/{*rest}", any(kv))
         .route("/v1/docs/{*rest}", any(docs))
+        .route("/v1/conflicts", get(conflicts_list))
+        .route("/v1/conflicts/{id}", get(conflict_get))
+        .route("/v1/conflicts/{id}/resolve", axum::routing::post(conflict_resolve))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), stamp))
         .with_state(node)
@@ -53,6 +56,28 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let labels = format!("region=\"{}\",node=\"{}\"", node.region, node.cfg.node);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render(&labels))
         .into_response()
+}
+
+async fn conflicts_list(State(node): State<Arc<Node>>, uri: axum::http::Uri) -> Response {
+    respond(super::conflicts_list(&node, &params(uri.query())).await.into())
+}
+
+async fn conflict_get(State(node): State<Arc<Node>>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    respond(super::conflict_get(&node, &id).await.into())
+}
+
+async fn conflict_resolve(
+    State(node): State<Arc<Node>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let p = params(parts.uri.query());
+    let reply = match read_body(&node, body).await {
+        Ok(b) => super::conflict_resolve(&node, &id, b, &p).await,
+        Err(e) => Err(e),
+    };
+    respond(reply.into())
 }
 
 async fn not_found() -> Response {
@@ -95,6 +120,10 @@ fn params(query: Option<&str>) -> Params {
             "limit" => p.limit = Some(v),
             "format" => p.format = Some(v),
             "timeout_ms" => p.timeout_ms = Some(v),
+            "bucket" => p.bucket = Some(v),
+            "key" => p.key = Some(v),
+            "since" => p.since = Some(v),
+            "before" => p.before = Some(v),
             _ => {}
         }
     }

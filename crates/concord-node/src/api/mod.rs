@@ -8,6 +8,7 @@ pub mod nats;
 use std::time::Duration;
 
 use bytes::Bytes;
+use concord_core::conflict::{CompetingVersion, ConflictRecord};
 use concord_core::{doc, input, token};
 use serde_json::json;
 
@@ -58,6 +59,11 @@ pub struct Params {
     pub format: Option<String>,
     /// Overrides `durability_timeout_ms` for one write.
     pub timeout_ms: Option<String>,
+    /// Conflict-log filters and paging.
+    pub bucket: Option<String>,
+    pub key: Option<String>,
+    pub since: Option<String>,
+    pub before: Option<String>,
 }
 
 /// Durability levels of a write (DESIGN.md, "Guarantees" 4).
@@ -103,6 +109,16 @@ fn value_fits(node: &Node, body: &Bytes) -> Result<(), NodeError> {
 
 /// Queue a write for the leader and wait for its acknowledgement.
 async fn write(node: &Node, op: WriteOp, p: &Params) -> Result<Reply, NodeError> {
+    write_resolving(node, op, None, p).await
+}
+
+/// Queue a write (resolving the conflict `resolves`, when given) and wait for it.
+async fn write_resolving(
+    node: &Node,
+    op: WriteOp,
+    resolves: Option<uuid::Uuid>,
+    p: &Params,
+) -> Result<Reply, NodeError> {
     let level = durability(p)?;
     match level {
         Durability::Region => {
@@ -129,7 +145,7 @@ async fn write(node: &Node, op: WriteOp, p: &Params) -> Result<Reply, NodeError>
         ),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    node.writes.try_send(WriteRequest { op, reply: tx }).map_err(|e| match e {
+    node.writes.try_send(WriteRequest { op, resolves, reply: tx }).map_err(|e| match e {
         tokio::sync::mpsc::error::TrySendError::Full(_) => {
             NodeError::unavailable("overloaded", "the write queue is full; retry with backoff")
         }
@@ -213,10 +229,167 @@ pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8]) -> Result<Rep
     let found = tokio::task::spawn_blocking(move || store.get_kv(&b, &k))
         .await
         .map_err(|e| NodeError::Fatal(e.to_string()))??;
-    match found.and_then(|v| v.value) {
-        Some(value) => Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(value) }),
+    let Some(register) = found else {
+        return Err(NodeError::NotFound(format!("{bucket}/{key} does not exist")));
+    };
+    if register.is_conflicted() && node.cfg.manual_buckets.contains(&bucket) {
+        // A manual bucket shows every sibling until someone resolves them.
+        let store = node.store.clone();
+        let (b, k) = (bucket.clone(), key.clone());
+        let record = tokio::task::spawn_blocking(move || store.open_conflict(&b, &k, None))
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))??;
+        let siblings: Vec<CompetingVersion> = register.versions().iter().map(CompetingVersion::from_lww).collect();
+        return Ok(Reply::json(
+            300,
+            json!({
+                "conflict": record.map(|r| r.id),
+                "winner": register.winner().id(),
+                "siblings": siblings,
+            }),
+        ));
+    }
+    match &register.winner().value {
+        Some(value) => Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(value.clone()) }),
         None => Err(NodeError::NotFound(format!("{bucket}/{key} does not exist"))),
     }
+}
+
+/// Most records in one page of `GET /v1/conflicts`, and the default.
+pub const CONFLICTS_LIMIT_MAX: usize = 1000;
+pub const CONFLICTS_LIMIT_DEFAULT: usize = 50;
+
+/// `GET /v1/conflicts?bucket=&key=&since=&limit=&before=`: newest first.
+pub async fn conflicts_list(node: &Node, p: &Params) -> Result<Reply, NodeError> {
+    let limit = match &p.limit {
+        None => CONFLICTS_LIMIT_DEFAULT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=CONFLICTS_LIMIT_MAX).contains(n))
+            .ok_or_else(|| NodeError::bad("bad_limit", format!("limit {l:?}: use 1 to {CONFLICTS_LIMIT_MAX}")))?,
+    };
+    let since = match &p.since {
+        None => None,
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| NodeError::bad("bad_since", format!("since {t:?}: an RFC 3339 time please ({e})")))?
+                .with_timezone(&chrono::Utc),
+        ),
+    };
+    if let Some(b) = &p.before
+        && (b.len() != 48 || !b.bytes().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(NodeError::bad("bad_cursor", format!("before {b:?} is not a cursor this API gave out")));
+    }
+    let q = concord_storage::ConflictQuery {
+        bucket: p.bucket.clone(),
+        key: p.key.clone(),
+        since,
+        before: p.before.clone(),
+        limit,
+    };
+    let store = node.store.clone();
+    let (records, next) = tokio::task::spawn_blocking(move || store.list_conflicts(&q))
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))??;
+    Ok(Reply::json(200, json!({ "conflicts": records, "next": next })))
+}
+
+fn conflict_id(raw: &str) -> Result<uuid::Uuid, NodeError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| NodeError::bad("bad_conflict_id", format!("{raw:?} is not a conflict id")))
+}
+
+async fn load_conflict(node: &Node, id: uuid::Uuid) -> Result<ConflictRecord, NodeError> {
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(move || store.get_conflict(&id))
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))??
+        .ok_or_else(|| NodeError::NotFound(format!("no conflict {id} in this region's log")))
+}
+
+/// `GET /v1/conflicts/{id}`.
+pub async fn conflict_get(node: &Node, id_raw: &str) -> Result<Reply, NodeError> {
+    let record = load_conflict(node, conflict_id(id_raw)?).await?;
+    Ok(Reply::json(200, json!(record)))
+}
+
+/// `POST /v1/conflicts/{id}/resolve` with `{"value": ...}` or `{"pick": "<version id>"}`:
+/// a write that supersedes every competing version (its vector joins all of theirs),
+/// marked as resolving the record, in every region that applies it.
+pub async fn conflict_resolve(node: &Node, id_raw: &str, body: Bytes, p: &Params) -> Result<Reply, NodeError> {
+    let id = conflict_id(id_raw)?;
+    let req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
+        NodeError::bad(
+            "bad_resolution",
+            format!("body: {e}; send {{\"value\": ...}} or {{\"pick\": \"<version id>\"}}"),
+        )
+    })?;
+    let record = load_conflict(node, id).await?;
+    if let Some(r) = &record.resolved {
+        return Err(NodeError::Conflict(format!("conflict {id} is already resolved (by {} with {})", r.by, r.version)));
+    }
+    let chosen: Option<serde_json::Value> = match (req.get("value"), req.get("pick")) {
+        (Some(v), None) => Some(v.clone()),
+        (None, Some(serde_json::Value::String(pick))) => {
+            let v = record.versions.iter().find(|v| v.id == *pick).ok_or_else(|| {
+                let ids: Vec<&str> = record.versions.iter().map(|v| v.id.as_str()).collect();
+                NodeError::bad("bad_resolution", format!("pick {pick:?} is none of the versions {ids:?}"))
+            })?;
+            match &record.path {
+                Some(_) => Some(v.value.clone()),
+                None => {
+                    let op = match v.bytes() {
+                        Some(bytes) => WriteOp::Put {
+                            bucket: record.bucket.clone(),
+                            key: record.key.clone(),
+                            value: Bytes::from(bytes),
+                        },
+                        None => WriteOp::Delete { bucket: record.bucket.clone(), key: record.key.clone() },
+                    };
+                    return resolved_reply(write_resolving(node, op, Some(id), p).await?, id);
+                }
+            }
+        }
+        _ => {
+            return Err(NodeError::bad(
+                "bad_resolution",
+                "send exactly one of {\"value\": ...} or {\"pick\": \"<version id>\"}",
+            ));
+        }
+    };
+    let value = chosen.expect("set above");
+    let op = match &record.path {
+        Some(path) => {
+            let path: Vec<doc::PathElem> = serde_json::from_value(serde_json::Value::Array(path.clone()))
+                .map_err(|e| NodeError::Fatal(format!("stored path: {e}")))?;
+            WriteOp::Doc {
+                bucket: record.bucket.clone(),
+                key: record.key.clone(),
+                ops: vec![doc::DocOp::Set { path, value }],
+            }
+        }
+        None => match value {
+            serde_json::Value::Null => WriteOp::Delete { bucket: record.bucket.clone(), key: record.key.clone() },
+            serde_json::Value::String(s) => {
+                WriteOp::Put { bucket: record.bucket.clone(), key: record.key.clone(), value: Bytes::from(s) }
+            }
+            other => WriteOp::Put {
+                bucket: record.bucket.clone(),
+                key: record.key.clone(),
+                value: Bytes::from(other.to_string()),
+            },
+        },
+    };
+    resolved_reply(write_resolving(node, op, Some(id), p).await?, id)
+}
+
+fn resolved_reply(mut reply: Reply, id: uuid::Uuid) -> Result<Reply, NodeError> {
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&reply.body) {
+        v["resolved"] = json!(id);
+        reply.body = Bytes::from(v.to_string());
+    }
+    Ok(reply)
 }
 
 pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply, NodeError> {

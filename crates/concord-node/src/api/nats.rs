@@ -2,7 +2,11 @@
 //! client discovers it with `$SRV.INFO` / `$SRV.STATS`.
 //!
 //! Subjects: `concord.api.<region>.<op>` with op one of `kv.put`, `kv.get`, `kv.del`,
-//! `kv.list`, `doc.apply`, `doc.get`, `status`. The bucket and key travel in the
+//! `kv.list`, `doc.apply`, `doc.get`, `status`, `conflicts.list`, `conflicts.get`,
+//! `conflicts.resolve` (the record's id in `Concord-Conflict-Id`; filters of the list
+//! in `Concord-Bucket`, `Concord-Key`, `Concord-Since`, `Concord-Before`, `Concord-Limit`).
+//! Every conflict record a region writes is also published on
+//! `concord.conflicts.<region>` (JSON), for subscribers. The bucket and key travel in the
 //! headers `Concord-Bucket` and `Concord-Key` (keys may hold any UTF-8, dots included),
 //! the query parameters in `Concord-Durability`, `Concord-Prefix`, `Concord-After`,
 //! `Concord-Limit`, `Concord-Format`. The request body and the response body are the
@@ -21,7 +25,23 @@ use super::{Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
 
-pub const OPS: [&str; 7] = ["kv.put", "kv.get", "kv.del", "kv.list", "doc.apply", "doc.get", "status"];
+pub const OPS: [&str; 10] = [
+    "kv.put",
+    "kv.get",
+    "kv.del",
+    "kv.list",
+    "doc.apply",
+    "doc.get",
+    "status",
+    "conflicts.list",
+    "conflicts.get",
+    "conflicts.resolve",
+];
+
+/// Where a region publishes every conflict record it creates, extends or resolves.
+pub fn conflicts_subject(region: &str) -> String {
+    format!("concord.conflicts.{region}")
+}
 
 pub fn group(region: &str) -> String {
     format!("concord.api.{region}")
@@ -78,6 +98,10 @@ async fn handle(node: &Node, op: &str, req: Request) {
         limit: header(h, "Concord-Limit"),
         format: header(h, "Concord-Format"),
         timeout_ms: header(h, "Concord-Timeout-Ms"),
+        bucket: header(h, "Concord-Bucket"),
+        key: header(h, "Concord-Key"),
+        since: header(h, "Concord-Since"),
+        before: header(h, "Concord-Before"),
     };
     let body = req.message.payload.clone();
     let result: Result<Reply, NodeError> = match op {
@@ -87,6 +111,11 @@ async fn handle(node: &Node, op: &str, req: Request) {
         "kv.list" => super::kv_list(node, &bucket, &p).await,
         "doc.apply" => super::doc_apply(node, &bucket, key.as_bytes(), body, &p).await,
         "doc.get" => super::doc_get(node, &bucket, key.as_bytes(), &p).await,
+        "conflicts.list" => super::conflicts_list(node, &p).await,
+        "conflicts.get" => super::conflict_get(node, &header(h, "Concord-Conflict-Id").unwrap_or_default()).await,
+        "conflicts.resolve" => {
+            super::conflict_resolve(node, &header(h, "Concord-Conflict-Id").unwrap_or_default(), body, &p).await
+        }
         _ => Ok(super::status(node).await),
     };
     let reply = Reply::from(result);
