@@ -292,6 +292,11 @@ fn free_cluster_offset(regions: usize) -> u16 {
 
 impl Cluster {
     pub fn start(regions: &[&str]) -> Cluster {
+        Cluster::start_with_env(regions, &[])
+    }
+
+    /// Start with extra environment for every node (`CONCORD_<FIELD>` overrides).
+    pub fn start_with_env(regions: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = TempDir::new("cluster");
         let offset = free_cluster_offset(regions.len());
         let log = std::fs::File::create(dir.0.join("up.log")).unwrap();
@@ -301,6 +306,7 @@ impl Cluster {
             .args(["--regions", &regions.join(","), "--port-offset", &offset.to_string()])
             .current_dir(repo_root())
             .env("CONCORD_NATS_SERVER", nats_bin())
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -340,6 +346,16 @@ impl Cluster {
         let out =
             Command::new(concord_bin()).args(["cluster", verb, "--dir"]).arg(&self.dir.0).args(args).output().unwrap();
         assert!(out.status.success(), "cluster {verb} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Run the `concord` client with `args`; returns (success, stdout, stderr).
+    pub fn client(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(concord_bin()).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn partition(&self, region: &str) {

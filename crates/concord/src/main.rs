@@ -2,6 +2,7 @@
 
 mod client;
 mod cluster;
+mod conflicts;
 
 use std::path::PathBuf;
 
@@ -70,6 +71,38 @@ enum Command {
         #[arg(long)]
         automerge_out: Option<PathBuf>,
     },
+    /// Show the conflict log: every concurrent overwrite a merge reconciled.
+    Conflicts {
+        #[command(flatten)]
+        ep: client::Endpoint,
+        #[arg(long)]
+        bucket: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// Only records detected at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the records as JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Keep running and print new and changed records as they appear.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Resolve a conflict: write a value that supersedes every competing version.
+    Resolve {
+        #[command(flatten)]
+        ep: client::Endpoint,
+        id: String,
+        /// The value to write (text; for a document property, JSON).
+        #[arg(long, conflicts_with = "pick")]
+        value: Option<String>,
+        /// The id of one of the competing versions to keep.
+        #[arg(long)]
+        pick: Option<String>,
+    },
     /// Show a node's status.
     Status {
         #[command(flatten)]
@@ -137,6 +170,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 client::doc(&ep, &bucket, &key, ops, automerge_out).await
             }
             Command::Status { ep } => client::status(&ep).await,
+            Command::Conflicts { ep, bucket, key, since, limit, json, follow } => {
+                conflicts::show(&ep, conflicts::Filter { bucket, key, since, limit }, json, follow).await
+            }
+            Command::Resolve { ep, id, value, pick } => conflicts::resolve(&ep, &id, value, pick).await,
             Command::Cluster { command } => cluster::run(command).await,
         }
     })

@@ -163,9 +163,12 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn wait_tcp(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+fn wait_tcp(addr: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while TcpStream::connect(addr).is_err() {
+        if pid.is_some_and(|p| !procs::alive(p)) {
+            bail!("the process exited");
+        }
         if Instant::now() > deadline {
             bail!("{addr} did not accept connections within {timeout:?}");
         }
@@ -214,6 +217,24 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
     }
     let n = regions.len();
 
+    // Every port must be free: say which is not, rather than fail half-way.
+    for i in 0..n {
+        let p = nats_conf::ports(i, port_offset);
+        let mut ports =
+            vec![p.client, p.backbone_client, p.backbone_cluster, p.backbone_leaf, 8301 + 10 * i as u16 + port_offset];
+        ports.extend(
+            (0..n).filter(|&j| j != i).flat_map(|j| [1, 2].map(|k| nats_conf::proxy_port(i, j, k, port_offset))),
+        );
+        for port in ports {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                bail!(
+                    "port {port} (region {}) is in use: is another deployment running? (--port-offset shifts every port)",
+                    regions[i]
+                );
+            }
+        }
+    }
+
     // The proxies first, so the servers' first connections already pass through them.
     Faults::default().save(&dir)?;
     std::fs::write(proxy::applied_path(&dir), "0")?;
@@ -260,9 +281,15 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
                 args: vec!["-c".into(), conf_path.display().to_string()],
                 pid: None,
             };
-            children.push(procs::spawn(&dir, spec)?);
-            wait_tcp(&format!("127.0.0.1:{port}"), Duration::from_secs(20))
-                .with_context(|| format!("{name} did not start; see {}", procs::log_path(&dir, &name).display()))?;
+            let child = procs::spawn(&dir, spec)?;
+            let pid = child.id();
+            children.push(child);
+            if let Err(e) = wait_tcp(&format!("127.0.0.1:{port}"), Some(pid), Duration::from_secs(20)) {
+                let log = procs::log_path(&dir, &name);
+                let last = std::fs::read_to_string(&log).unwrap_or_default().lines().last().unwrap_or("").to_string();
+                stop_all(&dir);
+                bail!("{name} did not start: {e}; its log ({}) ends: {last}", log.display());
+            }
         }
 
         let node = format!("{region}-1");

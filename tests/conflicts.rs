@@ -1,0 +1,193 @@
+//! The conflict log across three regions: all three cut apart, one key and one document
+//! property written differently in each, heal. Every region converges to the same
+//! winner and holds the same record listing all three versions; resolving it from one
+//! region makes every region read the resolution and the record read as resolved.
+//! A `manual` bucket answers 300 with the siblings until resolved. Records are also
+//! published on NATS, and `concord conflicts` shows them.
+
+use std::time::Duration;
+
+use concord_tests::{Cluster, http};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+
+async fn conflicts(client: &reqwest::Client, url: &str, key: &str) -> Vec<Value> {
+    let v: Value = client.get(format!("{url}/v1/conflicts?key={key}")).send().await.unwrap().json().await.unwrap();
+    v["conflicts"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
+    let cluster = Cluster::start_with_env(&REGIONS, &[("CONCORD_MANUAL_BUCKETS", "carts")]);
+    let client = http();
+    let nc = async_nats::connect(cluster.nats("ap-south")).await.unwrap();
+    let mut published = nc.subscribe("concord.conflicts.ap-south").await.unwrap();
+    nc.flush().await.unwrap();
+
+    // The document exists everywhere before the cut; the property is then set concurrently.
+    let r = client
+        .post(format!("{}/v1/docs/app/settings", cluster.url("us-east")))
+        .json(&json!({"ops": [{"op": "set", "path": ["theme"], "value": "plain"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cluster.wait_converged(Duration::from_secs(30)).await;
+
+    for r in REGIONS {
+        cluster.partition(r);
+    }
+    for r in REGIONS {
+        let url = cluster.url(r);
+        let put = client.put(format!("{url}/v1/kv/users/dana")).body(format!("plan from {r}")).send().await.unwrap();
+        assert_eq!(put.status(), 200);
+        let put = client.put(format!("{url}/v1/kv/carts/c1")).body(format!("cart from {r}")).send().await.unwrap();
+        assert_eq!(put.status(), 200);
+        let ops = json!({"ops": [{"op": "set", "path": ["theme"], "value": format!("theme of {r}")}]});
+        assert_eq!(client.post(format!("{url}/v1/docs/app/settings")).json(&ops).send().await.unwrap().status(), 200);
+    }
+    cluster.heal();
+    cluster.wait_converged(Duration::from_secs(60)).await;
+
+    // Same winner everywhere, and the same record listing all three versions.
+    let mut values = Vec::new();
+    let mut records = Vec::new();
+    for r in REGIONS {
+        let url = cluster.url(r);
+        values.push(client.get(format!("{url}/v1/kv/users/dana")).send().await.unwrap().text().await.unwrap());
+        let found = conflicts(&client, &url, "dana").await;
+        assert_eq!(found.len(), 1, "{r}: {found:?}");
+        records.push(found[0].clone());
+    }
+    assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
+    let record = &records[0];
+    for r in &records {
+        assert_eq!((&r["id"], &r["winner"], &r["versions"]), (&record["id"], &record["winner"], &record["versions"]));
+        assert_eq!(r["rule"], "lww-hlc");
+        assert!(r["resolved"].is_null());
+    }
+    let mut listed: Vec<&str> =
+        record["versions"].as_array().unwrap().iter().map(|v| v["value"].as_str().unwrap()).collect();
+    listed.sort();
+    assert_eq!(listed, ["plan from ap-south", "plan from eu-west", "plan from us-east"]);
+    let winner = record["versions"].as_array().unwrap().iter().find(|v| v["id"] == record["winner"]).unwrap();
+    assert_eq!(winner["value"].as_str().unwrap(), values[0], "the record's winner is what reads see");
+    for v in record["versions"].as_array().unwrap() {
+        assert!(v["hlc"]["wall_ms"].as_u64().unwrap() > 0 && v["origin"].as_str().unwrap().contains('.'), "{v}");
+    }
+
+    // The same for the document property.
+    let mut doc_records = Vec::new();
+    for r in REGIONS {
+        let found = conflicts(&client, &cluster.url(r), "settings").await;
+        assert_eq!(found.len(), 1, "{r}: {found:?}");
+        doc_records.push(found[0].clone());
+    }
+    let doc_record = &doc_records[0];
+    assert_eq!(doc_record["rule"], "automerge");
+    assert_eq!(doc_record["path"], json!(["theme"]));
+    assert!(doc_records.iter().all(|r| r["id"] == doc_record["id"] && r["versions"] == doc_record["versions"]));
+    let mut themes: Vec<&str> =
+        doc_record["versions"].as_array().unwrap().iter().map(|v| v["value"].as_str().unwrap()).collect();
+    themes.sort();
+    assert_eq!(themes, ["theme of ap-south", "theme of eu-west", "theme of us-east"]);
+    let docs: Vec<Value> =
+        futures::future::join_all(REGIONS.map(|r| {
+            let (client, url) = (client.clone(), cluster.url(r));
+            async move {
+                client.get(format!("{url}/v1/docs/app/settings")).send().await.unwrap().json::<Value>().await.unwrap()
+            }
+        }))
+        .await;
+    assert!(docs.windows(2).all(|w| w[0] == w[1]), "{docs:?}");
+
+    // The manual bucket shows every sibling with 300 until someone resolves them.
+    for r in REGIONS {
+        let resp = client.get(format!("{}/v1/kv/carts/c1", cluster.url(r))).send().await.unwrap();
+        assert_eq!(resp.status(), 300, "{r}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["siblings"].as_array().unwrap().len(), 3, "{body}");
+        assert!(body["conflict"].is_string());
+    }
+    let cart = conflicts(&client, &cluster.url("eu-west"), "c1").await;
+    assert_eq!(cart[0]["rule"], "manual");
+
+    // Resolve from eu-west: a value for the key, a pick for the property, a pick for the cart.
+    let id = record["id"].as_str().unwrap();
+    let r = client
+        .post(format!("{}/v1/conflicts/{id}/resolve", cluster.url("eu-west")))
+        .json(&json!({"value": "plan merged by hand"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pick = doc_record["versions"][0]["id"].as_str().unwrap();
+    let picked = doc_record["versions"][0]["value"].clone();
+    let r = client
+        .post(format!("{}/v1/conflicts/{}/resolve", cluster.url("us-east"), doc_record["id"].as_str().unwrap()))
+        .json(&json!({"pick": pick}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cart_pick = cart[0]["versions"][1]["id"].as_str().unwrap().to_string();
+    let cart_value = cart[0]["versions"][1]["value"].as_str().unwrap().to_string();
+    let (ok, out, err) = cluster.client(&[
+        "resolve",
+        "--endpoint",
+        &cluster.url("ap-south"),
+        cart[0]["id"].as_str().unwrap(),
+        "--pick",
+        &cart_pick,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"resolved\""), "{out}");
+    cluster.wait_converged(Duration::from_secs(60)).await;
+    for r in REGIONS {
+        let url = cluster.url(r);
+        assert_eq!(
+            client.get(format!("{url}/v1/kv/users/dana")).send().await.unwrap().text().await.unwrap(),
+            "plan merged by hand"
+        );
+        let doc: Value = client.get(format!("{url}/v1/docs/app/settings")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(doc["theme"], picked, "{r}");
+        let cart = client.get(format!("{url}/v1/kv/carts/c1")).send().await.unwrap();
+        assert_eq!(cart.status(), 200, "{r}: the manual bucket still answers 300 after resolve");
+        assert_eq!(cart.text().await.unwrap(), cart_value);
+        for key in ["dana", "settings", "c1"] {
+            let found = conflicts(&client, &url, key).await;
+            assert_eq!(found.len(), 1, "{r} {key}: {found:?}");
+            assert_eq!(found[0]["resolved"]["by"], "resolve", "{r} {key}: {}", found[0]);
+        }
+    }
+    // Resolving twice is refused.
+    let again = client
+        .post(format!("{}/v1/conflicts/{id}/resolve", cluster.url("ap-south")))
+        .json(&json!({"value": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+
+    // Subscribers on NATS saw ap-south's records.
+    let mut seen = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(2), published.next()).await {
+        seen.push(serde_json::from_slice::<Value>(&msg.payload).unwrap());
+    }
+    assert!(seen.iter().any(|r| r["id"] == record["id"] && r["resolved"].is_null()), "{seen:?}");
+    assert!(seen.iter().any(|r| r["id"] == record["id"] && r["resolved"]["by"] == "resolve"), "{seen:?}");
+
+    // The command line shows the log as a table and as JSON.
+    let (ok, table, err) = cluster.client(&["conflicts", "--endpoint", &cluster.url("us-east")]);
+    assert!(ok, "{err}");
+    assert!(table.lines().next().unwrap().starts_with("DETECTED"), "{table}");
+    assert!(table.contains(id) && table.contains("users/dana") && table.contains("resolve"), "{table}");
+    let (ok, js, _) =
+        cluster.client(&["conflicts", "--endpoint", &cluster.url("us-east"), "--json", "--bucket", "users"]);
+    assert!(ok);
+    let js: Vec<Value> = serde_json::from_str(&js).unwrap();
+    assert_eq!(js.len(), 1);
+    assert_eq!(js[0]["id"], record["id"]);
+}
