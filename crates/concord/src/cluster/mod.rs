@@ -218,7 +218,7 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
     let n = regions.len();
 
     // Every port must be free: say which is not, rather than fail half-way.
-    for i in 0..n {
+    for (i, region) in regions.iter().enumerate() {
         let p = nats_conf::ports(i, port_offset);
         let mut ports =
             vec![p.client, p.backbone_client, p.backbone_cluster, p.backbone_leaf, 8301 + 10 * i as u16 + port_offset];
