@@ -227,10 +227,7 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
         );
         for port in ports {
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-                bail!(
-                    "port {port} (region {}) is in use: is another deployment running? (--port-offset shifts every port)",
-                    regions[i]
-                );
+                bail!("port {port} (region {region}) is in use: another deployment? (--port-offset shifts every port)");
             }
         }
     }
