@@ -142,7 +142,8 @@ pub async fn run(
     let log = Arc::new(NatsLog::open(client.clone(), region.as_str()).await?);
     let mut mirrors = HashMap::new();
     for remote in cfg.remote_regions() {
-        let name = log.ensure_mirror(remote.as_str()).await?;
+        log.ensure_mirror_consumer(region.as_str(), remote.as_str()).await?;
+        let name = log.ensure_mirror(region.as_str(), remote.as_str()).await?;
         mirrors.insert(name, remote);
     }
     let mut replica = Replica::open(store.clone(), region.clone(), log.stream().to_string(), metrics.clone())?;

@@ -18,6 +18,8 @@ pub const APPEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading one message of a catch-up may take before the read is retried.
 const READ_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const EPOCH_BUCKET: &str = "concord_epochs";
+/// How long `follow` waits for a message before checking whether its consumer stalled.
+const FOLLOW_STALL_CHECK: Duration = Duration::from_secs(2);
 
 pub fn stream_name(region: &str) -> String {
     format!("CONCORD_LOG_{}", region.to_ascii_uppercase().replace('-', "_"))
@@ -31,6 +33,16 @@ pub fn subject(region: &str) -> String {
 /// so "region R stored our message N" is "R's mirror of us has last sequence >= N".
 pub fn mirror_name(remote_region: &str) -> String {
     format!("CONCORD_MIRROR_{}", remote_region.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// The durable consumer on a log that feeds `destination`'s mirror of it.
+pub fn mirror_consumer_name(destination: &str) -> String {
+    format!("mirror-{destination}")
+}
+
+/// Where that consumer delivers: unique per (origin, destination).
+pub fn mirror_deliver_subject(origin: &str, destination: &str) -> String {
+    format!("concord.mirror.{origin}.{destination}")
 }
 
 /// How far a stream is, and for a mirror how far its upstream is ahead of it.
@@ -75,10 +87,36 @@ impl NatsLog {
         &self.stream
     }
 
+    /// On this region's log, the durable consumer that feeds `destination`'s mirror of
+    /// it (durable sourcing, NATS 2.14+, ADR-58): an ordered push consumer that acks by
+    /// flow control. Unlike the ephemeral consumer of plain mirroring, which retries
+    /// with a backoff of 30 s and more after a partition, it resumes within seconds.
+    pub async fn ensure_mirror_consumer(&self, own_region: &str, destination: &str) -> LogResult<()> {
+        let stream = self.js.get_stream(&self.stream).await.map_err(unavailable)?;
+        let name = mirror_consumer_name(destination);
+        stream
+            .get_or_create_consumer(
+                &name,
+                jetstream::consumer::push::Config {
+                    durable_name: Some(name.clone()),
+                    deliver_subject: mirror_deliver_subject(own_region, destination),
+                    ack_policy: jetstream::consumer::AckPolicy::FlowControl,
+                    flow_control: true,
+                    idle_heartbeat: Duration::from_secs(1),
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Create (or open) the local mirror of `remote_region`'s log, fed by NATS through
-    /// the remote domain's JetStream API (`$JS.<remote>.API`), so a partition only
-    /// delays it and NATS resumes it after heal.
-    pub async fn ensure_mirror(&self, remote_region: &str) -> LogResult<String> {
+    /// the remote domain's JetStream API (`$JS.<remote>.API`) and the durable consumer
+    /// `remote_region` keeps for this region, so a partition only delays it and NATS
+    /// resumes it after heal.
+    pub async fn ensure_mirror(&self, own_region: &str, remote_region: &str) -> LogResult<String> {
         let name = mirror_name(remote_region);
         self.js
             .get_or_create_stream(stream::Config {
@@ -91,6 +129,10 @@ impl NatsLog {
                         api_prefix: format!("$JS.{remote_region}.API"),
                         delivery_prefix: None,
                     }),
+                    consumer: Some(stream::StreamConsumerSource::new(
+                        mirror_consumer_name(own_region),
+                        mirror_deliver_subject(remote_region, own_region),
+                    )),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -161,7 +203,26 @@ impl NatsLog {
                 }
             };
             backoff = Duration::from_millis(100);
-            while let Some(msg) = messages.next().await {
+            loop {
+                // A consumer can stall silently (its server restarted, its pull request
+                // lost); the client notices only after missed heartbeats (tens of
+                // seconds). So when nothing arrives for a while but the stream holds more
+                // than was delivered, recreate the consumer at once.
+                let msg = match tokio::time::timeout(FOLLOW_STALL_CHECK, messages.next()).await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(_) => {
+                        let behind = match self.js.get_stream(&stream_name).await {
+                            Ok(mut s) => s.info().await.map(|i| i.state.last_sequence >= next).unwrap_or(true),
+                            Err(_) => true,
+                        };
+                        if behind {
+                            warn!(stream = %stream_name, next, "the stream has more than was delivered; recreating its consumer");
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
