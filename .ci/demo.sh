@@ -3,7 +3,8 @@
 # deployment of three regions (`concord cluster up`: each region with its own NATS
 # server and leader, linked through a fault-injecting proxy), and walks through writes
 # in every region, a partition with concurrent writes to one key, heal and convergence,
-# durability levels, and a leader crash (SIGKILL) and its recovery.
+# durability levels, the conflict log and a resolution, and a leader crash (SIGKILL)
+# and its recovery.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,8 +81,17 @@ run $C cluster heal --dir "$DIR"
 wait_converged
 for ep in $US $EU $AP; do printf '%s: ' "$ep"; $C get --endpoint $ep users dana; done
 run $C get --endpoint $EU users erin
-echo "Concurrent versions the merge reconciled, per region (the inspectable conflict log is the next phase):"
-for ep in $US $EU $AP; do printf '%s: ' "$ep"; curl -s $ep/metrics | grep '^concord_lww_conflicts_total'; done
+
+say "The conflict log: every region recorded the concurrent writes, with every version and the winner"
+run $C conflicts --endpoint $EU
+run $C conflicts --endpoint $AP --key dana --json
+ID=$($C conflicts --endpoint $US --key dana --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['id'])")
+PICK=$($C conflicts --endpoint $US --key dana --json | python3 -c "import json,sys; r=json.load(sys.stdin)[0]; print([v['id'] for v in r['versions'] if v['id'] != r['winner']][0])")
+echo "Resolve it from us-east by picking the version that lost (a write that supersedes every competing one):"
+run $C resolve --endpoint $US "$ID" --pick "$PICK"
+wait_converged
+for ep in $US $EU $AP; do printf '%s: ' "$ep"; $C get --endpoint $ep users dana; done
+run $C conflicts --endpoint $AP --key dana
 
 say "Bad input is refused with a clear error, and nothing changes"
 run curl -s -X PUT "$US/v1/kv/users/" -d x; echo
@@ -99,4 +109,5 @@ run $C status --endpoint $US
 
 say "Done"
 echo "Run a deployment yourself with:"
+echo "  (and watch its conflict log live with: $C conflicts --follow)"
 echo "  $C cluster up --dir .cluster     (Ctrl-C stops it; partition/heal/kill/start from another shell)"
