@@ -15,12 +15,16 @@ use std::path::Path;
 
 use concord_core::CoreError;
 use concord_core::changeset::stored;
-use concord_core::conflict::ConflictRecord;
 use concord_core::ids::Origin;
 use concord_core::lww::Register;
 use concord_core::vv::VersionVector;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
+
+mod conflicts;
+
+use conflicts::{CONFLICTS, CONFLICTS_BY_TIME, CONFLICTS_OPEN, write_conflicts};
+pub use conflicts::{CONFLICTS_MAX_AGE_DEFAULT, CONFLICTS_MAX_DEFAULT, ConflictQuery, ConflictWrite, open_key};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
@@ -29,53 +33,6 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// Automerge changes that arrived before a change they depend on (from another
 /// origin): kept here, durably, until their dependencies arrive.
 const DOC_PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc_pending");
-/// Conflict records by id (JSON).
-const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
-/// (detected_at in ms, big-endian) ++ id → nothing: newest-first listing and retention.
-const CONFLICTS_BY_TIME: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts_by_time");
-/// bucket NUL key NUL path → id of the open (unresolved) record there.
-const CONFLICTS_OPEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts_open");
-
-/// How many conflict records are kept, and for how long, unless configured otherwise.
-pub const CONFLICTS_MAX_DEFAULT: u64 = 100_000;
-pub const CONFLICTS_MAX_AGE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
-
-fn time_key(record: &ConflictRecord) -> Vec<u8> {
-    let ms = record.detected_at.timestamp_millis().max(0) as u64;
-    let mut k = ms.to_be_bytes().to_vec();
-    k.extend_from_slice(record.id.as_bytes());
-    k
-}
-
-pub fn open_key(bucket: &str, key: &str, path: Option<&[serde_json::Value]>) -> Vec<u8> {
-    let mut k = record_key(bucket, key);
-    k.push(0);
-    if let Some(p) = path {
-        k.extend_from_slice(serde_json::Value::Array(p.to_vec()).to_string().as_bytes());
-    }
-    k
-}
-
-/// A change to the conflict log, committed with the state change that caused it.
-#[derive(Debug, Clone)]
-pub struct ConflictWrite {
-    pub record: ConflictRecord,
-    /// Still unresolved: indexed as the open record of its key (and path).
-    pub open: bool,
-    /// A record this one replaces (a further concurrent version joined it).
-    pub replaces: Option<uuid::Uuid>,
-}
-
-/// Which records `list_conflicts` returns.
-#[derive(Debug, Clone, Default)]
-pub struct ConflictQuery {
-    pub bucket: Option<String>,
-    pub key: Option<String>,
-    pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// The `next` cursor of a previous page.
-    pub before: Option<String>,
-    pub limit: usize,
-}
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -89,7 +46,7 @@ pub enum StorageError {
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
-fn db_err(e: impl std::fmt::Display) -> StorageError {
+pub(crate) fn db_err(e: impl std::fmt::Display) -> StorageError {
     StorageError::Database(e.to_string())
 }
 
@@ -167,124 +124,6 @@ impl Store {
     }
 
     /// Keep at most `max` conflict records, none older than `max_age` (by detection).
-    pub fn with_conflict_retention(mut self, max: u64, max_age: std::time::Duration) -> Store {
-        assert!(max > 0, "a conflict log must keep at least one record");
-        self.conflicts_max = max;
-        self.conflicts_max_age = max_age;
-        self
-    }
-
-    fn decode_conflict(raw: &[u8]) -> StorageResult<ConflictRecord> {
-        serde_json::from_slice(raw).map_err(|e| StorageError::Corrupt {
-            what: "conflict record".into(),
-            source: CoreError::Corrupt(e.to_string()),
-        })
-    }
-
-    pub fn get_conflict(&self, id: &uuid::Uuid) -> StorageResult<Option<ConflictRecord>> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(CONFLICTS).map_err(db_err)?;
-        match table.get(id.as_bytes().as_slice()).map_err(db_err)? {
-            Some(raw) => Self::decode_conflict(raw.value()).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The unresolved record of `bucket/key` (and `path`), if any.
-    pub fn open_conflict(
-        &self,
-        bucket: &str,
-        key: &str,
-        path: Option<&[serde_json::Value]>,
-    ) -> StorageResult<Option<ConflictRecord>> {
-        let id = {
-            let tx = self.db.begin_read().map_err(db_err)?;
-            let table = tx.open_table(CONFLICTS_OPEN).map_err(db_err)?;
-            let Some(raw) = table.get(open_key(bucket, key, path).as_slice()).map_err(db_err)? else {
-                return Ok(None);
-            };
-            uuid::Uuid::from_slice(raw.value()).map_err(|e| StorageError::Corrupt {
-                what: "open conflict index".into(),
-                source: CoreError::Corrupt(e.to_string()),
-            })?
-        };
-        self.get_conflict(&id)
-    }
-
-    /// Every unresolved record of `bucket/key`, whatever the path (documents).
-    pub fn open_conflicts_of(&self, bucket: &str, key: &str) -> StorageResult<Vec<ConflictRecord>> {
-        let ids: Vec<uuid::Uuid> = {
-            let tx = self.db.begin_read().map_err(db_err)?;
-            let table = tx.open_table(CONFLICTS_OPEN).map_err(db_err)?;
-            let prefix = open_key(bucket, key, None);
-            let mut ids = Vec::new();
-            for entry in table.range(prefix.as_slice()..).map_err(db_err)? {
-                let (k, v) = entry.map_err(db_err)?;
-                if !k.value().starts_with(&prefix) {
-                    break;
-                }
-                if let Ok(id) = uuid::Uuid::from_slice(v.value()) {
-                    ids.push(id);
-                }
-            }
-            ids
-        };
-        let mut out = Vec::new();
-        for id in ids {
-            if let Some(r) = self.get_conflict(&id)? {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Records newest first, filtered, one page at a time: returns the page and the
-    /// cursor of the next one.
-    pub fn list_conflicts(&self, q: &ConflictQuery) -> StorageResult<(Vec<ConflictRecord>, Option<String>)> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let by_time = tx.open_table(CONFLICTS_BY_TIME).map_err(db_err)?;
-        let records = tx.open_table(CONFLICTS).map_err(db_err)?;
-        let end: Vec<u8> = match &q.before {
-            Some(cursor) => decode_hex(cursor).ok_or_else(|| StorageError::Corrupt {
-                what: "page cursor".into(),
-                source: CoreError::InvalidInput(format!("cursor {cursor:?} is not one this node gave out")),
-            })?,
-            None => vec![0xff; 25],
-        };
-        let since_ms = q.since.map(|t| t.timestamp_millis().max(0) as u64).unwrap_or(0);
-        let mut out = Vec::new();
-        let mut next = None;
-        for entry in by_time.range(..end.as_slice()).map_err(db_err)?.rev() {
-            let (k, _) = entry.map_err(db_err)?;
-            let k = k.value().to_vec();
-            if k.len() != 24 {
-                continue;
-            }
-            let ms = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
-            if ms < since_ms {
-                break;
-            }
-            let Some(raw) = records.get(&k[8..]).map_err(db_err)? else { continue };
-            let record = Self::decode_conflict(raw.value())?;
-            if q.bucket.as_ref().is_some_and(|b| *b != record.bucket)
-                || q.key.as_ref().is_some_and(|key| *key != record.key)
-            {
-                continue;
-            }
-            if out.len() == q.limit {
-                next = Some(encode_hex(&time_key(out.last().expect("limit > 0"))));
-                break;
-            }
-            out.push(record);
-        }
-        Ok((out, next))
-    }
-
-    pub fn conflict_count(&self) -> StorageResult<u64> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        tx.open_table(CONFLICTS).map_err(db_err)?.len().map_err(db_err)
-    }
-
     pub fn get_kv(&self, bucket: &str, key: &str) -> StorageResult<Option<Register>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(KV).map_err(db_err)?;
@@ -425,82 +264,6 @@ impl Store {
     }
 }
 
-fn encode_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
-fn write_conflicts(
-    tx: &redb::WriteTransaction,
-    writes: &[ConflictWrite],
-    max: u64,
-    max_age: std::time::Duration,
-) -> StorageResult<()> {
-    let mut records = tx.open_table(CONFLICTS).map_err(db_err)?;
-    let mut by_time = tx.open_table(CONFLICTS_BY_TIME).map_err(db_err)?;
-    let mut open = tx.open_table(CONFLICTS_OPEN).map_err(db_err)?;
-    for w in writes {
-        let r = &w.record;
-        let ok = open_key(&r.bucket, &r.key, r.path.as_deref());
-        if let Some(old) = w.replaces.filter(|old| *old != r.id) {
-            let old_raw = records.remove(old.as_bytes().as_slice()).map_err(db_err)?.map(|v| v.value().to_vec());
-            if let Some(raw) = old_raw {
-                let old_record = Store::decode_conflict(&raw)?;
-                by_time.remove(time_key(&old_record).as_slice()).map_err(db_err)?;
-            }
-        }
-        let previous = records.get(r.id.as_bytes().as_slice()).map_err(db_err)?.map(|v| v.value().to_vec());
-        if let Some(raw) = previous {
-            by_time.remove(time_key(&Store::decode_conflict(&raw)?).as_slice()).map_err(db_err)?;
-        }
-        let json = serde_json::to_vec(r).expect("a record serializes");
-        records.insert(r.id.as_bytes().as_slice(), json.as_slice()).map_err(db_err)?;
-        by_time.insert(time_key(r).as_slice(), [].as_slice()).map_err(db_err)?;
-        if w.open {
-            open.insert(ok.as_slice(), r.id.as_bytes().as_slice()).map_err(db_err)?;
-        } else {
-            let current = open.get(ok.as_slice()).map_err(db_err)?.map(|v| v.value().to_vec());
-            if current.as_deref() == Some(r.id.as_bytes().as_slice()) {
-                open.remove(ok.as_slice()).map_err(db_err)?;
-            }
-        }
-    }
-    // Retention: the oldest records leave first, by count and by age.
-    let cutoff_ms = (chrono::Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX))
-        .timestamp_millis()
-        .max(0) as u64;
-    let mut excess = records.len().map_err(db_err)?.saturating_sub(max);
-    let mut doomed = Vec::new();
-    for entry in by_time.iter().map_err(db_err)? {
-        let (k, _) = entry.map_err(db_err)?;
-        let k = k.value().to_vec();
-        let ms = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
-        if excess == 0 && ms >= cutoff_ms {
-            break;
-        }
-        excess = excess.saturating_sub(1);
-        doomed.push(k);
-    }
-    for k in doomed {
-        by_time.remove(k.as_slice()).map_err(db_err)?;
-        if let Some(raw) = records.remove(&k[8..]).map_err(db_err)?.map(|v| v.value().to_vec()) {
-            let r = Store::decode_conflict(&raw)?;
-            let ok = open_key(&r.bucket, &r.key, r.path.as_deref());
-            let current = open.get(ok.as_slice()).map_err(db_err)?.map(|v| v.value().to_vec());
-            if current.as_deref() == Some(r.id.as_bytes().as_slice()) {
-                open.remove(ok.as_slice()).map_err(db_err)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,95 +318,6 @@ mod tests {
         batch.pending.push(("d".into(), "doc".into(), vec![]));
         store.commit(&batch).unwrap();
         assert!(store.get_pending("d", "doc").unwrap().is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn record(key: &str, ms: i64, ids: &[&str]) -> ConflictRecord {
-        use chrono::TimeZone;
-        let mut r = ConflictRecord {
-            id: uuid::Uuid::nil(),
-            bucket: "b".into(),
-            key: key.into(),
-            path: None,
-            detected_at: chrono::Utc.timestamp_millis_opt(ms).unwrap(),
-            detected_by: "us-east".into(),
-            rule: concord_core::conflict::Rule::LwwHlc,
-            winner: ids[0].into(),
-            versions: Vec::new(),
-            cut: Vec::new(),
-            resolved: None,
-        };
-        r.absorb(
-            ids.iter()
-                .map(|id| concord_core::conflict::CompetingVersion {
-                    id: id.to_string(),
-                    value: serde_json::Value::Null,
-                    encoding: "utf8".into(),
-                    deleted: true,
-                    origin: "us-east.1".into(),
-                    hlc: concord_core::hlc::Hlc::ZERO,
-                })
-                .collect(),
-        );
-        r
-    }
-
-    #[test]
-    fn conflict_log_pages_replaces_and_retains() {
-        let dir = std::env::temp_dir().join(format!("concord-storage-conflicts-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let now = chrono::Utc::now().timestamp_millis();
-        let store = Store::open(&dir).unwrap().with_conflict_retention(3, std::time::Duration::from_secs(3600));
-        let mut batch = Batch::default();
-        for (i, k) in ["k1", "k2", "k3"].iter().enumerate() {
-            batch.conflicts.push(ConflictWrite {
-                record: record(k, now + i as i64, &["x:1", "y:1"]),
-                open: true,
-                replaces: None,
-            });
-        }
-        store.commit(&batch).unwrap();
-        let page = |before: Option<String>| {
-            store.list_conflicts(&ConflictQuery { before, limit: 2, ..Default::default() }).unwrap()
-        };
-        let (first, next) = page(None);
-        assert_eq!(first.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["k3", "k2"]);
-        let (second, next2) = page(next);
-        assert_eq!(second.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["k1"]);
-        assert!(next2.is_none());
-
-        // A third version joins k1's conflict: the record is replaced, still open.
-        let old = store.open_conflict("b", "k1", None).unwrap().unwrap();
-        let mut batch = Batch::default();
-        let new = record("k1", now, &["w:1", "x:1", "y:1"]);
-        batch.conflicts.push(ConflictWrite { record: new.clone(), open: true, replaces: Some(old.id) });
-        store.commit(&batch).unwrap();
-        assert!(store.get_conflict(&old.id).unwrap().is_none());
-        assert_eq!(store.open_conflict("b", "k1", None).unwrap().unwrap().id, new.id);
-        assert_eq!(store.conflict_count().unwrap(), 3);
-
-        // Resolving closes it; a fourth record pushes the oldest out (count bound 3);
-        // an old one is dropped by age.
-        let mut batch = Batch::default();
-        batch.conflicts.push(ConflictWrite { record: new, open: false, replaces: None });
-        batch.conflicts.push(ConflictWrite {
-            record: record("k4", now + 10, &["a:1", "b:1"]),
-            open: true,
-            replaces: None,
-        });
-        batch.conflicts.push(ConflictWrite {
-            record: record("ancient", now - 7_200_000, &["a:1", "b:1"]),
-            open: true,
-            replaces: None,
-        });
-        store.commit(&batch).unwrap();
-        assert!(store.open_conflict("b", "k1", None).unwrap().is_none());
-        assert_eq!(store.conflict_count().unwrap(), 3);
-        let (all, _) = store.list_conflicts(&ConflictQuery { limit: 10, ..Default::default() }).unwrap();
-        assert_eq!(all.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["k4", "k3", "k2"]);
-        let (only, _) =
-            store.list_conflicts(&ConflictQuery { key: Some("k3".into()), limit: 10, ..Default::default() }).unwrap();
-        assert_eq!(only.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
