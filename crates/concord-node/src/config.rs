@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// How long a `remote` or `all` write waits for other regions to store it before
     /// answering 504 (the write stays durable here and still replicates).
     pub durability_timeout_ms: u64,
+    /// How long a read carrying a session token waits for this replica to apply what
+    /// the token names before answering 503 `session_lag` (`?wait_ms=` overrides).
+    pub session_wait_ms: u64,
     /// Buckets whose concurrent writes wait for a person: reads answer 300 with every
     /// sibling until the conflict is resolved. Other buckets resolve by LWW (and log).
     pub manual_buckets: Vec<String>,
@@ -82,6 +85,7 @@ impl Default for NodeConfig {
             nats_connect_timeout_ms: 30_000,
             regions: Vec::new(),
             durability_timeout_ms: 10_000,
+            session_wait_ms: 2_000,
             manual_buckets: Vec::new(),
             conflicts_max: concord_storage::CONFLICTS_MAX_DEFAULT,
             conflicts_max_age_s: concord_storage::CONFLICTS_MAX_AGE_DEFAULT.as_secs(),

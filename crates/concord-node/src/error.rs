@@ -23,6 +23,9 @@ pub enum NodeError {
     /// or this node is not (or no longer) the leader.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
+    /// A read's session token names writes this replica has not applied yet (503).
+    #[error("{message}")]
+    SessionLag { message: String, behind: serde_json::Value },
     /// The write was not confirmed in time (504); it may still apply.
     #[error("{0}")]
     Timeout(String),
@@ -49,7 +52,7 @@ impl NodeError {
             NodeError::NotFound(_) => 404,
             NodeError::TooLarge(_) => 413,
             NodeError::Conflict(_) => 409,
-            NodeError::Unavailable { .. } => 503,
+            NodeError::Unavailable { .. } | NodeError::SessionLag { .. } => 503,
             NodeError::Timeout(_) | NodeError::DurabilityTimeout { .. } => 504,
             NodeError::Fatal(_) => 500,
         }
@@ -62,6 +65,7 @@ impl NodeError {
             NodeError::TooLarge(_) => "value_too_large",
             NodeError::Conflict(_) => "already_resolved",
             NodeError::Timeout(_) => "timeout",
+            NodeError::SessionLag { .. } => "session_lag",
             NodeError::DurabilityTimeout { .. } => "durability_timeout",
             NodeError::Fatal(_) => "internal",
         }

@@ -58,8 +58,21 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-async fn conflicts_list(State(node): State<Arc<Node>>, uri: axum::http::Uri) -> Response {
-    respond(super::conflicts_list(&node, &params(uri.query())).await.into())
+async fn conflicts_list(
+    State(node): State<Arc<Node>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    respond(super::conflicts_list(&node, &with_session(params(uri.query()), &headers)).await.into())
+}
+
+/// The session token (and wait) a request carries in its headers.
+fn with_session(mut p: Params, headers: &axum::http::HeaderMap) -> Params {
+    p.token = headers.get("concord-token").and_then(|v| v.to_str().ok()).map(String::from);
+    if p.wait_ms.is_none() {
+        p.wait_ms = headers.get("concord-wait-ms").and_then(|v| v.to_str().ok()).map(String::from);
+    }
+    p
 }
 
 async fn conflict_get(State(node): State<Arc<Node>>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
@@ -72,7 +85,7 @@ async fn conflict_resolve(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let p = params(parts.uri.query());
+    let p = with_session(params(parts.uri.query()), &parts.headers);
     let reply = match read_body(&node, body).await {
         Ok(b) => super::conflict_resolve(&node, &id, b, &p).await,
         Err(e) => Err(e),
@@ -124,6 +137,7 @@ fn params(query: Option<&str>) -> Params {
             "key" => p.key = Some(v),
             "since" => p.since = Some(v),
             "before" => p.before = Some(v),
+            "wait_ms" => p.wait_ms = Some(v),
             _ => {}
         }
     }
@@ -168,11 +182,11 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
 async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().trim_start_matches("/v1/kv/").to_string();
-    let p = params(parts.uri.query());
+    let p = with_session(params(parts.uri.query()), &parts.headers);
     let (bucket, key) = bucket_and_key(&rest);
     let reply = match (&parts.method, key) {
         (&Method::GET, None) => super::kv_list(&node, &bucket, &p).await,
-        (&Method::GET, Some(k)) => super::kv_get(&node, &bucket, &k).await,
+        (&Method::GET, Some(k)) => super::kv_get(&node, &bucket, &k, &p).await,
         (&Method::PUT, Some(k)) => match read_body(&node, body).await {
             Ok(b) => super::kv_put(&node, &bucket, &k, b, &p).await,
             Err(e) => Err(e),
@@ -186,7 +200,7 @@ async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
 async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().trim_start_matches("/v1/docs/").to_string();
-    let p = params(parts.uri.query());
+    let p = with_session(params(parts.uri.query()), &parts.headers);
     let (bucket, key) = bucket_and_key(&rest);
     let Some(key) = key else {
         return respond(Reply::error(&NodeError::bad("bad_key", "the path names no key: /v1/docs/{bucket}/{key}")));

@@ -39,6 +39,9 @@ impl Reply {
         if let NodeError::DurabilityTimeout { unconfirmed, .. } = e {
             body["unconfirmed"] = json!(unconfirmed);
         }
+        if let NodeError::SessionLag { behind, .. } = e {
+            body["behind"] = behind.clone();
+        }
         Reply::json(e.status(), body)
     }
 }
@@ -59,6 +62,10 @@ pub struct Params {
     pub format: Option<String>,
     /// Overrides `durability_timeout_ms` for one write.
     pub timeout_ms: Option<String>,
+    /// The session token a read must see applied (`Concord-Token`).
+    pub token: Option<String>,
+    /// How long a read waits for the token (`?wait_ms=` / `Concord-Wait-Ms`).
+    pub wait_ms: Option<String>,
     /// Conflict-log filters and paging.
     pub bucket: Option<String>,
     pub key: Option<String>,
@@ -222,8 +229,9 @@ pub async fn kv_delete(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params
     write(node, WriteOp::Delete { bucket, key }, p).await
 }
 
-pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8]) -> Result<Reply, NodeError> {
+pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
     let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    await_session(node, p).await?;
     let store = node.store.clone();
     let (b, k) = (bucket.clone(), key.clone());
     let found = tokio::task::spawn_blocking(move || store.get_kv(&b, &k))
@@ -261,6 +269,7 @@ pub const CONFLICTS_LIMIT_DEFAULT: usize = 50;
 
 /// `GET /v1/conflicts?bucket=&key=&since=&limit=&before=`: newest first.
 pub async fn conflicts_list(node: &Node, p: &Params) -> Result<Reply, NodeError> {
+    await_session(node, p).await?;
     let limit = match &p.limit {
         None => CONFLICTS_LIMIT_DEFAULT,
         Some(l) => l
@@ -394,6 +403,7 @@ fn resolved_reply(mut reply: Reply, id: uuid::Uuid) -> Result<Reply, NodeError> 
 
 pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply, NodeError> {
     let bucket = bucket(bucket_raw)?;
+    await_session(node, p).await?;
     let limit = match &p.limit {
         None => LIST_LIMIT_DEFAULT,
         Some(l) => l
@@ -429,6 +439,7 @@ pub async fn doc_apply(
 
 pub async fn doc_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
     let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    await_session(node, p).await?;
     let binary = match p.format.as_deref() {
         None | Some("json") => false,
         Some("automerge") => true,
@@ -506,6 +517,47 @@ async fn remote_lag(node: &Node, remote: &str) -> serde_json::Value {
         "mirror_seq": pos.last_seq,
         "mirror_lag": pos.upstream_lag,
         "mirror_active_ms": pos.upstream_active.map(|d| d.as_millis() as u64),
+    })
+}
+
+/// Most a read may wait for its session token.
+pub const SESSION_WAIT_MS_MAX: u64 = 60_000;
+
+/// Session guarantees: a read carrying a token waits (bounded) until this replica has
+/// applied at least what the token names, so a client reads its own writes and never
+/// sees time go backwards, in any region. Past the wait: 503 `session_lag`, naming
+/// what is missing.
+async fn await_session(node: &Node, p: &Params) -> Result<(), NodeError> {
+    let Some(raw) = p.token.as_deref().filter(|t| !t.is_empty()) else { return Ok(()) };
+    let needed = token::decode(raw).map_err(|e| NodeError::bad("bad_token", e.to_string()))?;
+    let wait = match &p.wait_ms {
+        None => Duration::from_millis(node.cfg.session_wait_ms),
+        Some(w) => Duration::from_millis(
+            w.parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= SESSION_WAIT_MS_MAX)
+                .ok_or_else(|| NodeError::bad("bad_wait", format!("wait_ms {w:?}: use 0 to {SESSION_WAIT_MS_MAX}")))?,
+        ),
+    };
+    let mut applied = node.applied.clone();
+    let reached = tokio::time::timeout(wait, applied.wait_for(|vv| vv.dominates(&needed))).await;
+    if matches!(reached, Ok(Ok(_))) {
+        return Ok(());
+    }
+    let now = node.applied.borrow().clone();
+    let behind: serde_json::Map<String, serde_json::Value> = needed
+        .iter()
+        .filter(|(o, seq)| now.get(o) < *seq)
+        .map(|(o, seq)| (o.to_string(), json!({ "needed": seq, "applied": now.get(o) })))
+        .collect();
+    let names: Vec<String> = behind.keys().cloned().collect();
+    Err(NodeError::SessionLag {
+        message: format!(
+            "this replica has not applied your session's writes from {} after waiting {} ms: retry, or read elsewhere",
+            names.join(", "),
+            wait.as_millis()
+        ),
+        behind: serde_json::Value::Object(behind),
     })
 }
 

@@ -102,11 +102,13 @@ async fn handle(node: &Node, op: &str, req: Request) {
         key: header(h, "Concord-Key"),
         since: header(h, "Concord-Since"),
         before: header(h, "Concord-Before"),
+        token: header(h, "Concord-Token"),
+        wait_ms: header(h, "Concord-Wait-Ms"),
     };
     let body = req.message.payload.clone();
     let result: Result<Reply, NodeError> = match op {
         "kv.put" => super::kv_put(node, &bucket, key.as_bytes(), body, &p).await,
-        "kv.get" => super::kv_get(node, &bucket, key.as_bytes()).await,
+        "kv.get" => super::kv_get(node, &bucket, key.as_bytes(), &p).await,
         "kv.del" => super::kv_delete(node, &bucket, key.as_bytes(), &p).await,
         "kv.list" => super::kv_list(node, &bucket, &p).await,
         "doc.apply" => super::doc_apply(node, &bucket, key.as_bytes(), body, &p).await,
