@@ -135,6 +135,7 @@ pub struct Node {
     data_dir: PathBuf,
     nats_url: String,
     region: String,
+    role: String,
     env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
@@ -147,8 +148,14 @@ impl Node {
 
     /// Start with extra environment (`CONCORD_<FIELD>` configuration overrides).
     pub fn start_with(dir: &Path, region: &str, nats_url: &str, env: &[(&str, &str)]) -> Node {
-        let name = format!("{region}-1");
+        Node::start_as(dir, &format!("{region}-1"), "leader", region, nats_url, env)
+    }
+
+    /// Start node `name` with `role` (leader or follower).
+    pub fn start_as(dir: &Path, name: &str, role: &str, region: &str, nats_url: &str, env: &[(&str, &str)]) -> Node {
+        let name = name.to_string();
         let mut node = Node {
+            role: role.to_string(),
             http_port: free_port(),
             data_dir: dir.join("data").join(&name),
             log: dir.join(format!("{name}.log")),
@@ -165,7 +172,7 @@ impl Node {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(concord_bin())
-            .args(["serve", "--node", &self.name, "--role", "leader"])
+            .args(["serve", "--node", &self.name, "--role", &self.role])
             .args(["--http", &format!("127.0.0.1:{}", self.http_port)])
             .args(["--nats", &self.nats_url])
             .arg("--data-dir")
@@ -267,6 +274,8 @@ pub struct Cluster {
     up: Option<Child>,
     /// region -> (NATS URL, leader HTTP URL)
     pub regions: std::collections::BTreeMap<String, (String, String)>,
+    /// node name -> HTTP URL, every node
+    pub nodes: std::collections::BTreeMap<String, String>,
 }
 
 /// A port offset under which every port of a `regions`-region deployment is free.
@@ -280,6 +289,7 @@ fn free_cluster_offset(regions: usize) -> u16 {
         for i in 0..regions as u16 {
             ports.extend((0..4).map(|k| 4301 + 10 * i + k + offset));
             ports.extend((1..=4).map(|k| 8300 + 10 * i + k + offset));
+            ports.extend((2..=4).map(|j| 6000 + 100 * i + j + offset));
             for j in 0..regions as u16 {
                 ports.extend([5001 + 100 * i + 10 * j + offset, 5002 + 100 * i + 10 * j + offset]);
             }
@@ -297,6 +307,11 @@ impl Cluster {
 
     /// Start with extra environment for every node (`CONCORD_<FIELD>` overrides).
     pub fn start_with_env(regions: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_full(regions, 0, env)
+    }
+
+    /// Start with `followers` followers per region (named REGION-2, REGION-3, ...).
+    pub fn start_full(regions: &[&str], followers: u16, env: &[(&str, &str)]) -> Cluster {
         let dir = TempDir::new("cluster");
         let offset = free_cluster_offset(regions.len());
         let log = std::fs::File::create(dir.0.join("up.log")).unwrap();
@@ -304,6 +319,7 @@ impl Cluster {
             .args(["cluster", "up", "--dir"])
             .arg(&dir.0)
             .args(["--regions", &regions.join(","), "--port-offset", &offset.to_string()])
+            .args(["--followers", &followers.to_string()])
             .current_dir(repo_root())
             .env("CONCORD_NATS_SERVER", nats_bin())
             .envs(env.iter().copied())
@@ -311,7 +327,7 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .expect("start concord cluster up");
-        let mut cluster = Cluster { dir, up: Some(up), regions: Default::default() };
+        let mut cluster = Cluster { dir, up: Some(up), regions: Default::default(), nodes: Default::default() };
         let json = cluster.dir.0.join("cluster.json");
         let deadline = Instant::now() + Duration::from_secs(120);
         while !json.exists() {
@@ -326,6 +342,9 @@ impl Cluster {
         }
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         for (region, r) in v["regions"].as_object().unwrap() {
+            for n in r["nodes"].as_array().unwrap() {
+                cluster.nodes.insert(n["name"].as_str().unwrap().to_string(), n["http"].as_str().unwrap().to_string());
+            }
             let http = r["nodes"][0]["http"].as_str().unwrap().to_string();
             cluster.regions.insert(region.clone(), (r["nats"].as_str().unwrap().to_string(), http));
         }

@@ -56,6 +56,12 @@ pub struct NodeConfig {
     /// How long a `remote` or `all` write waits for other regions to store it before
     /// answering 504 (the write stays durable here and still replicates).
     pub durability_timeout_ms: u64,
+    /// The HTTP address other nodes and clients use for this node (default: derived
+    /// from `http_listen`). Followers redirect writers to the leader's.
+    pub http_advertise: String,
+    /// The region's log keeps at most this many changesets (0: no limit). A replica
+    /// that falls behind the oldest kept one starts from a peer's snapshot.
+    pub log_max_msgs: i64,
     /// How long a read carrying a session token waits for this replica to apply what
     /// the token names before answering 503 `session_lag` (`?wait_ms=` overrides).
     pub session_wait_ms: u64,
@@ -85,6 +91,8 @@ impl Default for NodeConfig {
             nats_connect_timeout_ms: 30_000,
             regions: Vec::new(),
             durability_timeout_ms: 10_000,
+            http_advertise: String::new(),
+            log_max_msgs: 0,
             session_wait_ms: 2_000,
             manual_buckets: Vec::new(),
             conflicts_max: concord_storage::CONFLICTS_MAX_DEFAULT,
@@ -176,6 +184,15 @@ impl NodeConfig {
             )));
         }
         Ok(region)
+    }
+
+    /// The URL other nodes use to reach this node's HTTP API.
+    pub fn advertised_url(&self) -> String {
+        if !self.http_advertise.is_empty() {
+            return self.http_advertise.clone();
+        }
+        let listen = self.http_listen.replace("0.0.0.0", "127.0.0.1");
+        format!("http://{listen}")
     }
 
     /// The other regions of the deployment.

@@ -10,6 +10,9 @@ pub enum NodeError {
     /// Fix the request (400).
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// Ask another node (307): a write sent to a follower goes to the leader.
+    #[error("{message}")]
+    Redirect { message: String, location: String },
     /// Nothing there (404).
     #[error("{0}")]
     NotFound(String),
@@ -50,6 +53,7 @@ impl NodeError {
         match self {
             NodeError::BadRequest { .. } => 400,
             NodeError::NotFound(_) => 404,
+            NodeError::Redirect { .. } => 307,
             NodeError::TooLarge(_) => 413,
             NodeError::Conflict(_) => 409,
             NodeError::Unavailable { .. } | NodeError::SessionLag { .. } => 503,
@@ -62,6 +66,7 @@ impl NodeError {
         match self {
             NodeError::BadRequest { code, .. } | NodeError::Unavailable { code, .. } => code,
             NodeError::NotFound(_) => "not_found",
+            NodeError::Redirect { .. } => "not_leader",
             NodeError::TooLarge(_) => "value_too_large",
             NodeError::Conflict(_) => "already_resolved",
             NodeError::Timeout(_) => "timeout",

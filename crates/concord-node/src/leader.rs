@@ -96,9 +96,6 @@ pub struct Leader<L: RegionLog> {
     pub mirrors: HashMap<String, RegionId>,
 }
 
-/// Most entries from other regions applied in one step.
-const INBOUND_BATCH_MAX: usize = 1000;
-
 fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
@@ -169,29 +166,7 @@ impl<L: RegionLog> Leader<L> {
         first: (String, LogEntry),
         inbound: &mut mpsc::Receiver<(String, LogEntry)>,
     ) -> Result<(), NodeError> {
-        let mut by_stream: Vec<(String, Vec<LogEntry>)> = vec![(first.0, vec![first.1])];
-        let mut n = 1;
-        while n < INBOUND_BATCH_MAX {
-            let Ok((stream, entry)) = inbound.try_recv() else { break };
-            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
-                Some((_, entries)) => entries.push(entry),
-                None => by_stream.push((stream, vec![entry])),
-            }
-            n += 1;
-        }
-        for (stream, entries) in by_stream {
-            let Some(region) = self.mirrors.get(&stream).cloned() else {
-                warn!(stream, "entries from an unknown stream; ignored");
-                continue;
-            };
-            // Entries at or below the cursor were applied before (a consumer resumed).
-            let cursor = self.replica.cursor(&stream);
-            let fresh: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq > cursor).collect();
-            if !fresh.is_empty() {
-                self.replica.apply_entries(&stream, &region, &fresh).await?;
-            }
-        }
-        Ok(())
+        self.replica.apply_inbound(first, inbound, &self.mirrors).await
     }
 
     async fn process(&mut self, reqs: Vec<WriteRequest>) -> Result<(), NodeError> {

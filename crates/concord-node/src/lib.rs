@@ -18,6 +18,7 @@ pub mod api;
 pub mod config;
 pub mod conflicts;
 pub mod error;
+pub mod follower;
 pub mod leader;
 pub mod metrics;
 pub mod replica;
@@ -53,6 +54,13 @@ pub struct Node {
     /// For each other region: how much of this region's log it has stored (the last
     /// sequence of its mirror of us), as last seen.
     pub remote_stored: Vec<(RegionId, watch::Receiver<u64>)>,
+    /// A leader's view of its region's followers (from their reports).
+    pub followers: follower::Followers,
+    /// A follower's last look-up of its region's leader: (when, node, URL).
+    pub leader_cache: std::sync::Mutex<Option<(Instant, String, String)>>,
+    /// Whether this node answers reads over NATS now (a follower always; a leader only
+    /// while no follower is alive).
+    pub serves_nats_reads: std::sync::atomic::AtomicBool,
 }
 
 /// How often a leader asks the other regions how much of its log they stored.
@@ -124,9 +132,6 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let region = cfg.validate()?;
-    if cfg.role != Role::Leader {
-        return Err("this build runs leaders only: followers come with the followers phase".into());
-    }
     let metrics = Arc::new(Metrics::default());
     let store = Store::open(&cfg.data_dir)?
         .with_conflict_retention(cfg.conflicts_max, Duration::from_secs(cfg.conflicts_max_age_s));
@@ -139,20 +144,27 @@ pub async fn run(
         )
         .into());
     }
-    let log = Arc::new(NatsLog::open(client.clone(), region.as_str()).await?);
+    let leading = cfg.role == Role::Leader;
+    let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.log_max_msgs).await?);
     let mut mirrors = HashMap::new();
     for remote in cfg.remote_regions() {
-        log.ensure_mirror_consumer(region.as_str(), remote.as_str()).await?;
+        if leading {
+            log.ensure_mirror_consumer(region.as_str(), remote.as_str()).await?;
+        }
         let name = log.ensure_mirror(region.as_str(), remote.as_str()).await?;
         mirrors.insert(name, remote);
+    }
+    if !leading {
+        follower::bootstrap_if_needed(&cfg, &store, &log, &mirrors).await?;
     }
     let mut replica = Replica::open(store.clone(), region.clone(), log.stream().to_string(), metrics.clone())?;
     replica.manual_buckets = cfg.manual_buckets.iter().cloned().collect();
     // Conflict records go out on NATS for subscribers (bounded: a slow NATS drops
     // publications, counted, never stalls the writer; the log itself is durable).
-    let (conflict_tx, mut conflict_rx) = mpsc::channel::<concord_core::conflict::ConflictRecord>(1024);
-    replica.conflict_tx = Some(conflict_tx);
-    {
+    // Only the leader publishes, so a subscriber sees each record once per region.
+    if leading {
+        let (conflict_tx, mut conflict_rx) = mpsc::channel::<concord_core::conflict::ConflictRecord>(1024);
+        replica.conflict_tx = Some(conflict_tx);
         let client = client.clone();
         let subject = api::nats::conflicts_subject(region.as_str());
         tokio::spawn(async move {
@@ -164,31 +176,39 @@ pub async fn run(
             }
         });
     }
-    let log_last = replica.catch_up(log.as_ref()).await?;
-    // Other regions' changesets: one follower task per mirror, all feeding the one task
-    // that owns the replica (bounded: a slow apply slows the followers, never memory).
+    let log_last = if leading { replica.catch_up(log.as_ref()).await? } else { 0 };
+    // Changesets from the streams: one task per stream, all feeding the one task that
+    // owns the replica (bounded: a slow apply slows the readers, never memory). A leader
+    // reads the other regions' mirrors; a follower also reads its region's own log.
     let (inbound_tx, inbound_rx) = mpsc::channel(4 * replica::CATCH_UP_CHUNK as usize);
-    for name in mirrors.keys() {
+    let mut streams = mirrors.clone();
+    if !leading {
+        streams.insert(log.stream().to_string(), region.clone());
+    }
+    for name in streams.keys() {
         let from = replica.cursor(name) + 1;
         let (log, name, tx) = (log.clone(), name.clone(), inbound_tx.clone());
         tokio::spawn(async move { log.follow(name, from, tx).await });
     }
     drop(inbound_tx);
     let mut remote_stored = Vec::new();
-    for remote in cfg.remote_regions() {
-        let (tx, rx) = watch::channel(0);
-        tokio::spawn(poll_remote_stored(log.clone(), region.clone(), remote.clone(), tx, shutdown.clone()));
-        remote_stored.push((remote, rx));
+    if leading {
+        for remote in cfg.remote_regions() {
+            let (tx, rx) = watch::channel(0);
+            tokio::spawn(poll_remote_stored(log.clone(), region.clone(), remote.clone(), tx, shutdown.clone()));
+            remote_stored.push((remote, rx));
+        }
     }
-    let epoch = concord_transport::RegionLog::next_epoch(log.as_ref(), region.as_str()).await?;
+    let epoch =
+        if leading { concord_transport::RegionLog::next_epoch(log.as_ref(), region.as_str()).await? } else { 0 };
     let origin = Origin::new(region.clone(), epoch);
-    info!(%origin, log_last, "leader ready");
 
     let (state_tx, state_rx) = watch::channel(LeaderState { origin: origin.clone(), fenced: false });
     let (writes_tx, writes_rx) = mpsc::channel(cfg.write_queue_max);
+    let followers = follower::Followers::default();
     let node = Arc::new(Node {
         cfg: cfg.clone(),
-        region,
+        region: region.clone(),
         store,
         metrics,
         applied: replica.watch_applied(),
@@ -197,20 +217,36 @@ pub async fn run(
         writes: writes_tx,
         log: log.clone(),
         remote_stored,
+        followers: followers.clone(),
+        leader_cache: Default::default(),
+        serves_nats_reads: std::sync::atomic::AtomicBool::new(!leading),
     });
-    let leader = Leader {
-        replica,
-        log,
-        origin,
-        next_seq: 1,
-        log_last,
-        batch_changes_max: cfg.batch_changes_max,
-        batch_bytes_max: cfg.batch_bytes_max.min(max_payload.saturating_sub(64 * 1024)).max(1),
-        append_deadline: Duration::from_millis(cfg.write_timeout_ms / 2),
-        state_tx,
-        mirrors,
+    let mut worker = if leading {
+        log.advertise_leader(
+            region.as_str(),
+            &serde_json::json!({ "node": cfg.node, "http": cfg.advertised_url(), "epoch": epoch }),
+        )
+        .await?;
+        tokio::spawn(follower::track_followers(client.clone(), region.clone(), followers.clone(), shutdown.clone()));
+        let leader = Leader {
+            replica,
+            log,
+            origin: origin.clone(),
+            next_seq: 1,
+            log_last,
+            batch_changes_max: cfg.batch_changes_max,
+            batch_bytes_max: cfg.batch_bytes_max.min(max_payload.saturating_sub(64 * 1024)).max(1),
+            append_deadline: Duration::from_millis(cfg.write_timeout_ms / 2),
+            state_tx,
+            mirrors,
+        };
+        info!(%origin, log_last, "leader ready");
+        tokio::spawn(leader.run(writes_rx, inbound_rx, shutdown.clone()))
+    } else {
+        drop(writes_rx);
+        info!(node = %cfg.node, "follower ready");
+        tokio::spawn(follower::run(replica, streams, inbound_rx, client.clone(), cfg.node.clone(), shutdown.clone()))
     };
-    let mut writer = tokio::spawn(leader.run(writes_rx, inbound_rx, shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(&cfg.http_listen).await?;
     info!(addr = %listener.local_addr()?, "HTTP API listening");
@@ -227,8 +263,8 @@ pub async fn run(
     let mut stop = shutdown.clone();
     tokio::select! {
         _ = stop.changed() => {}
-        result = &mut writer => {
-            // The writer only stops by itself on a fatal error (local state failed).
+        result = &mut worker => {
+            // The worker only stops by itself on a fatal error (local state failed).
             let why = match result {
                 Ok(Err(e)) => e.to_string(),
                 Ok(Ok(())) => "the writer stopped".to_string(),
@@ -239,7 +275,7 @@ pub async fn run(
     }
     info!("shutting down: draining writes and requests");
     let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-        let w = writer.await;
+        let w = worker.await;
         let _ = http.await;
         let _ = nats_api.await;
         w

@@ -34,6 +34,7 @@ counters! {
     log_gaps_total: "Changesets that arrived after a gap in their origin's sequence.",
     lww_conflicts_total: "Concurrent LWW versions reconciled by merge.",
     append_retries_total: "Log appends retried after an error.",
+    reads_served_total: "Reads (values, listings, documents) answered by this node.",
     conflict_records_written_total: "Conflict-log records created, extended or resolved.",
     conflicts_unpublished_total: "Conflict records not published on NATS (publisher queue full).",
 }

@@ -28,6 +28,8 @@ use crate::metrics::{self, Metrics};
 
 /// Most log messages read and applied in one step of a catch-up.
 pub const CATCH_UP_CHUNK: u64 = 1000;
+/// Most entries arriving from streams applied in one step.
+const INBOUND_BATCH_MAX: usize = 1000;
 
 pub type DocKey = (String, String);
 
@@ -330,6 +332,39 @@ impl Replica {
             overlay.pending.push((k.0.clone(), k.1.clone(), still_waiting));
         }
         overlay.dirty_docs.insert(k);
+        Ok(())
+    }
+
+    /// Apply `first` and whatever else has arrived on `inbound`, stream by stream;
+    /// `streams` says whose log each stream holds. Entries at or below a stream's
+    /// cursor were applied before (a consumer resumed) and are skipped.
+    pub async fn apply_inbound(
+        &mut self,
+        first: (String, LogEntry),
+        inbound: &mut mpsc::Receiver<(String, LogEntry)>,
+        streams: &HashMap<String, RegionId>,
+    ) -> Result<(), NodeError> {
+        let mut by_stream: Vec<(String, Vec<LogEntry>)> = vec![(first.0, vec![first.1])];
+        let mut n = 1;
+        while n < INBOUND_BATCH_MAX {
+            let Ok((stream, entry)) = inbound.try_recv() else { break };
+            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+                Some((_, entries)) => entries.push(entry),
+                None => by_stream.push((stream, vec![entry])),
+            }
+            n += 1;
+        }
+        for (stream, entries) in by_stream {
+            let Some(region) = streams.get(&stream).cloned() else {
+                warn!(stream, "entries from an unknown stream; ignored");
+                continue;
+            };
+            let cursor = self.cursor(&stream);
+            let fresh: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq > cursor).collect();
+            if !fresh.is_empty() {
+                self.apply_entries(&stream, &region, &fresh).await?;
+            }
+        }
         Ok(())
     }
 

@@ -22,17 +22,20 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use thiserror::Error;
 
 mod conflicts;
+mod snapshot;
+
+pub use snapshot::check_header as check_snapshot_header;
 
 use conflicts::{CONFLICTS, CONFLICTS_BY_TIME, CONFLICTS_OPEN, write_conflicts};
 pub use conflicts::{CONFLICTS_MAX_AGE_DEFAULT, CONFLICTS_MAX_DEFAULT, ConflictQuery, ConflictWrite, open_key};
 
-const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
-const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
-const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
-const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+pub(crate) const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+pub(crate) const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
+pub(crate) const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// Automerge changes that arrived before a change they depend on (from another
 /// origin): kept here, durably, until their dependencies arrive.
-const DOC_PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc_pending");
+pub(crate) const DOC_PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc_pending");
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -94,7 +97,7 @@ fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CoreError> {
 
 #[derive(Clone)]
 pub struct Store {
-    db: std::sync::Arc<Database>,
+    pub(crate) db: std::sync::Arc<Database>,
     conflicts_max: u64,
     conflicts_max_age: std::time::Duration,
 }
@@ -319,5 +322,31 @@ mod tests {
         store.commit(&batch).unwrap();
         assert!(store.get_pending("d", "doc").unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn snapshots_carry_everything_into_an_empty_store() {
+        let base = std::env::temp_dir().join(format!("concord-storage-snap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let origin = Origin::new(RegionId::new("us-east").unwrap(), 1);
+        let a = Store::open(&base.join("a")).unwrap();
+        let mut batch = Batch::default();
+        batch.kv.push(("b".into(), "k".into(), Register::new(version(Some("v"), 1))));
+        batch.docs.push(("d".into(), "doc".into(), vec![9, 9]));
+        batch.applied.push((origin.clone(), 7));
+        batch.cursors.push(("LOG".into(), 3));
+        a.commit(&batch).unwrap();
+        let snap = a.export_snapshot().unwrap();
+        let b = Store::open(&base.join("b")).unwrap();
+        b.import_snapshot(&snap).unwrap();
+        assert_eq!(b.get_kv("b", "k").unwrap(), a.get_kv("b", "k").unwrap());
+        assert_eq!(b.get_doc("d", "doc").unwrap(), Some(vec![9, 9]));
+        assert_eq!(b.applied().unwrap().get(&origin), 7);
+        assert_eq!(b.cursor("LOG").unwrap(), 3);
+        assert!(b.import_snapshot(&snap).is_err(), "a snapshot loads only into an empty store");
+        let c = Store::open(&base.join("c")).unwrap();
+        assert!(c.import_snapshot(&snap[..snap.len() - 1]).is_err());
+        assert!(c.import_snapshot(b"garbage").is_err());
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -18,6 +18,7 @@ pub const APPEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading one message of a catch-up may take before the read is retried.
 const READ_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const EPOCH_BUCKET: &str = "concord_epochs";
+const LEADERS_BUCKET: &str = "concord_leaders";
 /// How long `follow` waits for a message before checking whether its consumer stalled.
 const FOLLOW_STALL_CHECK: Duration = Duration::from_secs(2);
 
@@ -48,6 +49,7 @@ pub fn mirror_deliver_subject(origin: &str, destination: &str) -> String {
 /// How far a stream is, and for a mirror how far its upstream is ahead of it.
 #[derive(Debug, Clone, Default)]
 pub struct StreamPosition {
+    pub first_seq: u64,
     pub last_seq: u64,
     /// Messages the upstream holds that the mirror does not (0 for a log).
     pub upstream_lag: u64,
@@ -66,8 +68,10 @@ pub struct NatsLog {
 }
 
 impl NatsLog {
-    /// Create (or open) the region's stream.
-    pub async fn open(client: async_nats::Client, region: &str) -> LogResult<NatsLog> {
+    /// Create (or open) the region's stream, keeping at most `max_msgs` messages
+    /// (0: no limit). Replicas that fall behind the oldest kept message start from a
+    /// peer's snapshot.
+    pub async fn open(client: async_nats::Client, region: &str, max_msgs: i64) -> LogResult<NatsLog> {
         let js = jetstream::new(client);
         let name = stream_name(region);
         js.get_or_create_stream(stream::Config {
@@ -76,11 +80,43 @@ impl NatsLog {
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
             allow_direct: true,
+            max_messages: if max_msgs > 0 { max_msgs } else { -1 },
             ..Default::default()
         })
         .await
         .map_err(unavailable)?;
         Ok(NatsLog { js, stream: name, subject: subject(region) })
+    }
+
+    /// Record this node as its region's leader (`concord_leaders`, key = region), so
+    /// followers can send writers to it and fetch snapshots from it.
+    pub async fn advertise_leader(&self, region: &str, record: &serde_json::Value) -> LogResult<()> {
+        let kv = self.leaders_bucket().await?;
+        kv.put(region, serde_json::to_vec(record).expect("JSON").into()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The leader record of `region`, if one was advertised.
+    pub async fn leader_of(&self, region: &str) -> LogResult<Option<serde_json::Value>> {
+        let kv = self.leaders_bucket().await?;
+        let entry = kv.get(region).await.map_err(unavailable)?;
+        Ok(entry.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    async fn leaders_bucket(&self) -> LogResult<jetstream::kv::Store> {
+        match self.js.get_key_value(LEADERS_BUCKET).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => self
+                .js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: LEADERS_BUCKET.into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable),
+        }
     }
 
     pub fn stream(&self) -> &str {
@@ -147,6 +183,7 @@ impl NatsLog {
         let mut stream = self.js.get_stream(stream_name).await.map_err(unavailable)?;
         let info = stream.info().await.map_err(unavailable)?;
         Ok(StreamPosition {
+            first_seq: info.state.first_sequence,
             last_seq: info.state.last_sequence,
             upstream_lag: info.mirror.as_ref().map_or(0, |m| m.lag),
             upstream_active: info.mirror.as_ref().and_then(|m| m.active),

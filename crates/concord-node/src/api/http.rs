@@ -20,6 +20,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/v1/snapshot", get(snapshot))
         .route("/v1/kv/{*rest}", any(kv))
         .route("/v1/docs/{*rest}", any(docs))
         .route("/v1/conflicts", get(conflicts_list))
@@ -45,11 +46,19 @@ async fn stamp(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
 
 fn respond(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response()
+    let mut resp = (status, [(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response();
+    if let Some(location) = reply.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    resp
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
     respond(super::status(&node).await)
+}
+
+async fn snapshot(State(node): State<Arc<Node>>) -> Response {
+    respond(super::snapshot(&node).await.into())
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
@@ -64,6 +73,13 @@ async fn conflicts_list(
     headers: axum::http::HeaderMap,
 ) -> Response {
     respond(super::conflicts_list(&node, &with_session(params(uri.query()), &headers)).await.into())
+}
+
+/// The parameters of a request: its query, its session headers, its path.
+fn with_request(uri: &axum::http::Uri, headers: &axum::http::HeaderMap) -> Params {
+    let mut p = with_session(params(uri.query()), headers);
+    p.path_and_query = uri.path_and_query().map(|pq| pq.to_string());
+    p
 }
 
 /// The session token (and wait) a request carries in its headers.
@@ -85,7 +101,7 @@ async fn conflict_resolve(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let p = with_session(params(parts.uri.query()), &parts.headers);
+    let p = with_request(&parts.uri, &parts.headers);
     let reply = match read_body(&node, body).await {
         Ok(b) => super::conflict_resolve(&node, &id, b, &p).await,
         Err(e) => Err(e),
@@ -182,7 +198,7 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
 async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().trim_start_matches("/v1/kv/").to_string();
-    let p = with_session(params(parts.uri.query()), &parts.headers);
+    let p = with_request(&parts.uri, &parts.headers);
     let (bucket, key) = bucket_and_key(&rest);
     let reply = match (&parts.method, key) {
         (&Method::GET, None) => super::kv_list(&node, &bucket, &p).await,
@@ -200,7 +216,7 @@ async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
 async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().trim_start_matches("/v1/docs/").to_string();
-    let p = with_session(params(parts.uri.query()), &parts.headers);
+    let p = with_request(&parts.uri, &parts.headers);
     let (bucket, key) = bucket_and_key(&rest);
     let Some(key) = key else {
         return respond(Reply::error(&NodeError::bad("bad_key", "the path names no key: /v1/docs/{bucket}/{key}")));

@@ -27,11 +27,13 @@ pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Bytes,
+    /// For a redirect: where to.
+    pub location: Option<String>,
 }
 
 impl Reply {
     pub fn json(status: u16, value: serde_json::Value) -> Reply {
-        Reply { status, content_type: JSON, body: Bytes::from(value.to_string()) }
+        Reply { status, content_type: JSON, body: Bytes::from(value.to_string()), location: None }
     }
 
     pub fn error(e: &NodeError) -> Reply {
@@ -42,7 +44,11 @@ impl Reply {
         if let NodeError::SessionLag { behind, .. } = e {
             body["behind"] = behind.clone();
         }
-        Reply::json(e.status(), body)
+        let mut reply = Reply::json(e.status(), body);
+        if let NodeError::Redirect { location, .. } = e {
+            reply.location = Some(location.clone());
+        }
+        reply
     }
 }
 
@@ -62,6 +68,8 @@ pub struct Params {
     pub format: Option<String>,
     /// Overrides `durability_timeout_ms` for one write.
     pub timeout_ms: Option<String>,
+    /// The request's path and query (for redirects).
+    pub path_and_query: Option<String>,
     /// The session token a read must see applied (`Concord-Token`).
     pub token: Option<String>,
     /// How long a read waits for the token (`?wait_ms=` / `Concord-Wait-Ms`).
@@ -126,12 +134,18 @@ async fn write_resolving(
     resolves: Option<uuid::Uuid>,
     p: &Params,
 ) -> Result<Reply, NodeError> {
+    if node.cfg.role == crate::Role::Follower {
+        return Err(redirect_to_leader(node, p).await);
+    }
     let level = durability(p)?;
     match level {
-        Durability::Region => {
+        Durability::Region if node.followers.live().is_empty() => {
             return Err(NodeError::unavailable(
                 "durability_unavailable",
-                "durability region needs followers, which this deployment does not run yet",
+                format!(
+                    "durability region needs a live follower in {}; none has reported in the last 3 s",
+                    node.region
+                ),
             ));
         }
         Durability::Remote if node.remote_stored.is_empty() => {
@@ -173,6 +187,22 @@ async fn write_resolving(
     let mut confirmed: Vec<String> = Vec::new();
     if let (Some(log_seq), Durability::Remote | Durability::All) = (ack.log_seq, level) {
         confirmed = wait_remote(node, log_seq, level, wait).await?;
+    }
+    if let (Some(log_seq), Durability::Region) = (ack.log_seq, level) {
+        let mut best = node.followers.watch_best();
+        let reached = tokio::time::timeout(wait, best.wait_for(|seq| *seq >= log_seq)).await;
+        if !matches!(reached, Ok(Ok(_))) {
+            let name = format!("followers of {}", node.region);
+            return Err(NodeError::DurabilityTimeout {
+                message: format!(
+                    "no follower of {} applied the write within {} ms; it is durable in the log and still replicates",
+                    node.region,
+                    wait.as_millis()
+                ),
+                unconfirmed: vec![name],
+            });
+        }
+        confirmed.push(node.region.to_string());
     }
     Ok(Reply::json(
         200,
@@ -232,6 +262,7 @@ pub async fn kv_delete(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params
 pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
     let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
     await_session(node, p).await?;
+    crate::metrics::inc(&node.metrics.reads_served_total);
     let store = node.store.clone();
     let (b, k) = (bucket.clone(), key.clone());
     let found = tokio::task::spawn_blocking(move || store.get_kv(&b, &k))
@@ -258,7 +289,9 @@ pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -
         ));
     }
     match &register.winner().value {
-        Some(value) => Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(value.clone()) }),
+        Some(value) => {
+            Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(value.clone()), location: None })
+        }
         None => Err(NodeError::NotFound(format!("{bucket}/{key} does not exist"))),
     }
 }
@@ -404,6 +437,7 @@ fn resolved_reply(mut reply: Reply, id: uuid::Uuid) -> Result<Reply, NodeError> 
 pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply, NodeError> {
     let bucket = bucket(bucket_raw)?;
     await_session(node, p).await?;
+    crate::metrics::inc(&node.metrics.reads_served_total);
     let limit = match &p.limit {
         None => LIST_LIMIT_DEFAULT,
         Some(l) => l
@@ -440,6 +474,7 @@ pub async fn doc_apply(
 pub async fn doc_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
     let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
     await_session(node, p).await?;
+    crate::metrics::inc(&node.metrics.reads_served_total);
     let binary = match p.format.as_deref() {
         None | Some("json") => false,
         Some("automerge") => true,
@@ -454,7 +489,7 @@ pub async fn doc_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) 
             return Err(NodeError::NotFound(format!("document {b}/{k} does not exist")));
         };
         if binary {
-            return Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(bytes) });
+            return Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(bytes), location: None });
         }
         let doc = doc::load_doc(&bytes).map_err(|e| NodeError::Fatal(e.to_string()))?;
         Ok(Reply::json(200, doc::to_json(&doc)))
@@ -470,8 +505,32 @@ pub async fn status(node: &Node) -> Reply {
     let role = if leader.fenced { "fenced".to_string() } else { node.cfg.role.to_string() };
     let mut lag = serde_json::Map::new();
     for remote in node.cfg.remote_regions() {
-        lag.insert(remote.to_string(), remote_lag(node, remote.as_str()).await);
+        let mirror = concord_transport::nats::mirror_name(remote.as_str());
+        lag.insert(remote.to_string(), stream_lag(node, &mirror).await);
     }
+    let leading = node.cfg.role == crate::Role::Leader;
+    if !leading {
+        // A follower also lags behind its own region's log.
+        lag.insert(node.region.to_string(), stream_lag(node, node.log.stream()).await);
+    }
+    let leader_name =
+        if leading { node.cfg.node.clone() } else { leader_address(node).await.map(|(n, _)| n).unwrap_or_default() };
+    let log_last =
+        if leading { node.log.position(node.log.stream()).await.map(|p| p.last_seq).unwrap_or(0) } else { 0 };
+    let followers: serde_json::Map<String, serde_json::Value> = node
+        .followers
+        .live()
+        .into_iter()
+        .map(|(r, age)| {
+            let info = json!({
+                "applied_log_seq": r.log_seq,
+                "lag_seq": log_last.saturating_sub(r.log_seq),
+                "reported_ms_ago": age.as_millis() as u64,
+                "token": r.token,
+            });
+            (r.node.clone(), info)
+        })
+        .collect();
     let stored: serde_json::Map<String, serde_json::Value> =
         node.remote_stored.iter().map(|(r, rx)| (r.to_string(), json!(*rx.borrow()))).collect();
     Reply::json(
@@ -482,9 +541,11 @@ pub async fn status(node: &Node) -> Reply {
             "role": role,
             "epoch": leader.origin.epoch,
             "origin": leader.origin.to_string(),
-            "leader": node.cfg.node,
+            "leader": leader_name,
             "applied": applied,
             "lag": lag,
+            "followers": followers,
+            "serves_nats_reads": node.serves_nats_reads.load(std::sync::atomic::Ordering::Relaxed),
             "remote_stored": stored,
         }),
     )
@@ -494,8 +555,8 @@ pub async fn status(node: &Node) -> Reply {
 /// mirror holds but this replica has not applied, plus those the mirror has not yet
 /// copied), `ms` the age of the oldest unapplied message in the mirror, and the
 /// mirror's own view of its upstream (`mirror_active_ms` grows while it is cut off).
-async fn remote_lag(node: &Node, remote: &str) -> serde_json::Value {
-    let mirror = concord_transport::nats::mirror_name(remote);
+async fn stream_lag(node: &Node, mirror: &str) -> serde_json::Value {
+    let mirror = mirror.to_string();
     let cursor = node.cursors.borrow().get(&mirror).copied().unwrap_or(0);
     let pos = match tokio::time::timeout(Duration::from_secs(2), node.log.position(&mirror)).await {
         Ok(Ok(pos)) => pos,
@@ -518,6 +579,44 @@ async fn remote_lag(node: &Node, remote: &str) -> serde_json::Value {
         "mirror_lag": pos.upstream_lag,
         "mirror_active_ms": pos.upstream_active.map(|d| d.as_millis() as u64),
     })
+}
+
+/// Where a write sent to a follower should go: 307 to the leader, same path and query.
+async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
+    match leader_address(node).await {
+        Some((leader, url)) => NodeError::Redirect {
+            message: format!("{} is a follower; writes go to the leader {leader}", node.cfg.node),
+            location: format!("{url}{}", p.path_and_query.clone().unwrap_or_default()),
+        },
+        None => NodeError::unavailable(
+            "no_leader",
+            format!("{} is a follower and no leader of {} is known", node.cfg.node, node.region),
+        ),
+    }
+}
+
+/// The region's leader (node, URL), from `concord_leaders`, cached for two seconds.
+pub async fn leader_address(node: &Node) -> Option<(String, String)> {
+    if let Some((at, name, url)) = node.leader_cache.lock().expect("not poisoned").clone()
+        && at.elapsed() < Duration::from_secs(2)
+    {
+        return Some((name, url));
+    }
+    let record =
+        tokio::time::timeout(Duration::from_secs(2), node.log.leader_of(node.region.as_str())).await.ok()?.ok()??;
+    let name = record["node"].as_str()?.to_string();
+    let url = record["http"].as_str()?.to_string();
+    *node.leader_cache.lock().expect("not poisoned") = Some((std::time::Instant::now(), name.clone(), url.clone()));
+    Some((name, url))
+}
+
+/// `GET /v1/snapshot`: this replica's whole state, for a new replica to start from.
+pub async fn snapshot(node: &Node) -> Result<Reply, NodeError> {
+    let store = node.store.clone();
+    let bytes = tokio::task::spawn_blocking(move || store.export_snapshot())
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))??;
+    Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(bytes), location: None })
 }
 
 /// Most a read may wait for its session token.

@@ -47,40 +47,106 @@ pub fn group(region: &str) -> String {
     format!("concord.api.{region}")
 }
 
-/// Start the service and serve requests until `shutdown`.
+/// Endpoints only the leader serves (writes), and the ones followers serve (reads;
+/// the leader too, while no follower is alive).
+pub const WRITE_OPS: [&str; 4] = ["kv.put", "kv.del", "doc.apply", "conflicts.resolve"];
+pub const READ_OPS: [&str; 5] = ["kv.get", "kv.list", "doc.get", "conflicts.list", "conflicts.get"];
+
+/// Start the service and serve requests until `shutdown`. Every node of a region joins
+/// the same queue group per endpoint, so NATS spreads requests over them: a follower
+/// serves reads and status; the leader serves writes and status, and reads only while
+/// no follower is alive (it starts and stops a read service as followers come and go).
 pub async fn serve(
     node: Arc<Node>,
     client: async_nats::Client,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), async_nats::Error> {
+    let leading = node.cfg.role == crate::Role::Leader;
+    let mut ops: Vec<&'static str> = vec!["status"];
+    ops.extend(if leading { WRITE_OPS.as_slice() } else { READ_OPS.as_slice() });
+    let (service, main_stop, mut tasks) = start(&node, &client, &ops).await?;
+    let mut reads: Option<Running> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick(), if leading => {
+                let followers = !node.followers.live().is_empty();
+                if followers && let Some(running) = reads.take() {
+                    stop(running).await;
+                    node.serves_nats_reads.store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("followers serve reads: the leader stopped serving them over NATS");
+                } else if !followers && reads.is_none() {
+                    reads = Some(start(&node, &client, &READ_OPS).await?);
+                    node.serves_nats_reads.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("no live follower: the leader serves reads over NATS");
+                }
+            }
+        }
+    }
+    if let Some(running) = reads.take() {
+        stop(running).await;
+    }
+    tasks.retain(|t| !t.is_finished());
+    stop((service, main_stop, tasks)).await;
+    Ok(())
+}
+
+/// A running service: the service, the signal that stops its endpoints, their tasks.
+type Running = (async_nats::service::Service, watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>);
+
+/// Unsubscribe every endpoint explicitly (so the queue group stops routing requests
+/// here at once), wait for the endpoint tasks, then stop the service.
+async fn stop((service, stop_tx, tasks): Running) {
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+    }
+    let _ = service.stop().await;
+}
+
+async fn start(
+    node: &Arc<Node>,
+    client: &async_nats::Client,
+    ops: &[&'static str],
+) -> Result<Running, async_nats::Error> {
+    let metadata = std::collections::HashMap::from([
+        ("region".to_string(), node.region.to_string()),
+        ("node".to_string(), node.cfg.node.clone()),
+        ("role".to_string(), node.cfg.role.to_string()),
+    ]);
     let service = client
         .service_builder()
         .description(format!("Concord region {}", node.region))
+        .metadata(metadata)
         .start("concord", env!("CARGO_PKG_VERSION"))
         .await?;
     let group = service.group(group(node.region.as_str()));
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for op in OPS {
+    for &op in ops {
         let mut endpoint = group.endpoint(op).await?;
         let node = node.clone();
-        let mut shutdown = shutdown.clone();
+        let mut stop_rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let req = tokio::select! {
-                    r = endpoint.next() => match r { Some(r) => r, None => break },
-                    _ = shutdown.changed() => break,
-                };
-                let node = node.clone();
-                tokio::spawn(async move { handle(&node, op, req).await });
+                tokio::select! {
+                    req = endpoint.next() => match req {
+                        Some(req) => {
+                            let node = node.clone();
+                            tokio::spawn(async move { handle(&node, op, req).await });
+                        }
+                        None => break,
+                    },
+                    _ = stop_rx.changed() => {
+                        let _ = endpoint.stop().await;
+                        break;
+                    }
+                }
             }
         }));
     }
-    let _ = shutdown.changed().await;
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = service.stop().await;
-    Ok(())
+    Ok((service, stop_tx, tasks))
 }
 
 fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
@@ -102,6 +168,7 @@ async fn handle(node: &Node, op: &str, req: Request) {
         key: header(h, "Concord-Key"),
         since: header(h, "Concord-Since"),
         before: header(h, "Concord-Before"),
+        path_and_query: None,
         token: header(h, "Concord-Token"),
         wait_ms: header(h, "Concord-Wait-Ms"),
     };

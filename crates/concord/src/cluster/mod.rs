@@ -28,7 +28,7 @@ pub enum ClusterCommand {
         dir: PathBuf,
         #[arg(long, default_value = REGIONS_DEFAULT)]
         regions: String,
-        /// Followers per region (this phase runs leaders only: 0).
+        /// Followers per region (named REGION-2, REGION-3, ...).
         #[arg(long, default_value_t = 0)]
         followers: u16,
         /// Added to every port (NATS 4301 + 10 × region, HTTP 8300 + 10 × region + node).
@@ -47,8 +47,9 @@ pub enum ClusterCommand {
         dir: PathBuf,
         node: String,
     },
-    /// Cut every link between REGION and the other regions (for real: the proxies
-    /// close the connections and refuse new ones).
+    /// Cut every link between REGION and the other regions, or a follower NODE's link
+    /// to its region's NATS (for real: the proxies close the connections and refuse
+    /// new ones).
     Partition {
         #[arg(long)]
         dir: PathBuf,
@@ -140,10 +141,16 @@ fn running_faults(dir: &Path, region: Option<&str>) -> anyhow::Result<Faults> {
         &std::fs::read(dir.join("cluster.json"))
             .with_context(|| format!("no running deployment in {} (cluster.json is missing)", dir.display()))?,
     )?;
+    let is_node = |name: &str| {
+        cluster["regions"].as_object().into_iter().flatten().any(|(_, r)| {
+            r["nodes"].as_array().into_iter().flatten().any(|n| n["name"] == name && n["role"] == "follower")
+        })
+    };
     if let Some(r) = region
         && cluster["regions"].get(r).is_none()
+        && !is_node(r)
     {
-        bail!("no region {r:?} in {}", dir.join("cluster.json").display());
+        bail!("no region (or follower) {r:?} in {}", dir.join("cluster.json").display());
     }
     Ok(Faults::load(dir))
 }
@@ -198,8 +205,8 @@ async fn wait_http(url: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Re
 }
 
 async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyhow::Result<()> {
-    if followers > 0 {
-        bail!("--followers: followers arrive in a later phase; this build runs one leader per region");
+    if followers > 8 {
+        bail!("--followers: at most 8 per region (the port layout has room for no more)");
     }
     let regions: Vec<String> = regions.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     for r in &regions {
@@ -222,6 +229,10 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
         let p = nats_conf::ports(i, port_offset);
         let mut ports =
             vec![p.client, p.backbone_client, p.backbone_cluster, p.backbone_leaf, 8301 + 10 * i as u16 + port_offset];
+        for j in 2..=1 + followers {
+            ports.push(8300 + 10 * i as u16 + j + port_offset);
+            ports.push(nats_conf::follower_port(i, j, port_offset));
+        }
         ports.extend(
             (0..n).filter(|&j| j != i).flat_map(|j| [1, 2].map(|k| nats_conf::proxy_port(i, j, k, port_offset))),
         );
@@ -289,37 +300,53 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
             }
         }
 
-        let node = format!("{region}-1");
-        let http_port = 8300 + 10 * i as u16 + 1 + port_offset;
-        let http = format!("http://127.0.0.1:{http_port}");
-        let spec = procs::ProcSpec {
-            name: node.clone(),
-            program: concord_bin.clone(),
-            args: vec![
-                "serve".into(),
-                "--config".into(),
-                region_config(&dir, region, &regions)?.display().to_string(),
-                "--node".into(),
-                node.clone(),
-                "--role".into(),
-                "leader".into(),
-                "--http".into(),
-                format!("127.0.0.1:{http_port}"),
-                "--nats".into(),
-                format!("nats://127.0.0.1:{nats_port}"),
-                "--data-dir".into(),
-                dir.join("data").join(&node).display().to_string(),
-            ],
-            pid: None,
-        };
-        children.push(procs::spawn(&dir, spec)?);
-        cluster.regions.insert(
-            region.clone(),
-            RegionJson {
-                nats: format!("nats://127.0.0.1:{nats_port}"),
-                nodes: vec![NodeJson { name: node, role: "leader".into(), http }],
-            },
-        );
+        // The leader, then the followers. A follower reaches its region's NATS through
+        // a proxy link of its own, so `partition NODE` can cut it off its region's log.
+        let config = region_config(&dir, region, &regions)?;
+        let mut nodes = Vec::new();
+        for j in 1..=1 + followers {
+            let node = format!("{region}-{j}");
+            let role = if j == 1 { "leader" } else { "follower" };
+            let http_port = 8300 + 10 * i as u16 + j + port_offset;
+            let nats_url = if j == 1 {
+                format!("nats://127.0.0.1:{nats_port}")
+            } else {
+                let link_port = nats_conf::follower_port(i, j, port_offset);
+                let link = proxy::Link {
+                    from: node.clone(),
+                    to: node.clone(),
+                    listen_port: link_port,
+                    target_port: nats_port,
+                };
+                proxy::serve(link, faults_rx.clone())
+                    .await
+                    .with_context(|| format!("proxy port {link_port} ({node})"))?;
+                format!("nats://127.0.0.1:{link_port}")
+            };
+            let spec = procs::ProcSpec {
+                name: node.clone(),
+                program: concord_bin.clone(),
+                args: vec![
+                    "serve".into(),
+                    "--config".into(),
+                    config.display().to_string(),
+                    "--node".into(),
+                    node.clone(),
+                    "--role".into(),
+                    role.into(),
+                    "--http".into(),
+                    format!("127.0.0.1:{http_port}"),
+                    "--nats".into(),
+                    nats_url,
+                    "--data-dir".into(),
+                    dir.join("data").join(&node).display().to_string(),
+                ],
+                pid: None,
+            };
+            children.push(procs::spawn(&dir, spec)?);
+            nodes.push(NodeJson { name: node, role: role.into(), http: format!("http://127.0.0.1:{http_port}") });
+        }
+        cluster.regions.insert(region.clone(), RegionJson { nats: format!("nats://127.0.0.1:{nats_port}"), nodes });
     }
     for (region, r) in &cluster.regions {
         for n in &r.nodes {

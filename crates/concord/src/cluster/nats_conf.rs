@@ -26,6 +26,12 @@ pub fn proxy_port(i: usize, j: usize, kind: u16, offset: u16) -> u16 {
     5000 + 100 * i as u16 + 10 * j as u16 + kind + offset
 }
 
+/// The proxy port between follower number `j` (2, 3, ...) of region `i` and its
+/// region's NATS server.
+pub fn follower_port(i: usize, j: u16, offset: u16) -> u16 {
+    6000 + 100 * i as u16 + j + offset
+}
+
 /// The backbone server of region `i`: core NATS only, one per region, all in one
 /// cluster whose routes to other regions pass through the proxies.
 pub fn backbone_server(region: &str, i: usize, n: usize, offset: u16) -> String {
