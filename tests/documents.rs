@@ -89,13 +89,20 @@ async fn documents_read_back_as_json_and_as_automerge() {
 
     // The same over NATS: discoverable, same bodies.
     let nc = async_nats::connect(nats.url()).await.unwrap();
-    let info = nc.request("$SRV.INFO.concord", "".into()).await.unwrap();
-    let info: Value = serde_json::from_slice(&info.payload).unwrap();
-    assert_eq!(info["name"], "concord");
-    let subjects: Vec<&str> =
-        info["endpoints"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap()).collect();
+    // Every service instance answers $SRV.INFO (a leader without followers runs one for
+    // writes and one for reads): gather them all.
+    let mut infos = nc.subscribe("_INBOX.concord-info").await.unwrap();
+    nc.publish_with_reply("$SRV.INFO.concord", "_INBOX.concord-info", "".into()).await.unwrap();
+    let mut subjects: Vec<String> = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), infos.next()).await {
+        let info: Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(info["name"], "concord");
+        assert_eq!(info["metadata"]["region"], "us-east");
+        subjects
+            .extend(info["endpoints"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap().to_string()));
+    }
     for op in ["kv.put", "kv.get", "kv.del", "kv.list", "doc.apply", "doc.get", "status"] {
-        assert!(subjects.contains(&format!("concord.api.us-east.{op}").as_str()), "{op} missing from {subjects:?}");
+        assert!(subjects.contains(&format!("concord.api.us-east.{op}")), "{op} missing from {subjects:?}");
     }
     let mut h = async_nats::HeaderMap::new();
     h.insert("Concord-Bucket", "app");
@@ -123,9 +130,11 @@ async fn documents_read_back_as_json_and_as_automerge() {
     assert_eq!(got, "v");
     let mut stats = nc.subscribe("_INBOX.stats").await.unwrap();
     nc.publish_with_reply("$SRV.STATS.concord", "_INBOX.stats", "".into()).await.unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(5), stats.next()).await.unwrap().unwrap();
-    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
-    let requests: u64 =
-        stats["endpoints"].as_array().unwrap().iter().map(|e| e["num_requests"].as_u64().unwrap()).sum();
-    assert!(requests >= 4, "{stats}");
+    let mut requests = 0;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), stats.next()).await {
+        let stats: Value = serde_json::from_slice(&msg.payload).unwrap();
+        requests +=
+            stats["endpoints"].as_array().unwrap().iter().map(|e| e["num_requests"].as_u64().unwrap()).sum::<u64>();
+    }
+    assert!(requests >= 4, "only {requests} requests counted over every instance");
 }
