@@ -39,6 +39,13 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
     for r in REGIONS {
         cluster.partition(r);
     }
+    // `concord conflicts --follow --json` tails the log: it prints each record as it
+    // appears and again when it changes.
+    let follow = std::process::Command::new(concord_tests::concord_bin())
+        .args(["conflicts", "--endpoint", &cluster.url("us-east"), "--follow", "--json", "--bucket", "users"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     for r in REGIONS {
         let url = cluster.url(r);
         let put = client.put(format!("{url}/v1/kv/users/dana")).body(format!("plan from {r}")).send().await.unwrap();
@@ -170,6 +177,17 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
         .await
         .unwrap();
     assert_eq!(again.status(), 409);
+
+    // The follower printed the record open, then resolved.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    unsafe {
+        libc::kill(follow.id() as i32, libc::SIGTERM);
+    }
+    let out = follow.wait_with_output().unwrap();
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|r| r["id"] == record["id"] && r["resolved"].is_null()), "{lines:?}");
+    assert!(lines.iter().any(|r| r["id"] == record["id"] && r["resolved"]["by"] == "resolve"), "{lines:?}");
 
     // Subscribers on NATS saw ap-south's records.
     let mut seen = Vec::new();
