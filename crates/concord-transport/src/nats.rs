@@ -104,12 +104,17 @@ impl NatsLog {
     }
 
     async fn leaders_bucket(&self) -> LogResult<jetstream::kv::Store> {
-        match self.js.get_key_value(LEADERS_BUCKET).await {
+        self.bucket(LEADERS_BUCKET).await
+    }
+
+    /// A key/value bucket (file storage, one revision kept), created on first use.
+    async fn bucket(&self, name: &str) -> LogResult<jetstream::kv::Store> {
+        match self.js.get_key_value(name).await {
             Ok(kv) => Ok(kv),
             Err(_) => self
                 .js
                 .create_key_value(jetstream::kv::Config {
-                    bucket: LEADERS_BUCKET.into(),
+                    bucket: name.into(),
                     history: 1,
                     storage: stream::StorageType::File,
                     ..Default::default()
@@ -287,19 +292,7 @@ impl NatsLog {
     /// Allocate the next leader epoch of `region` (compare-and-set, so two starting
     /// leaders never share an epoch).
     async fn allocate_epoch(&self, region: &str) -> LogResult<u64> {
-        let kv = match self.js.get_key_value(EPOCH_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => self
-                .js
-                .create_key_value(jetstream::kv::Config {
-                    bucket: EPOCH_BUCKET.into(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(unavailable)?,
-        };
+        let kv = self.bucket(EPOCH_BUCKET).await?;
         for _attempt in 0..20 {
             let entry = kv.entry(region).await.map_err(unavailable)?;
             let outcome = match entry {

@@ -9,7 +9,8 @@
 //! `concord.conflicts.<region>` (JSON), for subscribers. The bucket and key travel in the
 //! headers `Concord-Bucket` and `Concord-Key` (keys may hold any UTF-8, dots included),
 //! the query parameters in `Concord-Durability`, `Concord-Prefix`, `Concord-After`,
-//! `Concord-Limit`, `Concord-Format`. The request body and the response body are the
+//! `Concord-Limit`, `Concord-Format`, `Concord-Timeout-Ms`; a session token in
+//! `Concord-Token` (and its wait in `Concord-Wait-Ms`). The request body and the response body are the
 //! HTTP API's; the response headers carry `Concord-Status` (the HTTP status code),
 //! `Concord-Token`, `Concord-Region` and `Content-Type`.
 
@@ -24,19 +25,6 @@ use tracing::warn;
 use super::{Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
-
-pub const OPS: [&str; 10] = [
-    "kv.put",
-    "kv.get",
-    "kv.del",
-    "kv.list",
-    "doc.apply",
-    "doc.get",
-    "status",
-    "conflicts.list",
-    "conflicts.get",
-    "conflicts.resolve",
-];
 
 /// Where a region publishes every conflict record it creates, extends or resolves.
 pub fn conflicts_subject(region: &str) -> String {
