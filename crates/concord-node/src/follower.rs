@@ -30,7 +30,7 @@ use crate::replica::Replica;
 
 /// How often an idle follower reports, and how long a silent one still counts.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-pub const FOLLOWER_ALIVE: Duration = Duration::from_secs(3);
+pub const FOLLOWER_ALIVE: Duration = Duration::from_secs(5);
 
 pub fn report_subject(region: &str, node: &str) -> String {
     format!("concord.applied.{region}.{node}")

@@ -146,7 +146,7 @@ async fn write_resolving(
             return Err(NodeError::unavailable(
                 "durability_unavailable",
                 format!(
-                    "durability region needs a live follower in {}; none has reported in the last 3 s",
+                    "durability region needs a live follower in {}; none has reported in the last 5 s",
                     node.region
                 ),
             ));
