@@ -252,15 +252,7 @@ impl Drop for Node {
 
 /// Percent-encode a path segment.
 pub fn seg(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    concord_core::input::encode_segment(s)
 }
 
 pub fn http() -> reqwest::Client {

@@ -35,6 +35,20 @@ pub fn check_key(key: &[u8]) -> CoreResult<&str> {
     Ok(key)
 }
 
+/// Percent-encode a key or bucket as one URL path segment (keys may hold any UTF-8,
+/// slashes included): the inverse of the server's percent-decoding.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +63,6 @@ mod tests {
         assert!(check_bucket("users_v2.eu").is_ok());
         assert!(check_bucket("").is_err());
         assert!(check_bucket("a/b").is_err());
+        assert_eq!(encode_segment("a/b ü"), "a%2Fb%20%C3%BC");
     }
 }

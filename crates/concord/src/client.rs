@@ -12,18 +12,7 @@ pub struct Endpoint {
     pub endpoint: String,
 }
 
-/// Percent-encode a path segment (keys may hold any UTF-8).
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use concord_core::input::encode_segment;
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("HTTP client")
