@@ -443,6 +443,9 @@ async fn stream_lag(node: &Node, mirror: &str) -> serde_json::Value {
         "mirror_seq": pos.last_seq,
         "mirror_lag": pos.upstream_lag,
         "mirror_active_ms": pos.upstream_active.map(|d| d.as_millis() as u64),
+        // The mirror heard from its upstream in the last 5 s (heartbeats come every
+        // second); while cut off its `lag` cannot grow, so this is what to alert on.
+        "mirror_connected": pos.upstream_active.is_some_and(|d| d < Duration::from_secs(5)),
     })
 }
 
