@@ -365,6 +365,12 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
             }
         }
     }
+    // Ready means connected: every leader's mirrors hear from their regions (the first
+    // sourcing can take a few seconds while the regions' consumers come up).
+    let connected = wait_connected(&cluster, Duration::from_secs(60)).await;
+    if !connected {
+        eprintln!("warning: not every region's mirrors are connected yet; changes will flow once they are");
+    }
     std::fs::write(dir.join("cluster.json"), serde_json::to_vec_pretty(&cluster)?)?;
     println!("cluster up: {}", dir.join("cluster.json").display());
     for (region, r) in &cluster.regions {
@@ -406,6 +412,37 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
     }
     let _ = std::fs::remove_file(dir.join("cluster.json"));
     Ok(())
+}
+
+/// Wait until every leader reports all its mirrors connected (`mirror_connected`).
+async fn wait_connected(cluster: &ClusterJson, timeout: Duration) -> bool {
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(2)).build() {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut all = true;
+        for r in cluster.regions.values() {
+            let Some(leader) = r.nodes.first() else { continue };
+            let status: Option<serde_json::Value> = match client.get(format!("{}/v1/status", leader.http)).send().await
+            {
+                Ok(resp) => resp.json().await.ok(),
+                Err(_) => None,
+            };
+            let ok = status.is_some_and(|s| {
+                s["lag"].as_object().is_some_and(|lag| lag.values().all(|l| l["mirror_connected"] == true))
+            });
+            all &= ok;
+        }
+        if all {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Stop every recorded process: nodes first (they drain writes into NATS), then NATS.
