@@ -5,7 +5,7 @@ use concord_core::conflict::ConflictRecord;
 use concord_core::doc;
 use serde_json::json;
 
-use super::{Params, Reply, await_session, write_resolving};
+use super::{Params, Reply, await_session, page_limit, write_resolving};
 use crate::Node;
 use crate::error::NodeError;
 use crate::leader::WriteOp;
@@ -17,14 +17,7 @@ pub const CONFLICTS_LIMIT_DEFAULT: usize = 50;
 /// `GET /v1/conflicts?bucket=&key=&since=&limit=&before=`: newest first.
 pub async fn conflicts_list(node: &Node, p: &Params) -> Result<Reply, NodeError> {
     await_session(node, p).await?;
-    let limit = match &p.limit {
-        None => CONFLICTS_LIMIT_DEFAULT,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=CONFLICTS_LIMIT_MAX).contains(n))
-            .ok_or_else(|| NodeError::bad("bad_limit", format!("limit {l:?}: use 1 to {CONFLICTS_LIMIT_MAX}")))?,
-    };
+    let limit = page_limit(p, CONFLICTS_LIMIT_DEFAULT, CONFLICTS_LIMIT_MAX)?;
     let since = match &p.since {
         None => None,
         Some(t) => Some(

@@ -299,18 +299,23 @@ pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -
     }
 }
 
+/// The `limit` of a paged request: `default` when absent, else 1..=`max`.
+pub(crate) fn page_limit(p: &Params, default: usize, max: usize) -> Result<usize, NodeError> {
+    match &p.limit {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| NodeError::bad("bad_limit", format!("limit {l:?}: use 1 to {max}"))),
+    }
+}
+
 pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply, NodeError> {
     let bucket = bucket(bucket_raw)?;
     await_session(node, p).await?;
     crate::metrics::inc(&node.metrics.reads_served_total);
-    let limit = match &p.limit {
-        None => LIST_LIMIT_DEFAULT,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
-            .ok_or_else(|| NodeError::bad("bad_limit", format!("limit {l:?}: use 1 to {LIST_LIMIT_MAX}")))?,
-    };
+    let limit = page_limit(p, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)?;
     let prefix = p.prefix.clone().unwrap_or_default();
     let after = p.after.clone();
     let store = node.store.clone();
