@@ -1,0 +1,366 @@
+//! Applying what a stream delivered: [`Engine::prepare`] classifies the entries and says
+//! what to load; [`Engine::apply`] merges them into the loaded state and returns the
+//! batch to commit.
+//!
+//! LWW changes merge into registers one by one (conflicts recorded as they appear);
+//! document changes are applied in one batch per document (Automerge applies a batch
+//! far faster than change by change), together with the changes that waited for their
+//! dependencies. When a document refuses a batch, its changes are tried one by one to
+//! find the culprits; the changesets holding them go to the dead-letter table, and the
+//! whole step is planned and applied again without them (so their origin's later
+//! changesets wait behind them instead of being applied past them).
+
+use std::collections::BTreeMap;
+
+use automerge::ReadDoc;
+use concord_core::changeset::{Change, ChangeBody};
+use concord_core::hlc::Hlc;
+use concord_core::ids::Origin;
+use concord_core::lww::{Inserted, Register, Version};
+
+use crate::Fatal;
+use crate::classify::{Item, Plan, Refused, classify};
+use crate::engine::{Engine, Parked};
+use crate::output::{Alert, Output, Stats};
+use crate::overlay::Overlay;
+use crate::state::{Batch, DeadLetter, DocKey, Entry, Facts, Needs, WaitingWrite};
+
+/// Entries of one stream, classified, waiting for their facts.
+pub struct Prepared {
+    stream: String,
+    entries: Vec<Entry>,
+    now_ms: u64,
+    plan: Plan,
+}
+
+impl Prepared {
+    /// What to load before [`Engine::apply`].
+    pub fn needs(&self) -> &Needs {
+        &self.plan.needs
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+}
+
+/// A changeset's identity: (origin, first sequence).
+type ChangesetRef = (Origin, u64);
+
+/// What one attempt at applying a plan produced.
+struct Applied {
+    batch: Batch,
+    hlc_max: Hlc,
+    stats: Stats,
+    dropped: Vec<DeadLetter>,
+}
+
+impl Engine {
+    /// Classify `entries` of `stream` (in stream order) and say what they need loaded.
+    pub fn prepare(&self, stream: &str, entries: Vec<Entry>, now_ms: u64) -> Prepared {
+        let plan = classify(self, stream, &entries, &Refused::new(), now_ms);
+        Prepared { stream: stream.to_string(), entries, now_ms, plan }
+    }
+
+    /// Apply prepared entries with the facts their [`Prepared::needs`] named.
+    ///
+    /// Never while an append is in flight: the append's batch holds state read before
+    /// it, and committing it after this step would undo this step's changes to the same
+    /// keys. (Pipelined appends would have to re-apply their changes at commit.)
+    pub fn apply(&mut self, prepared: Prepared, facts: &Facts) -> Result<Output, Fatal> {
+        assert!(!self.append_in_flight(), "stream entries applied while an append is in flight");
+        let Prepared { stream, entries, now_ms, mut plan } = prepared;
+        let mut refused = Refused::new();
+        loop {
+            match self.attempt(&plan, facts, now_ms)? {
+                Ok(applied) => return Ok(self.finish(&stream, plan, applied)),
+                Err(more) => {
+                    // Each round dead-letters at least one more changeset: it ends.
+                    assert!(more.keys().all(|k| !refused.contains_key(k)), "a refusal repeats");
+                    refused.extend(more);
+                    plan = classify(self, &stream, &entries, &refused, now_ms);
+                }
+            }
+        }
+    }
+
+    /// The runtime read `stream` through `to` (and applied what it got): whatever of it
+    /// did not arrive was removed (retention) before this replica read it, so its
+    /// position moves past it. What those messages held is missing from their origins'
+    /// sequences, so the applied vector cannot pass them (later changesets wait).
+    pub fn read_through(&mut self, stream: &str, to: u64) -> Output {
+        assert!(!self.append_in_flight(), "a stream moved while an append is in flight");
+        let mut out = Output::default();
+        if self.parked.contains_key(stream) {
+            return out;
+        }
+        self.caught_up_through(stream, to);
+        if to <= self.cursor(stream) {
+            return out;
+        }
+        out.alerts.push(Alert::StreamGap { stream: stream.to_string(), from: self.cursor(stream) + 1, to });
+        self.cursors.insert(stream.to_string(), to);
+        out.commit = Some(Batch { cursors: vec![(stream.to_string(), to)], ..Batch::default() });
+        out
+    }
+
+    fn attempt(&self, plan: &Plan, facts: &Facts, now_ms: u64) -> Result<Result<Applied, Refused>, Fatal> {
+        let mut ov = Overlay::new(facts, self.cfg.region.as_str(), now_ms);
+        let mut stats = Stats::default();
+        let mut hlc_max = Hlc::ZERO;
+        let mut docs: BTreeMap<DocKey, Vec<(ChangesetRef, automerge::Change)>> = BTreeMap::new();
+        for item in &plan.items {
+            let Item::Apply { cs, from_seq, docs: decoded, .. } = item else { continue };
+            for (i, change) in cs.changes.iter().enumerate() {
+                if cs.first_seq + i as u64 >= *from_seq {
+                    hlc_max = hlc_max.max(change.hlc);
+                    self.merge(&mut ov, &cs.origin, change, &mut stats);
+                }
+            }
+            for (i, am) in decoded.iter().filter(|(i, _)| cs.first_seq + *i as u64 >= *from_seq) {
+                let c = &cs.changes[*i];
+                docs.entry((c.bucket.clone(), c.key.clone()))
+                    .or_default()
+                    .push(((cs.origin.clone(), cs.first_seq), am.clone()));
+            }
+            stats.changesets_applied += 1;
+        }
+        let mut refused = Refused::new();
+        let mut dropped = Vec::new();
+        for (k, changes) in docs {
+            match apply_doc(&mut ov, &k, changes, &mut dropped)? {
+                Ok(()) => {}
+                Err(r) => refused.extend(r),
+            }
+        }
+        if !refused.is_empty() {
+            return Ok(Err(refused));
+        }
+        Ok(Ok(Applied { batch: ov.into_batch()?, hlc_max, stats, dropped }))
+    }
+
+    /// Merge one change into the step's state: an LWW version into its register (a
+    /// document change is applied per document afterwards).
+    fn merge(&self, ov: &mut Overlay<'_>, origin: &Origin, change: &Change, stats: &mut Stats) {
+        let (value, vv) = match &change.body {
+            ChangeBody::Put { value, vv } => (Some(value.clone()), vv),
+            ChangeBody::Delete { vv } => (None, vv),
+            ChangeBody::Doc { .. } => {
+                if let Some(id) = change.resolves {
+                    ov.doc_resolves.insert((change.bucket.clone(), change.key.clone()), id);
+                }
+                return;
+            }
+        };
+        let k = (change.bucket.clone(), change.key.clone());
+        let incoming = Version { value, hlc: change.hlc, origin: origin.clone(), vv: vv.clone() };
+        let (register, inserted) = match ov.register(&k) {
+            None => (Register::new(incoming), Inserted { changed: true, cut: Vec::new() }),
+            Some(mut register) => {
+                let inserted = self.insert(&mut register, incoming);
+                (register, inserted)
+            }
+        };
+        if !inserted.changed {
+            return;
+        }
+        if register.is_conflicted() {
+            stats.lww_conflicts += 1;
+        }
+        let manual = self.cfg.manual_buckets.contains(&k.0);
+        ov.track_lww(&k, &register, &inserted.cut, change.resolves, manual);
+        ov.kv.insert(k, register);
+    }
+
+    #[cfg(feature = "mutations")]
+    fn insert(&self, register: &mut Register, incoming: Version) -> Inserted {
+        if !self.cfg.mutated(crate::engine::Mutation::IgnoreVersionVector) {
+            return register.insert(incoming);
+        }
+        let w = register.winner();
+        if (incoming.hlc, &incoming.origin) <= (w.hlc, &w.origin) {
+            return Inserted::default();
+        }
+        *register = Register::new(incoming);
+        Inserted { changed: true, cut: Vec::new() }
+    }
+
+    #[cfg(not(feature = "mutations"))]
+    fn insert(&self, register: &mut Register, incoming: Version) -> Inserted {
+        register.insert(incoming)
+    }
+
+    /// Take the applied plan into the engine's state and build the step's output.
+    fn finish(&mut self, stream: &str, plan: Plan, applied: Applied) -> Output {
+        let Applied { mut batch, hlc_max, stats, dropped } = applied;
+        let mut out = Output { stats, ..Output::default() };
+        let gaps_before: Vec<Origin> = self.waiting.keys().cloned().collect();
+        let before = self.applied.clone();
+        for item in plan.items {
+            self.take_item(stream, item, &mut batch, &mut out);
+        }
+        for letter in dropped {
+            self.dead_letter(letter, &mut batch, &mut out);
+        }
+        for (origin, seq) in self.applied.iter() {
+            if seq > before.get(origin) {
+                batch.applied.push((origin.clone(), seq));
+            }
+        }
+        if let Some(to) = plan.consumed_to {
+            self.caught_up_through(stream, to);
+            if to > self.cursor(stream) {
+                self.cursors.insert(stream.to_string(), to);
+                batch.cursors.push((stream.to_string(), to));
+            }
+        }
+        self.clock.observe(hlc_max);
+        for origin in gaps_before.into_iter().filter(|o| !self.waiting.contains_key(o)) {
+            out.alerts.push(Alert::GapClosed { applied: self.applied.get(&origin), origin });
+        }
+        out.commit = (!batch.is_empty()).then_some(batch);
+        out
+    }
+
+    fn take_item(&mut self, stream: &str, item: Item, batch: &mut Batch, out: &mut Output) {
+        match item {
+            Item::Apply { cs, waited, .. } => {
+                self.applied.observe(&cs.origin, cs.last_seq());
+                if waited {
+                    self.unwait(&cs.origin, cs.first_seq, batch);
+                }
+            }
+            Item::Wait(held) => {
+                if !self.waiting.contains_key(&held.meta.origin) {
+                    let applied = self.applied.get(&held.meta.origin);
+                    let first_seq = held.meta.first_seq;
+                    out.alerts.push(Alert::GapOpened { origin: held.meta.origin.clone(), applied, first_seq });
+                }
+                batch.waiting.push(WaitingWrite::Put(held.meta.clone()));
+                self.waiting_bytes += held.meta.payload.len();
+                self.waiting.entry(held.meta.origin.clone()).or_default().insert(held.meta.first_seq, *held);
+            }
+            Item::Forget { origin, first_seq } => self.unwait(&origin, first_seq, batch),
+            Item::Duplicate => out.stats.changesets_duplicate += 1,
+            Item::DeadLetter { letter, waited } => {
+                if let Some((origin, first_seq)) = waited {
+                    self.unwait(&origin, first_seq, batch);
+                }
+                self.dead_letter(letter, batch, out);
+            }
+            Item::Park { stream_seq, reason } => {
+                out.alerts.push(Alert::Parked { stream: stream.to_string(), stream_seq, reason: reason.clone() });
+                out.unfollow.push(stream.to_string());
+                self.parked.insert(stream.to_string(), Parked { stream_seq, reason });
+            }
+        }
+    }
+
+    fn unwait(&mut self, origin: &Origin, first_seq: u64, batch: &mut Batch) {
+        let held = self.waiting.get_mut(origin).and_then(|h| h.remove(&first_seq));
+        let held = held.unwrap_or_else(|| panic!("{origin}:{first_seq} was not waiting"));
+        self.waiting_bytes -= held.meta.payload.len();
+        if self.waiting.get(origin).is_some_and(|h| h.is_empty()) {
+            self.waiting.remove(origin);
+        }
+        batch.waiting.push(WaitingWrite::Remove { origin: origin.clone(), first_seq });
+    }
+
+    fn dead_letter(&mut self, mut letter: DeadLetter, batch: &mut Batch, out: &mut Output) {
+        self.dead_letters += 1;
+        letter.id = self.dead_letters;
+        out.alerts.push(Alert::DeadLettered {
+            stream: letter.stream.clone(),
+            stream_seq: letter.stream_seq,
+            reason: letter.reason.clone(),
+        });
+        batch.dead_letters.push(letter);
+    }
+}
+
+/// Apply a document's incoming changes, with the changes that waited for their
+/// dependencies. `Err` names the changesets whose changes the document refuses.
+fn apply_doc(
+    ov: &mut Overlay<'_>,
+    k: &DocKey,
+    incoming: Vec<(ChangesetRef, automerge::Change)>,
+    dropped: &mut Vec<DeadLetter>,
+) -> Result<Result<(), Refused>, Fatal> {
+    let stored = ov.facts.doc(k).pending.clone();
+    let had_waiting = !stored.is_empty();
+    let mut waiting = Vec::new();
+    for bytes in stored {
+        match automerge::Change::from_bytes(bytes.clone()) {
+            Ok(c) => waiting.push(c),
+            Err(e) => {
+                dropped.push(pending_letter(ov, k, bytes, format!("a stored waiting change does not decode: {e}")))
+            }
+        }
+    }
+    let mut all: Vec<automerge::Change> =
+        incoming.iter().map(|(_, c)| c.clone()).chain(waiting.iter().cloned()).collect();
+    if ov.doc_mut(k)?.apply_changes(all.clone()).is_err() {
+        let (refused, rejected) = find_refused(ov, k, &incoming, waiting)?;
+        if !refused.is_empty() {
+            return Ok(Err(refused));
+        }
+        all.retain(|c| !rejected.iter().any(|(r, _)| r.hash() == c.hash()));
+        for (change, why) in rejected {
+            dropped.push(pending_letter(ov, k, change.raw_bytes().to_vec(), why));
+        }
+    }
+    let doc = ov.doc_mut(k)?;
+    let still: Vec<Vec<u8>> =
+        all.iter().filter(|c| doc.get_change_by_hash(&c.hash()).is_none()).map(|c| c.raw_bytes().to_vec()).collect();
+    if had_waiting || !still.is_empty() {
+        ov.pending.insert(k.clone(), still);
+    }
+    ov.dirty_docs.insert(k.clone());
+    Ok(Ok(()))
+}
+
+/// After a document refused a batch: start again from its stored state and apply the
+/// changes one by one, keeping those it accepts. Refused incoming changes name their
+/// changesets; refused waiting changes (already counted as applied when they arrived)
+/// come back on their own, to be dead-lettered.
+fn find_refused(
+    ov: &mut Overlay<'_>,
+    k: &DocKey,
+    incoming: &[(ChangesetRef, automerge::Change)],
+    waiting: Vec<automerge::Change>,
+) -> Result<(Refused, Vec<(automerge::Change, String)>), Fatal> {
+    let mut refused = Refused::new();
+    let mut rejected_waiting = Vec::new();
+    let doc = ov.reset_doc(k)?;
+    let tries = incoming.iter().map(|(r, c)| (Some(r), c.clone())).chain(waiting.into_iter().map(|c| (None, c)));
+    for (from, change) in tries {
+        let mut trial = doc.clone();
+        match trial.apply_changes([change.clone()]) {
+            Ok(()) => *doc = trial,
+            Err(e) => {
+                let why = format!("the document {}/{} refused change {}: {e}", k.0, k.1, change.hash());
+                match from {
+                    Some(r) => {
+                        refused.insert(r.clone(), why);
+                    }
+                    None => rejected_waiting.push((change, why)),
+                }
+            }
+        }
+    }
+    Ok((refused, rejected_waiting))
+}
+
+fn pending_letter(ov: &Overlay<'_>, k: &DocKey, payload: Vec<u8>, reason: String) -> DeadLetter {
+    DeadLetter {
+        id: 0,
+        stream: format!("pending:{}/{}", k.0, k.1),
+        stream_seq: 0,
+        origin: None,
+        first_seq: None,
+        last_seq: None,
+        reason,
+        at_ms: ov.now_ms,
+        payload,
+    }
+}

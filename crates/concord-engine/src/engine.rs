@@ -1,0 +1,234 @@
+//! The engine's state between steps, how it is opened from durable state, what it shows,
+//! and the invariants [`Engine::validate`] checks after every step.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use concord_core::changeset::Changeset;
+use concord_core::hlc::Clock;
+use concord_core::ids::{Origin, RegionId};
+use concord_core::vv::VersionVector;
+
+use crate::Fatal;
+use crate::state::{Durable, Waiting};
+use crate::writer::Writer;
+
+/// Most changesets kept waiting behind gaps, and their bytes, unless configured.
+pub const WAITING_MAX_DEFAULT: usize = 10_000;
+pub const WAITING_BYTES_MAX_DEFAULT: usize = 256 << 20;
+
+/// How a replica starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAs {
+    /// Reads its region's log to its end, then writes in a new epoch.
+    Leader,
+    /// Reads every stream, its region's log included, and never writes.
+    Follower,
+}
+
+/// A deliberately broken rule, for the simulator to prove it catches such bugs.
+#[cfg(feature = "mutations")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// LWW merge by timestamp alone: a concurrent version is overwritten, not kept as a
+    /// sibling, so no conflict is recorded.
+    IgnoreVersionVector,
+    /// A changeset after a gap is applied at once, and the applied vector jumps the gap.
+    ApplyPastGaps,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub region: RegionId,
+    /// The region's own log.
+    pub own_stream: String,
+    /// Every stream this replica applies (its own log included) and whose log each holds.
+    pub streams: BTreeMap<String, RegionId>,
+    /// Buckets whose conflicts wait for a person.
+    pub manual_buckets: BTreeSet<String>,
+    /// Most changesets waiting behind gaps; beyond it the stream parks.
+    pub waiting_max: usize,
+    pub waiting_bytes_max: usize,
+    #[cfg(feature = "mutations")]
+    pub mutation: Option<Mutation>,
+}
+
+impl EngineConfig {
+    /// A configuration with the defaults: `streams` must include `own_stream`.
+    pub fn new(region: RegionId, own_stream: String, streams: BTreeMap<String, RegionId>) -> EngineConfig {
+        assert_eq!(streams.get(&own_stream), Some(&region), "the own stream holds the region's log");
+        EngineConfig {
+            region,
+            own_stream,
+            streams,
+            manual_buckets: BTreeSet::new(),
+            waiting_max: WAITING_MAX_DEFAULT,
+            waiting_bytes_max: WAITING_BYTES_MAX_DEFAULT,
+            #[cfg(feature = "mutations")]
+            mutation: None,
+        }
+    }
+
+    #[cfg(feature = "mutations")]
+    pub(crate) fn mutated(&self, m: Mutation) -> bool {
+        self.mutation == Some(m)
+    }
+}
+
+/// Why a stream stopped: nothing at or after `stream_seq` is applied until a node that
+/// can read it runs (the cursor stays before it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub stream_seq: u64,
+    pub reason: String,
+}
+
+/// An origin whose changesets wait behind a gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub origin: Origin,
+    /// The highest contiguous sequence applied.
+    pub applied: u64,
+    /// The first sequence of the first waiting changeset.
+    pub next_waiting: u64,
+    pub waiting: usize,
+}
+
+/// A waiting changeset, decoded once.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub meta: Waiting,
+    pub cs: Changeset,
+}
+
+pub struct Engine {
+    pub(crate) cfg: EngineConfig,
+    pub(crate) clock: Clock,
+    pub(crate) applied: VersionVector,
+    pub(crate) cursors: BTreeMap<String, u64>,
+    pub(crate) parked: BTreeMap<String, Parked>,
+    pub(crate) waiting: BTreeMap<Origin, BTreeMap<u64, Held>>,
+    pub(crate) waiting_bytes: usize,
+    pub(crate) dead_letters: u64,
+    pub(crate) writer: Writer,
+}
+
+impl Engine {
+    /// The engine as durable state left it. Waiting changesets must decode (they did
+    /// when they were stored): one that does not means local state is corrupt.
+    pub fn open(cfg: EngineConfig, durable: Durable, start: StartAs) -> Result<Engine, Fatal> {
+        let mut waiting: BTreeMap<Origin, BTreeMap<u64, Held>> = BTreeMap::new();
+        let mut waiting_bytes = 0;
+        for meta in durable.waiting {
+            let cs = Changeset::decode(&meta.payload)
+                .map_err(|e| Fatal(format!("a stored waiting changeset of {}: {e}", meta.origin)))?;
+            waiting_bytes += meta.payload.len();
+            waiting.entry(meta.origin.clone()).or_default().insert(meta.first_seq, Held { meta, cs });
+        }
+        // Cursors of streams no longer configured (a region left the deployment) stay
+        // stored but are not this engine's concern.
+        let cursors = durable.cursors.into_iter().filter(|(s, _)| cfg.streams.contains_key(s)).collect();
+        let mut engine = Engine {
+            cfg,
+            clock: Clock::default(),
+            applied: durable.applied,
+            cursors,
+            parked: BTreeMap::new(),
+            waiting,
+            waiting_bytes,
+            dead_letters: durable.dead_letters,
+            writer: Writer::Follower,
+        };
+        if start == StartAs::Leader {
+            engine.begin_catch_up(None);
+        }
+        engine.validate().map_err(|e| Fatal(format!("durable state breaks an invariant: {e}")))?;
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn applied(&self) -> &VersionVector {
+        &self.applied
+    }
+
+    /// The last stream sequence consumed (applied, held back or dead-lettered).
+    pub fn cursor(&self, stream: &str) -> u64 {
+        self.cursors.get(stream).copied().unwrap_or(0)
+    }
+
+    pub fn cursors(&self) -> &BTreeMap<String, u64> {
+        &self.cursors
+    }
+
+    pub fn parked(&self) -> &BTreeMap<String, Parked> {
+        &self.parked
+    }
+
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters
+    }
+
+    /// Origins whose changesets wait behind a gap.
+    pub fn gaps(&self) -> Vec<Gap> {
+        self.waiting
+            .iter()
+            .filter_map(|(origin, held)| {
+                let (&next_waiting, _) = held.iter().next()?;
+                Some(Gap {
+                    origin: origin.clone(),
+                    applied: self.applied.get(origin),
+                    next_waiting,
+                    waiting: held.len(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.values().map(BTreeMap::len).sum()
+    }
+
+    /// The streams a runtime should follow now, each from the position after its cursor:
+    /// every configured stream except parked ones, and except the region's own log while
+    /// this replica leads (it writes that log; it reads it only to catch up).
+    pub fn streams_to_follow(&self) -> Vec<(String, u64)> {
+        self.cfg
+            .streams
+            .keys()
+            .filter(|s| !self.parked.contains_key(*s))
+            .filter(|s| **s != self.cfg.own_stream || self.writer.follows_own_log())
+            .map(|s| (s.clone(), self.cursor(s) + 1))
+            .collect()
+    }
+
+    /// The invariants that hold between steps. Checked after every step by the
+    /// simulator and, in debug builds, by the node runtime.
+    pub fn validate(&self) -> Result<(), String> {
+        for (origin, held) in &self.waiting {
+            let have = self.applied.get(origin);
+            for (first, h) in held {
+                if *first != h.meta.first_seq || h.meta.origin != *origin || h.cs.first_seq != *first {
+                    return Err(format!("waiting changeset {origin}:{first} is filed under the wrong key"));
+                }
+                if *first <= have + 1 {
+                    return Err(format!("{origin}:{first} waits although {origin} is applied up to {have}"));
+                }
+            }
+        }
+        let bytes: usize = self.waiting.values().flat_map(|h| h.values()).map(|h| h.meta.payload.len()).sum();
+        if bytes != self.waiting_bytes || self.waiting_count() > self.cfg.waiting_max {
+            return Err(format!("waiting accounting: {bytes} bytes counted as {}", self.waiting_bytes));
+        }
+        for (stream, parked) in &self.parked {
+            if self.cursor(stream) >= parked.stream_seq {
+                return Err(format!("{stream} is parked at {} but its cursor is past it", parked.stream_seq));
+            }
+        }
+        if let Some(s) = self.cursors.keys().find(|s| !self.cfg.streams.contains_key(*s)) {
+            return Err(format!("a cursor for {s}, which this replica does not read"));
+        }
+        self.writer.validate(self)
+    }
+}

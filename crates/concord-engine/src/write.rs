@@ -1,0 +1,199 @@
+//! Local writes: a batch of requests becomes one changeset of the writer's origin
+//! (group commit), appended to the region's log before anything is acknowledged.
+//!
+//! An LWW write's version vector joins every sibling's, and its hybrid-logical-clock
+//! time follows theirs, so it supersedes them all (and resolves the key's open
+//! conflict). A document write is one Automerge change by the origin's actor, carrying
+//! its time in the change message. The step's state (registers, documents, conflict
+//! records) is held with the append and committed only once the log stored it.
+
+use bytes::Bytes;
+use concord_core::changeset::{Change, ChangeBody, Changeset};
+use concord_core::doc::{self, DocOp};
+use concord_core::hlc::Hlc;
+use concord_core::ids::Origin;
+use concord_core::lww::{Register, Version};
+use concord_core::vv::VersionVector;
+use uuid::Uuid;
+
+use crate::Fatal;
+use crate::engine::Engine;
+use crate::output::{Ack, Append, Output, WriteError};
+use crate::overlay::Overlay;
+use crate::state::{DocKey, Facts, Needs};
+use crate::writer::{Inflight, Writer};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    Put { bucket: String, key: String, value: Bytes },
+    Delete { bucket: String, key: String },
+    Doc { bucket: String, key: String, ops: Vec<DocOp> },
+}
+
+impl WriteOp {
+    /// Roughly what the write adds to a changeset, for batch limits.
+    pub fn bytes(&self) -> usize {
+        match self {
+            WriteOp::Put { value, key, .. } => value.len() + key.len() + 64,
+            WriteOp::Delete { key, .. } => key.len() + 64,
+            WriteOp::Doc { key, ops, .. } => key.len() + 64 * ops.len(),
+        }
+    }
+
+    fn doc_key(&self) -> DocKey {
+        match self {
+            WriteOp::Put { bucket, key, .. } | WriteOp::Delete { bucket, key } | WriteOp::Doc { bucket, key, .. } => {
+                (bucket.clone(), key.clone())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteRequest {
+    /// Chosen by the runtime; replies name it.
+    pub id: u64,
+    pub op: WriteOp,
+    /// The conflict-log record this write resolves (`POST /v1/conflicts/{id}/resolve`).
+    pub resolves: Option<Uuid>,
+}
+
+/// One write of a batch as it was made.
+enum Made {
+    Rejected(WriteError),
+    Unchanged,
+    Change(Change),
+}
+
+impl Engine {
+    /// What a batch of writes needs loaded.
+    pub fn write_needs(&self, writes: &[WriteRequest]) -> Needs {
+        let mut needs = Needs::default();
+        for w in writes {
+            match w.op {
+                WriteOp::Doc { .. } => needs.docs.insert(w.op.doc_key()),
+                _ => needs.kv.insert(w.op.doc_key()),
+            };
+            needs.records.extend(w.resolves);
+        }
+        needs
+    }
+
+    /// Turn a batch of writes into one append (see the module doc). Writes that cannot
+    /// apply are answered at once; the others when the append ends.
+    pub fn write(&mut self, writes: Vec<WriteRequest>, facts: &Facts, now_ms: u64) -> Result<Output, Fatal> {
+        let mut out = Output::default();
+        if let Some(e) = self.not_writing() {
+            for w in writes {
+                out.stats.writes_failed += 1;
+                out.replies.push((w.id, Err(e.clone())));
+            }
+            return Ok(out);
+        }
+        let Writer::Writing { origin, next_seq, inflight } = &self.writer else { unreachable!("checked above") };
+        assert!(inflight.is_none(), "a write batch while an append is in flight");
+        let (origin, first_seq) = (origin.clone(), *next_seq);
+        let mut ov = Overlay::new(facts, self.cfg.region.as_str(), now_ms);
+        let mut changes: Vec<Change> = Vec::new();
+        let mut members = Vec::new();
+        for w in writes {
+            let seq = first_seq + changes.len() as u64;
+            match self.make(&mut ov, &origin, seq, w.op, w.resolves, now_ms)? {
+                Made::Rejected(e) => {
+                    out.stats.writes_rejected += 1;
+                    out.replies.push((w.id, Err(e)));
+                }
+                Made::Unchanged => members.push((w.id, None)),
+                Made::Change(change) => {
+                    members.push((w.id, Some((seq, change.hlc))));
+                    changes.push(change);
+                }
+            }
+        }
+        if changes.is_empty() {
+            let ack = Ack { origin, seq: None, hlc: None, log_seq: None };
+            out.replies.extend(members.into_iter().map(|(id, _)| (id, Ok(ack.clone()))));
+            return Ok(out);
+        }
+        let cs = Changeset { origin: origin.clone(), first_seq, changes };
+        let seqs = members.iter().filter_map(|(id, made)| made.map(|(s, _)| (*id, s))).collect();
+        out.append = Some(Append {
+            payload: Bytes::from(cs.encode()),
+            msg_id: cs.message_id(),
+            expected_last: self.cursor(&self.cfg.own_stream),
+            origin,
+            first_seq,
+            last_seq: cs.last_seq(),
+            seqs,
+        });
+        let flight = Inflight { first_seq, last_seq: cs.last_seq(), members, batch: ov.into_batch()? };
+        if let Writer::Writing { inflight, .. } = &mut self.writer {
+            *inflight = Some(Box::new(flight));
+        }
+        Ok(out)
+    }
+
+    /// One write: its change, or why it has none.
+    fn make(
+        &mut self,
+        ov: &mut Overlay<'_>,
+        origin: &Origin,
+        seq: u64,
+        op: WriteOp,
+        resolves: Option<Uuid>,
+        now_ms: u64,
+    ) -> Result<Made, Fatal> {
+        let (bucket, key, value) = match op {
+            WriteOp::Put { bucket, key, value } => (bucket, key, Some(value.to_vec())),
+            WriteOp::Delete { bucket, key } => (bucket, key, None),
+            WriteOp::Doc { bucket, key, ops } => {
+                return self.make_doc(ov, origin, (bucket, key), &ops, resolves, now_ms);
+            }
+        };
+        let k = (bucket, key);
+        let mut vv = VersionVector::new();
+        if let Some(current) = ov.register(&k) {
+            for v in current.versions() {
+                self.clock.observe(v.hlc);
+            }
+            vv = current.vv();
+        }
+        let hlc = self.clock.tick(now_ms);
+        vv.observe(origin, seq);
+        let register = Register::new(Version { value: value.clone(), hlc, origin: origin.clone(), vv: vv.clone() });
+        let manual = self.cfg.manual_buckets.contains(&k.0);
+        ov.track_lww(&k, &register, &[], resolves, manual);
+        ov.kv.insert(k.clone(), register);
+        let body = match value {
+            Some(value) => ChangeBody::Put { value, vv },
+            None => ChangeBody::Delete { vv },
+        };
+        Ok(Made::Change(Change { hlc, bucket: k.0, key: k.1, body, resolves }))
+    }
+
+    fn make_doc(
+        &mut self,
+        ov: &mut Overlay<'_>,
+        origin: &Origin,
+        k: DocKey,
+        ops: &[DocOp],
+        resolves: Option<Uuid>,
+        now_ms: u64,
+    ) -> Result<Made, Fatal> {
+        let hlc: Hlc = self.clock.tick(now_ms);
+        let document = ov.doc_mut(&k)?;
+        match doc::apply_ops(document, &origin.actor_bytes(), hlc, ops) {
+            Err(concord_core::CoreError::InvalidOp(m)) => Ok(Made::Rejected(WriteError::Invalid(m))),
+            Err(e) => Ok(Made::Rejected(WriteError::Invalid(e.to_string()))),
+            Ok(None) => Ok(Made::Unchanged),
+            Ok(Some(change)) => {
+                ov.dirty_docs.insert(k.clone());
+                if let Some(id) = resolves {
+                    ov.doc_resolves.insert(k.clone(), id);
+                }
+                let body = ChangeBody::Doc { change: change.raw_bytes().to_vec() };
+                Ok(Made::Change(Change { hlc, bucket: k.0, key: k.1, body, resolves }))
+            }
+        }
+    }
+}

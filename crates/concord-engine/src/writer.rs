@@ -1,0 +1,303 @@
+//! Who writes the region's log: the writer's states and their transitions.
+//!
+//! ```text
+//!  Follower ───────────────────────────────────────────── reads every stream
+//!  CatchingUp ──caught_up──▶ (need an epoch) ──start_writing──▶ Writing
+//!       ▲                  └─▶ Deposed (another origin of the region wrote later)
+//!       │                  └─▶ Stuck (the region's log is parked: upgrade)
+//!  Writing ──append_done(Failed)──┘
+//! ```
+//!
+//! A leader starts by reading its region's log to its end, so everything acknowledged
+//! (acknowledged = in the log) is applied before it writes; then it writes in a new
+//! epoch (a new origin and Automerge actor, never reused). An append carries the log
+//! sequence it must follow, so a deposed writer's appends are refused by the log; when
+//! an append fails or its outcome is unknown, the writer catches up again: if the log
+//! now holds a later origin of its region, it was deposed and becomes a follower of its
+//! own log (what it acknowledged is in the log and merges as usual); otherwise it goes on
+//! in a new epoch, so no origin sequence is ever reused for other content.
+
+use concord_core::hlc::Hlc;
+use concord_core::ids::Origin;
+
+use crate::engine::Engine;
+use crate::output::{Ack, Alert, AppendOutcome, Output, WriteError};
+use crate::state::Batch;
+
+/// An append on its way: what it acknowledges once the log stored it.
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Each write of the changeset and, when it made a change, its sequence and time.
+    pub members: Vec<(u64, Option<(u64, Hlc)>)>,
+    pub batch: Batch,
+}
+
+#[derive(Debug)]
+pub(crate) enum Writer {
+    /// Reads every stream, its region's log included; never writes.
+    Follower,
+    /// Reads its region's log to the end before writing (`previous`: the origin it
+    /// wrote as before, if any; `next`: the next log sequence to read).
+    CatchingUp {
+        previous: Option<Origin>,
+        next: u64,
+    },
+    Writing {
+        origin: Origin,
+        next_seq: u64,
+        inflight: Option<Box<Inflight>>,
+    },
+    /// Another origin of the region wrote after this one: a follower now.
+    Deposed {
+        origin: Origin,
+        by: Origin,
+    },
+    /// The region's log is parked at a message this node cannot read.
+    Stuck {
+        reason: String,
+    },
+}
+
+/// What a replica is now, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleView {
+    Follower,
+    CatchingUp,
+    Leader { origin: Origin },
+    Deposed { origin: Origin, by: Origin },
+    Stuck { reason: String },
+}
+
+/// What a catching-up leader reads next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Not catching up.
+    Idle,
+    /// Read these sequences of the region's log, apply them, then call
+    /// [`Engine::read_through`] with `to`.
+    Read { from: u64, to: u64 },
+    /// Read to the end (or the log is parked): call [`Engine::caught_up`].
+    Done,
+}
+
+/// What a leader does after reading its region's log to the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaughtUp {
+    /// Allocate a new epoch and call [`Engine::start_writing`].
+    NeedEpoch,
+    Deposed {
+        by: Origin,
+    },
+    Stuck {
+        reason: String,
+    },
+}
+
+impl Writer {
+    pub fn follows_own_log(&self) -> bool {
+        matches!(self, Writer::Follower | Writer::Deposed { .. })
+    }
+
+    pub fn validate(&self, e: &Engine) -> Result<(), String> {
+        let Writer::Writing { origin, next_seq, inflight } = self else { return Ok(()) };
+        if origin.region != e.cfg.region {
+            return Err(format!("writing as {origin} in region {}", e.cfg.region));
+        }
+        if e.applied.get(origin) + 1 != *next_seq {
+            return Err(format!("{origin} next sequence {next_seq}, applied {}", e.applied.get(origin)));
+        }
+        if let Some(i) = inflight
+            && (i.first_seq != *next_seq || i.last_seq < i.first_seq)
+        {
+            return Err(format!("an append in flight for {}..{} at next sequence {next_seq}", i.first_seq, i.last_seq));
+        }
+        if e.parked.contains_key(&e.cfg.own_stream) {
+            return Err("writing while the region's log is parked".into());
+        }
+        if let Some(later) = e.applied.iter().find(|(o, _)| o.region == origin.region && o.epoch > origin.epoch) {
+            return Err(format!("writing as {origin} although {} wrote later", later.0));
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    pub fn role(&self) -> RoleView {
+        match &self.writer {
+            Writer::Follower => RoleView::Follower,
+            Writer::CatchingUp { .. } => RoleView::CatchingUp,
+            Writer::Writing { origin, .. } => RoleView::Leader { origin: origin.clone() },
+            Writer::Deposed { origin, by } => RoleView::Deposed { origin: origin.clone(), by: by.clone() },
+            Writer::Stuck { reason } => RoleView::Stuck { reason: reason.clone() },
+        }
+    }
+
+    /// A timer fired; `log_last` is the region log's last sequence now. A writer that
+    /// finds the log longer than what it wrote knows another writer appended: it reads
+    /// the log to the end (and so learns whether it was deposed) before writing again.
+    /// Without this, a deposed writer that takes no writes would never notice.
+    pub fn tick(&mut self, log_last: u64) -> Output {
+        let own = self.cursor(&self.cfg.own_stream);
+        match &self.writer {
+            Writer::Writing { origin, inflight: None, .. } if log_last > own => {
+                self.begin_catch_up(Some(origin.clone()));
+                Output { catch_up: true, ..Output::default() }
+            }
+            _ => Output::default(),
+        }
+    }
+
+    /// True between [`Output::append`] and [`Engine::append_done`]: the runtime applies
+    /// no stream entries then.
+    pub fn append_in_flight(&self) -> bool {
+        matches!(&self.writer, Writer::Writing { inflight: Some(_), .. })
+    }
+
+    /// Start catching up: from the cursor on, or from the log's start when an origin of
+    /// this region has a gap here (a follower that missed a message is promoted: what
+    /// it missed may still be in the log, and a writer must have it all).
+    pub(crate) fn begin_catch_up(&mut self, previous: Option<Origin>) {
+        let gap = self.waiting.keys().any(|o| o.region == self.cfg.region);
+        let next = if gap { 1 } else { self.cursor(&self.cfg.own_stream) + 1 };
+        self.writer = Writer::CatchingUp { previous, next };
+    }
+
+    /// What a catching-up leader reads next, at most `chunk_max` messages; `log_last`
+    /// is the log's last sequence (read when the catch-up began, or later).
+    pub fn catch_up_next(&self, log_last: u64, chunk_max: u64) -> CatchUp {
+        let Writer::CatchingUp { next, .. } = self.writer else { return CatchUp::Idle };
+        if next > log_last || self.parked.contains_key(&self.cfg.own_stream) {
+            return CatchUp::Done;
+        }
+        CatchUp::Read { from: next, to: log_last.min(next + chunk_max.max(1) - 1) }
+    }
+
+    /// The catch-up read its region's log through `to`.
+    pub(crate) fn caught_up_through(&mut self, stream: &str, to: u64) {
+        if let Writer::CatchingUp { next, .. } = &mut self.writer
+            && stream == self.cfg.own_stream
+        {
+            *next = (*next).max(to + 1);
+        }
+    }
+
+    /// The leader read its region's log up to `log_last` (the log's last sequence when
+    /// the catch-up began or later): decide whether it writes again.
+    pub fn caught_up(&mut self, log_last: u64) -> (CaughtUp, Output) {
+        assert_eq!(self.catch_up_next(log_last, 1), CatchUp::Done, "caught_up before reading to the end");
+        let Writer::CatchingUp { previous, .. } = &self.writer else { unreachable!("checked above") };
+        let previous = previous.clone();
+        let own = self.cfg.own_stream.clone();
+        if let Some(parked) = self.parked.get(&own) {
+            let reason = format!("the region's log is parked: {}", parked.reason);
+            self.writer = Writer::Stuck { reason: reason.clone() };
+            return (CaughtUp::Stuck { reason }, Output::default());
+        }
+        let mut out = Output::default();
+        let later = previous.as_ref().and_then(|p| {
+            self.applied.iter().map(|(o, _)| o).filter(|o| o.region == p.region && o.epoch > p.epoch).max().cloned()
+        });
+        match (previous, later) {
+            (Some(origin), Some(by)) => {
+                out.alerts.push(Alert::Deposed { origin: origin.clone(), by: by.clone() });
+                out.follow.push((own.clone(), self.cursor(&own) + 1));
+                self.writer = Writer::Deposed { origin, by: by.clone() };
+                (CaughtUp::Deposed { by }, out)
+            }
+            _ => (CaughtUp::NeedEpoch, out),
+        }
+    }
+
+    /// A follower becomes its region's writer: it stops following its region's log,
+    /// reads it to the end ([`Output::catch_up`]), then writes in a new epoch.
+    pub fn promote(&mut self) -> Output {
+        assert!(self.writer.follows_own_log(), "promote while {:?}", self.writer);
+        self.begin_catch_up(None);
+        Output { unfollow: vec![self.cfg.own_stream.clone()], catch_up: true, ..Output::default() }
+    }
+
+    /// Write as `epoch` from now on: an epoch never used before in this region (the
+    /// runtime allocates it with compare-and-set).
+    pub fn start_writing(&mut self, epoch: u64) -> Output {
+        assert!(matches!(self.writer, Writer::CatchingUp { .. }), "start_writing while {:?}", self.writer);
+        let region = self.cfg.region.clone();
+        let stale = self.applied.iter().any(|(o, _)| o.region == region && o.epoch >= epoch);
+        assert!(!stale, "epoch {epoch} of {region} was used before");
+        let origin = Origin::new(region, epoch);
+        self.writer = Writer::Writing { origin: origin.clone(), next_seq: 1, inflight: None };
+        Output { alerts: vec![Alert::Leading { origin }], ..Output::default() }
+    }
+
+    /// How the append of [`Output::append`] ended.
+    pub fn append_done(&mut self, outcome: AppendOutcome) -> Output {
+        let Writer::Writing { origin, next_seq, inflight } = &mut self.writer else {
+            panic!("append_done while {:?}", self.writer)
+        };
+        let flight = inflight.take().expect("an append in flight");
+        let origin = origin.clone();
+        let own = self.cfg.own_stream.clone();
+        let expected = self.cursors.get(&own).copied().unwrap_or(0) + 1;
+        let outcome = match outcome {
+            AppendOutcome::Stored { stream_seq } if stream_seq != expected => AppendOutcome::Failed(format!(
+                "the log stored the changeset at {stream_seq}, not at {expected}: reading the log again"
+            )),
+            other => other,
+        };
+        let mut out = Output::default();
+        match outcome {
+            AppendOutcome::Stored { stream_seq } => {
+                *next_seq = flight.last_seq + 1;
+                self.applied.observe(&origin, flight.last_seq);
+                self.cursors.insert(own.clone(), stream_seq);
+                let mut batch = flight.batch;
+                batch.applied.push((origin.clone(), flight.last_seq));
+                batch.cursors.push((own, stream_seq));
+                out.commit = Some(batch);
+                out.stats.changesets_published = 1;
+                out.stats.changes_published = flight.last_seq - flight.first_seq + 1;
+                for (id, made) in flight.members {
+                    let ack = Ack {
+                        origin: origin.clone(),
+                        seq: made.map(|(s, _)| s),
+                        hlc: made.map(|(_, h)| h),
+                        log_seq: made.map(|_| stream_seq),
+                    };
+                    out.stats.writes_acked += 1;
+                    out.replies.push((id, Ok(ack)));
+                }
+            }
+            AppendOutcome::TooLarge(why) => fail(&mut out, flight.members, WriteError::TooLarge(why)),
+            AppendOutcome::Failed(why) => {
+                let e = WriteError::LogUnavailable(format!("write not acknowledged (it may still apply): {why}"));
+                fail(&mut out, flight.members, e);
+                self.begin_catch_up(Some(origin));
+                out.catch_up = true;
+            }
+        }
+        out
+    }
+
+    /// Why this replica refuses writes now, if it does.
+    pub(crate) fn not_writing(&self) -> Option<WriteError> {
+        match &self.writer {
+            Writer::Writing { .. } => None,
+            Writer::Follower => Some(WriteError::NotLeader("this replica is a follower".into())),
+            Writer::CatchingUp { .. } => {
+                Some(WriteError::NotLeader("this leader is reading its region's log before it writes".into()))
+            }
+            Writer::Deposed { by, .. } => {
+                Some(WriteError::NotLeader(format!("this replica lost its leadership to {by} (fenced)")))
+            }
+            Writer::Stuck { reason } => Some(WriteError::Parked(reason.clone())),
+        }
+    }
+}
+
+fn fail(out: &mut Output, members: Vec<(u64, Option<(u64, Hlc)>)>, e: WriteError) {
+    for (id, _) in members {
+        out.stats.writes_failed += 1;
+        out.replies.push((id, Err(e.clone())));
+    }
+}

@@ -1,0 +1,190 @@
+//! The run's phases around the faults (setup, quiescence) and the final checks:
+//! convergence, every acknowledged write current / causally overwritten / in the
+//! conflict log, counters equal to the increments the logs hold.
+
+use std::collections::BTreeSet;
+
+use concord_core::doc::{DocOp, PathElem};
+use concord_core::ids::Origin;
+use concord_engine::{MemStore, WriteOp};
+
+use crate::world::{DOC_BUCKET, DOC_KEY, World};
+
+/// Most rounds quiescence may take before the run counts as stuck.
+const QUIESCE_ROUNDS_MAX: usize = 200;
+
+impl World {
+    /// Every leader takes its first epoch, and the shared counter is created once and
+    /// reaches every node before anyone increments it (two regions creating it
+    /// concurrently would be a conflict in which one counter's increments lose).
+    pub fn setup(&mut self) -> Result<(), String> {
+        let create = WriteOp::Doc {
+            bucket: DOC_BUCKET.into(),
+            key: DOC_KEY.into(),
+            ops: vec![DocOp::Inc { path: vec![PathElem::Key("count".into())], by: 0 }],
+        };
+        self.settle()?;
+        let id = self.oracle.new_write(create, 0);
+        let leader = self.leader_of[0];
+        self.nodes[leader].queue.push_back(id);
+        self.settle()?;
+        match &self.oracle.writes[&id].status {
+            crate::oracle::Status::Acked(_) => Ok(()),
+            other => Err(format!("setup: creating the counter answered {other:?}")),
+        }
+    }
+
+    /// Everything delivered, without faults: heal, restart the crashed, let every
+    /// writer finish, copy every mirror and consume every stream, until nothing changes.
+    pub fn settle(&mut self) -> Result<(), String> {
+        self.faulty = false;
+        self.cut.clear();
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].engine.is_none() {
+                self.start_node(n);
+            }
+        }
+        for _ in 0..QUIESCE_ROUNDS_MAX {
+            let before = self.fingerprint();
+            for n in 0..self.nodes.len() {
+                for _ in 0..64 {
+                    self.activate(n)?;
+                }
+            }
+            for dst in 0..self.regions.len() {
+                for src in (0..self.regions.len()).filter(|s| *s != dst) {
+                    self.copied.insert((dst, src), self.logs[src].last_seq());
+                }
+            }
+            for n in 0..self.nodes.len() {
+                for _ in 0..64 {
+                    self.consume(n, false)?;
+                }
+            }
+            if self.fingerprint() == before {
+                return Ok(());
+            }
+        }
+        Err(format!("no quiescence after {QUIESCE_ROUNDS_MAX} rounds"))
+    }
+
+    /// Stands in for anti-entropy (a later phase): every consumer delivers its stream
+    /// again from the start, which refills what a dropped message left out.
+    pub fn redeliver_everything(&mut self) -> Result<(), String> {
+        for node in &mut self.nodes {
+            for next in node.consumers.values_mut() {
+                *next = 1;
+            }
+        }
+        self.settle()
+    }
+
+    fn fingerprint(&self) -> String {
+        let mut s = String::new();
+        for node in &self.nodes {
+            let busy = node.queue.len() + usize::from(node.inflight.is_some());
+            s.push_str(&format!("{:?}|{:?}|{busy}|{:?};", node.store.applied, node.store.cursors, node.consumers));
+        }
+        s
+    }
+
+    /// The final checks; `Err` says what broke.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_converged()?;
+        for node in &self.nodes {
+            self.check_acked_writes(&node.name, &node.store)?;
+        }
+        self.check_counter()
+    }
+
+    fn check_converged(&self) -> Result<(), String> {
+        let first = &self.nodes[0];
+        for node in &self.nodes {
+            let engine = node.engine.as_ref().expect("every node runs at the end");
+            if !engine.parked().is_empty() || engine.waiting_count() > 0 || !node.store.pending.is_empty() {
+                return Err(format!(
+                    "{} still holds something back: parked {:?}, gaps {:?}, {} documents with waiting changes",
+                    node.name,
+                    engine.parked(),
+                    engine.gaps(),
+                    node.store.pending.len()
+                ));
+            }
+            if node.store.applied != first.store.applied {
+                return Err(format!(
+                    "{} applied {:?}, {} applied {:?}",
+                    node.name, node.store.applied, first.name, first.store.applied
+                ));
+            }
+            if node.store.kv != first.store.kv {
+                let k = node
+                    .store
+                    .kv
+                    .keys()
+                    .chain(first.store.kv.keys())
+                    .find(|k| node.store.kv.get(*k) != first.store.kv.get(*k));
+                return Err(format!("{} and {} differ at {k:?}", node.name, first.name));
+            }
+            let (a, b) = (doc_view(&node.store), doc_view(&first.store));
+            if a != b {
+                return Err(format!("the documents of {} and {} differ: {a:?} / {b:?}", node.name, first.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every acknowledged LWW write is, at this replica, a current sibling, causally
+    /// overwritten (a version whose vector covers it), or listed in the conflict log.
+    fn check_acked_writes(&self, name: &str, store: &MemStore) -> Result<(), String> {
+        for (id, w, ack) in self.oracle.acked() {
+            let (WriteOp::Put { bucket, key, .. } | WriteOp::Delete { bucket, key }) = &w.op else { continue };
+            let Some(seq) = ack.seq else { continue };
+            let version = format!("{}:{seq}", ack.origin);
+            let register = store.kv.get(&(bucket.clone(), key.clone()));
+            let current = register.is_some_and(|r| r.versions().iter().any(|v| v.id() == version));
+            let overwritten = register
+                .is_some_and(|r| r.versions().iter().any(|v| covers(&v.vv, &ack.origin, seq) && v.id() != version));
+            let logged = store.conflicts.values().any(|r| {
+                r.bucket == *bucket
+                    && r.key == *key
+                    && (r.versions.iter().any(|v| v.id == version) || r.cut.contains(&version))
+            });
+            if !(current || overwritten || logged) {
+                return Err(format!(
+                    "{name}: acknowledged write {id} ({version} to {bucket}/{key}) is neither current, nor causally overwritten, nor in the conflict log; the register holds {:?}",
+                    register.map(|r| r.versions().iter().map(|v| v.id()).collect::<Vec<_>>())
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The counter holds exactly the increments whose changes the logs hold (each once),
+    /// and every acknowledged increment is among them.
+    fn check_counter(&self) -> Result<(), String> {
+        let landed: u64 = self.oracle.writes.values().filter(|w| w.landed.is_some()).map(|w| w.inc).sum();
+        for node in &self.nodes {
+            let json = doc_view(&node.store).map(|(j, _)| j);
+            let count = json.as_ref().and_then(|j| j["count"].as_u64());
+            if count != Some(landed) {
+                return Err(format!(
+                    "{}: the counter reads {count:?}; the logs hold increments summing to {landed}",
+                    node.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn covers(vv: &concord_core::vv::VersionVector, origin: &Origin, seq: u64) -> bool {
+    vv.get(origin) >= seq
+}
+
+/// The shared document as JSON with its sorted heads.
+pub fn doc_view(store: &MemStore) -> Option<(serde_json::Value, BTreeSet<String>)> {
+    let bytes = store.docs.get(&(DOC_BUCKET.to_string(), DOC_KEY.to_string()))?;
+    let doc = concord_core::doc::load_doc(bytes).expect("a stored document loads");
+    let heads = doc.get_heads().iter().map(|h| h.to_string()).collect();
+    Some((concord_core::doc::to_json(&doc), heads))
+}

@@ -1,0 +1,223 @@
+//! The simulator's node runtime: what the real node does with I/O, done with the
+//! in-memory logs and stores. It executes the engine's outputs in the same order (commit,
+//! replies, then the rest), and checks the engine's invariants after every step.
+
+use std::collections::BTreeSet;
+
+use concord_core::changeset::Changeset;
+use concord_engine::{Alert, AppendOutcome, CatchUp, CaughtUp, Entry, Output, WriteRequest};
+
+use crate::log::Appended;
+use crate::world::{InFlight, World, own_stream};
+
+/// Most log entries one catch-up step reads, and most writes in one changeset.
+const CATCH_UP_CHUNK: u64 = 16;
+const BATCH_WRITES_MAX: usize = 8;
+
+impl World {
+    /// The node's writer does its next thing: catch up, finish an append, or start one.
+    pub fn activate(&mut self, n: usize) -> Result<(), String> {
+        let Some(engine) = self.nodes[n].engine.as_ref() else { return Ok(()) };
+        if engine.catch_up_next(u64::MAX, 1) != CatchUp::Idle {
+            return self.catch_up(n);
+        }
+        if self.nodes[n].inflight.is_some() {
+            return self.finish_append(n);
+        }
+        if !self.nodes[n].queue.is_empty() {
+            return self.start_append(n);
+        }
+        let log_last = self.logs[self.nodes[n].region].last_seq();
+        let out = self.nodes[n].engine.as_mut().expect("up").tick(log_last);
+        self.execute(n, out)
+    }
+
+    fn catch_up(&mut self, n: usize) -> Result<(), String> {
+        let region = self.nodes[n].region;
+        let own = own_stream(&self.regions[region]);
+        let last = self.logs[region].last_seq();
+        match self.nodes[n].engine.as_ref().expect("up").catch_up_next(last, CATCH_UP_CHUNK) {
+            CatchUp::Idle => Ok(()),
+            CatchUp::Read { from, to } => {
+                let entries = self.logs[region].read(from, to);
+                self.apply_entries(n, &own, entries)?;
+                let out = self.nodes[n].engine.as_mut().expect("up").read_through(&own, to);
+                self.execute(n, out)
+            }
+            CatchUp::Done => {
+                let (outcome, out) = self.nodes[n].engine.as_mut().expect("up").caught_up(last);
+                self.execute(n, out)?;
+                if outcome == CaughtUp::NeedEpoch {
+                    let epoch = self.logs[region].next_epoch();
+                    let out = self.nodes[n].engine.as_mut().expect("up").start_writing(epoch);
+                    self.execute(n, out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn start_append(&mut self, n: usize) -> Result<(), String> {
+        let take = self.nodes[n].queue.len().min(1 + self.rng.below(BATCH_WRITES_MAX));
+        let ids: Vec<u64> = self.nodes[n].queue.drain(..take).collect();
+        let writes: Vec<WriteRequest> =
+            ids.iter().map(|id| WriteRequest { id: *id, op: self.oracle.op(*id).clone(), resolves: None }).collect();
+        let needs = self.nodes[n].engine.as_ref().expect("up").write_needs(&writes);
+        let facts = self.load(n, &needs);
+        let engine = self.nodes[n].engine.as_mut().expect("up");
+        let mut out = engine.write(writes, &facts, self.now_ms).map_err(|e| e.to_string())?;
+        let append = out.append.take();
+        self.execute(n, out)?;
+        let Some(append) = append else { return Ok(()) };
+        let region = self.nodes[n].region;
+        // The runtime's append (retried with the same message id until it knows): here
+        // its outcome may stay unknown, whether or not the log stored it.
+        let unknown = self.faulty && self.rng.chance(6);
+        let lost = unknown && self.rng.chance(50);
+        let appended = if lost {
+            None
+        } else {
+            Some(self.logs[region].append(append.payload.clone(), &append.msg_id, append.expected_last))
+        };
+        if let Some(Appended::Stored(_)) = appended {
+            self.oracle.landed(&append.origin, &append.seqs);
+            self.note_seen(n, &append.origin, append.first_seq, append.last_seq);
+        }
+        let outcome = match appended {
+            _ if unknown => {
+                self.count("unknown appends");
+                AppendOutcome::Failed("no acknowledgement (simulated)".into())
+            }
+            Some(Appended::Stored(stream_seq)) => AppendOutcome::Stored { stream_seq },
+            Some(Appended::Fenced) | None => {
+                self.count("fenced appends");
+                AppendOutcome::Failed("wrong last sequence (simulated)".into())
+            }
+        };
+        self.nodes[n].inflight = Some(InFlight { ids, outcome });
+        Ok(())
+    }
+
+    fn finish_append(&mut self, n: usize) -> Result<(), String> {
+        let flight = self.nodes[n].inflight.take().expect("in flight");
+        let out = self.nodes[n].engine.as_mut().expect("up").append_done(flight.outcome);
+        self.execute(n, out)
+    }
+
+    /// The node's consumer of one stream delivers a few entries, perhaps rewound
+    /// (duplicates) or with one entry lost (a gap).
+    pub fn consume(&mut self, n: usize, faults: bool) -> Result<(), String> {
+        if self.nodes[n].engine.as_ref().is_none_or(|e| e.append_in_flight()) {
+            return Ok(());
+        }
+        let region = self.nodes[n].region;
+        let ready: Vec<String> = self.nodes[n]
+            .consumers
+            .iter()
+            .filter(|(s, next)| **next <= self.stream_end(region, s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let stream = ready[self.rng.below(ready.len())].clone();
+        let mut from = self.nodes[n].consumers[&stream];
+        if faults && self.rng.chance(8) {
+            from = from.saturating_sub(1 + self.rng.below(5) as u64).max(1);
+            self.count("redeliveries");
+        }
+        let to = self.stream_end(region, &stream).min(from + self.rng.below(8) as u64);
+        let src = self.source_of(region, &stream);
+        let mut entries = self.logs[src].read(from, to);
+        if faults && entries.len() > 1 && self.rng.chance(5) {
+            entries.remove(self.rng.below(entries.len()));
+            self.count("dropped messages");
+        }
+        self.nodes[n].consumers.insert(stream.clone(), to + 1);
+        self.apply_entries(n, &stream, entries)
+    }
+
+    pub fn apply_entries(&mut self, n: usize, stream: &str, entries: Vec<Entry>) -> Result<(), String> {
+        for e in &entries {
+            if let Ok(cs) = Changeset::decode(&e.payload) {
+                self.note_seen(n, &cs.origin, cs.first_seq, cs.last_seq());
+            }
+        }
+        let engine = self.nodes[n].engine.as_ref().expect("up");
+        let prepared = engine.prepare(stream, entries, self.now_ms);
+        let facts = self.load(n, prepared.needs());
+        let out = self.nodes[n].engine.as_mut().expect("up").apply(prepared, &facts).map_err(|e| e.to_string())?;
+        self.execute(n, out)
+    }
+
+    fn note_seen(&mut self, n: usize, origin: &concord_core::ids::Origin, first: u64, last: u64) {
+        self.nodes[n].seen.entry(origin.clone()).or_default().insert((first, last));
+    }
+
+    /// Carry out an output: commit, replies, streams; then check the invariants.
+    pub fn execute(&mut self, n: usize, out: Output) -> Result<(), String> {
+        assert!(out.append.is_none(), "appends are taken by the caller");
+        let node = &mut self.nodes[n];
+        if let Some(batch) = &out.commit {
+            node.store.commit(batch);
+        }
+        for (id, result) in out.replies {
+            self.oracle.reply(id, result)?;
+        }
+        let node = &mut self.nodes[n];
+        node.consumers.extend(out.follow);
+        for stream in out.unfollow {
+            node.consumers.remove(&stream);
+        }
+        for alert in &out.alerts {
+            match alert {
+                Alert::Leading { .. } => {
+                    self.leader_of[self.nodes[n].region] = n;
+                    self.nodes[n].leads = true;
+                }
+                Alert::Deposed { .. } => {
+                    self.nodes[n].leads = false;
+                    self.count("deposed leaders");
+                }
+                Alert::GapOpened { .. } => self.count("gaps opened"),
+                Alert::DeadLettered { .. } => self.count("dead letters"),
+                Alert::Parked { .. } => self.count("parked streams"),
+                _ => {}
+            }
+        }
+        self.check_node(n)
+    }
+
+    /// After every step of a node: its engine's invariants, its store agrees with it,
+    /// and its applied vector never claims a sequence it was not given contiguously.
+    fn check_node(&self, n: usize) -> Result<(), String> {
+        let node = &self.nodes[n];
+        let engine = node.engine.as_ref().expect("up");
+        let fail = |what: String| Err(format!("{} after step {}: {what}", node.name, self.steps));
+        if let Err(e) = engine.validate() {
+            return fail(format!("invariant: {e}"));
+        }
+        if engine.applied() != &node.store.applied {
+            return fail(format!("engine applied {:?} but the store holds {:?}", engine.applied(), node.store.applied));
+        }
+        for (origin, seq) in engine.applied().iter() {
+            let contiguous = contiguous(node.seen.get(origin));
+            if seq > contiguous {
+                return fail(format!("{origin} applied up to {seq}, but it was given only 1..={contiguous} in order"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The highest `s` such that the ranges cover `1..=s`.
+fn contiguous(ranges: Option<&BTreeSet<(u64, u64)>>) -> u64 {
+    let mut reach = 0;
+    for (first, last) in ranges.into_iter().flatten() {
+        if *first > reach + 1 {
+            break;
+        }
+        reach = reach.max(*last);
+    }
+    reach
+}

@@ -1,0 +1,307 @@
+//! The simulated deployment: regions, each with a log, mirrors of the other regions'
+//! logs, a leader and followers; clients; simulated time; and the faults.
+//!
+//! One step picks one thing to happen, at random (seeded): a client write, a node's
+//! writer doing its next thing, a node consuming from a stream, NATS copying a mirror,
+//! or a fault. Faults: duplicated, delayed and reordered delivery (consumers rewind and
+//! streams progress independently), a dropped message (a consumer skips one entry), a
+//! partition of a region (its mirrors stop), a node crash (it loses everything but its
+//! committed store; in-flight writes end unanswered) and its restart, an append whose
+//! outcome is unknown (stored or not), and a follower promoted while the old leader
+//! still writes (a deposed leader).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use concord_core::doc::{DocOp, PathElem};
+use concord_core::ids::RegionId;
+use concord_engine::{AppendOutcome, Engine, EngineConfig, Facts, MemStore, StartAs, WriteOp};
+
+use crate::log::SimLog;
+use crate::oracle::Oracle;
+use crate::rng::Rng;
+use crate::{Mutation, Options};
+
+pub const BUCKET: &str = "kv";
+pub const DOC_BUCKET: &str = "docs";
+pub const DOC_KEY: &str = "shared";
+pub const KEYS: usize = 5;
+/// Most writes waiting at one node's writer; beyond it a write is refused (overloaded).
+const QUEUE_MAX: usize = 64;
+
+pub fn own_stream(region: &str) -> String {
+    format!("LOG_{region}")
+}
+
+pub fn mirror_stream(region: &str) -> String {
+    format!("MIRROR_{region}")
+}
+
+/// An append made, waiting for its outcome to reach the writer.
+pub struct InFlight {
+    pub ids: Vec<u64>,
+    pub outcome: AppendOutcome,
+}
+
+pub struct SimNode {
+    pub name: String,
+    pub region: usize,
+    pub store: MemStore,
+    pub engine: Option<Engine>,
+    /// Restarts as a leader (it wrote last time) or as a follower.
+    pub leads: bool,
+    /// Stream → the next sequence its consumer delivers.
+    pub consumers: BTreeMap<String, u64>,
+    pub queue: VecDeque<u64>,
+    pub inflight: Option<InFlight>,
+    pub down_steps: u32,
+    /// Every changeset range ever delivered to (or written by) this node, per origin.
+    pub seen: BTreeMap<concord_core::ids::Origin, BTreeSet<(u64, u64)>>,
+}
+
+pub struct World {
+    pub seed: u64,
+    pub rng: Rng,
+    pub opts: Options,
+    pub now_ms: u64,
+    pub steps: u64,
+    pub regions: Vec<String>,
+    pub logs: Vec<SimLog>,
+    /// (destination, source) → how much of the source's log the destination's mirror holds.
+    pub copied: BTreeMap<(usize, usize), u64>,
+    pub cut: BTreeSet<usize>,
+    pub nodes: Vec<SimNode>,
+    /// The node clients send a region's writes to.
+    pub leader_of: Vec<usize>,
+    pub oracle: Oracle,
+    /// Faults are injected now (the fault phase), not while setting up or settling.
+    pub faulty: bool,
+    /// Faults and alerts seen, by name (for the report).
+    pub counts: BTreeMap<&'static str, u64>,
+}
+
+impl World {
+    pub fn new(seed: u64, opts: Options) -> World {
+        let names = ["us-east", "eu-west", "ap-south", "sa-east"];
+        let regions: Vec<String> = names[..opts.regions].iter().map(|s| s.to_string()).collect();
+        let mut world = World {
+            seed,
+            rng: Rng::new(seed),
+            opts,
+            now_ms: 1_700_000_000_000,
+            steps: 0,
+            logs: regions.iter().map(|_| SimLog::default()).collect(),
+            copied: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            nodes: Vec::new(),
+            leader_of: Vec::new(),
+            oracle: Oracle::default(),
+            counts: BTreeMap::new(),
+            faulty: false,
+            regions,
+        };
+        for r in 0..world.regions.len() {
+            world.leader_of.push(world.nodes.len());
+            for i in 0..=world.opts.followers {
+                let name = format!("{}-{}", world.regions[r], i + 1);
+                world.add_node(name, r, i == 0);
+            }
+        }
+        world
+    }
+
+    fn add_node(&mut self, name: String, region: usize, leads: bool) {
+        self.nodes.push(SimNode {
+            name,
+            region,
+            store: MemStore::default(),
+            engine: None,
+            leads,
+            consumers: BTreeMap::new(),
+            queue: VecDeque::new(),
+            inflight: None,
+            down_steps: 0,
+            seen: BTreeMap::new(),
+        });
+        let n = self.nodes.len() - 1;
+        self.start_node(n);
+    }
+
+    pub fn count(&mut self, what: &'static str) {
+        *self.counts.entry(what).or_default() += 1;
+    }
+
+    pub fn config(&self, region: usize) -> EngineConfig {
+        let name = &self.regions[region];
+        let mut streams = BTreeMap::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            let stream = if i == region { own_stream(r) } else { mirror_stream(r) };
+            streams.insert(stream, RegionId::new(r.as_str()).expect("a valid region"));
+        }
+        let mut cfg = EngineConfig::new(RegionId::new(name.as_str()).expect("valid"), own_stream(name), streams);
+        cfg.mutation = self.opts.mutation.map(|m| match m {
+            Mutation::IgnoreVersionVector => concord_engine::Mutation::IgnoreVersionVector,
+            Mutation::ApplyPastGaps => concord_engine::Mutation::ApplyPastGaps,
+        });
+        cfg
+    }
+
+    /// Which region's log a stream of `region` holds.
+    pub fn source_of(&self, region: usize, stream: &str) -> usize {
+        if stream == own_stream(&self.regions[region]) {
+            return region;
+        }
+        self.regions.iter().position(|r| mirror_stream(r) == stream).expect("a known stream")
+    }
+
+    /// The last sequence a stream of `region` holds now.
+    pub fn stream_end(&self, region: usize, stream: &str) -> u64 {
+        let src = self.source_of(region, stream);
+        if src == region { self.logs[src].last_seq() } else { self.copied.get(&(region, src)).copied().unwrap_or(0) }
+    }
+
+    /// A random write from a client.
+    pub fn random_op(&mut self) -> (WriteOp, u64) {
+        let key = format!("k{}", self.rng.below(KEYS));
+        match self.rng.below(10) {
+            0..=4 => {
+                let value = format!("v{}", self.rng.next() % 1000).into_bytes().into();
+                (WriteOp::Put { bucket: BUCKET.into(), key, value }, 0)
+            }
+            5 => (WriteOp::Delete { bucket: BUCKET.into(), key }, 0),
+            6..=7 => {
+                let by = 1 + self.rng.below(5) as u64;
+                (doc_write(vec![DocOp::Inc { path: vec![PathElem::Key("count".into())], by: by as i64 }]), by)
+            }
+            _ => {
+                let path = vec![PathElem::Key(format!("p{}", self.rng.below(3)))];
+                let value = serde_json::json!(self.rng.next() % 100);
+                (doc_write(vec![DocOp::Set { path, value }]), 0)
+            }
+        }
+    }
+
+    /// A client sends a write to `region`: to the node it believes leads, mostly.
+    pub fn client_write(&mut self, region: usize, op: WriteOp, inc: u64) -> u64 {
+        let id = self.oracle.new_write(op, inc);
+        let in_region: Vec<usize> = (0..self.nodes.len()).filter(|n| self.nodes[*n].region == region).collect();
+        let n = if self.rng.chance(85) { self.leader_of[region] } else { in_region[self.rng.below(in_region.len())] };
+        let node = &mut self.nodes[n];
+        if node.engine.is_none() {
+            self.oracle.fail(id, "connection refused: the node is down");
+        } else if node.queue.len() >= QUEUE_MAX {
+            self.oracle.fail(id, "overloaded");
+        } else {
+            node.queue.push_back(id);
+        }
+        id
+    }
+
+    /// One random step of the fault phase.
+    pub fn step(&mut self) -> Result<(), String> {
+        self.steps += 1;
+        self.now_ms += self.rng.below(40) as u64;
+        for n in 0..self.nodes.len() {
+            self.tick_down(n);
+        }
+        let n = self.rng.below(self.nodes.len());
+        match self.rng.below(100) {
+            0..=24 => {
+                let region = self.rng.below(self.regions.len());
+                let (op, inc) = self.random_op();
+                self.client_write(region, op, inc);
+                Ok(())
+            }
+            25..=49 => self.activate(n),
+            50..=79 => self.consume(n, self.faulty),
+            80..=91 => {
+                self.copy_some_mirror();
+                Ok(())
+            }
+            _ if self.faulty => self.fault(),
+            _ => Ok(()),
+        }
+    }
+
+    fn copy_some_mirror(&mut self) {
+        let (dst, src) = (self.rng.below(self.regions.len()), self.rng.below(self.regions.len()));
+        if dst == src || self.cut.contains(&dst) || self.cut.contains(&src) {
+            return;
+        }
+        let have = self.copied.get(&(dst, src)).copied().unwrap_or(0);
+        let more = 1 + self.rng.below(10) as u64;
+        self.copied.insert((dst, src), (have + more).min(self.logs[src].last_seq()));
+    }
+
+    fn fault(&mut self) -> Result<(), String> {
+        let n = self.rng.below(self.nodes.len());
+        match self.rng.below(100) {
+            0..=24 => self.crash(n),
+            25..=59 => {
+                let r = self.rng.below(self.regions.len());
+                if self.cut.insert(r) {
+                    self.count("partitions");
+                }
+            }
+            60..=84 => self.cut.clear(),
+            _ => return self.promote(n),
+        }
+        Ok(())
+    }
+
+    /// Open a node's engine from its committed store, in the role it had.
+    pub fn start_node(&mut self, n: usize) {
+        let cfg = self.config(self.nodes[n].region);
+        let start = if self.nodes[n].leads { StartAs::Leader } else { StartAs::Follower };
+        let node = &mut self.nodes[n];
+        let engine = Engine::open(cfg, node.store.durable(), start).expect("committed state opens");
+        node.consumers = engine.streams_to_follow().into_iter().collect();
+        node.engine = Some(engine);
+    }
+
+    pub fn crash(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        if node.engine.is_none() {
+            return;
+        }
+        node.engine = None;
+        node.consumers.clear();
+        let mut lost: Vec<u64> = node.queue.drain(..).collect();
+        lost.extend(node.inflight.take().map(|f| f.ids).unwrap_or_default());
+        node.down_steps = 5 + self.rng.below(40) as u32;
+        self.oracle.unknown(lost);
+        self.count("crashes");
+    }
+
+    fn tick_down(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        if node.engine.is_some() {
+            return;
+        }
+        node.down_steps = node.down_steps.saturating_sub(1);
+        if node.down_steps == 0 {
+            self.start_node(n);
+        }
+    }
+
+    /// Promote a follower while its region's leader still runs (it is deposed once the
+    /// new leader wrote and it tries to write again).
+    fn promote(&mut self, n: usize) -> Result<(), String> {
+        let Some(engine) = self.nodes[n].engine.as_mut() else { return Ok(()) };
+        if !matches!(engine.role(), concord_engine::RoleView::Follower) {
+            return Ok(());
+        }
+        let out = engine.promote();
+        self.nodes[n].leads = true;
+        self.count("promotions");
+        self.execute(n, out)
+    }
+
+    /// Facts for a step, from the node's committed store.
+    pub fn load(&self, n: usize, needs: &concord_engine::Needs) -> Facts {
+        self.nodes[n].store.load(needs)
+    }
+}
+
+fn doc_write(ops: Vec<DocOp>) -> WriteOp {
+    WriteOp::Doc { bucket: DOC_BUCKET.into(), key: DOC_KEY.into(), ops }
+}
