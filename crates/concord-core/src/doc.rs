@@ -5,14 +5,22 @@
 //!
 //! | op | does |
 //! |---|---|
-//! | `set path value` | put a JSON value (objects become maps, arrays lists); missing parent maps are created |
+//! | `set path value [immutable]` | put a JSON value (objects become maps, arrays lists, strings text); missing parent maps are created; whatever the property held is replaced |
 //! | `inc path by` | increment a counter; an absent property becomes a counter at 0 first |
-//! | `insert path value` | insert into a list at the last path element (an index); an absent list is created for index 0 |
+//! | `insert path value [immutable]` | insert into a list at the last path element (an index); an absent list is created for index 0 |
 //! | `splice path pos del text` | edit a text object (positions in Unicode code points); an absent property becomes empty text first |
 //! | `del path` | delete a map property or a list element |
 //!
-//! The JSON view: maps are objects, lists arrays, text a string, counters and integers
-//! numbers, bytes a base64 string, timestamps milliseconds.
+//! Strings are collaborative text, as in Automerge's JavaScript library: every JSON
+//! string in a `set` or `insert` value, however deeply nested, becomes a text object
+//! that `splice` can edit. With `"immutable": true` on the op, every string in its
+//! value is written as an immutable string instead (a scalar: it is replaced whole,
+//! never merged, and `splice` refuses it). A `set` of a string over text replaces the
+//! text object, as assigning a string does in JavaScript: a concurrent `splice` into
+//! the old object is lost, so edit text with `splice`, not by setting it again.
+//!
+//! The JSON view: maps are objects, lists arrays, text and immutable strings strings,
+//! counters and integers numbers, bytes a base64 string, timestamps milliseconds.
 
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{
@@ -37,12 +45,56 @@ pub enum PathElem {
     Key(String),
 }
 
+/// One document op. `set` and `insert` come in two variants each, by what the strings
+/// in their value become; `"immutable": true` in the JSON picks the `*Immutable` one.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(from = "WireOp")]
 pub enum DocOp {
+    /// Strings in `value` become text.
     Set {
         path: Vec<PathElem>,
         value: Json,
+    },
+    /// Strings in `value` become immutable strings.
+    SetImmutable {
+        path: Vec<PathElem>,
+        value: Json,
+    },
+    Inc {
+        path: Vec<PathElem>,
+        by: i64,
+    },
+    /// Strings in `value` become text.
+    Insert {
+        path: Vec<PathElem>,
+        value: Json,
+    },
+    /// Strings in `value` become immutable strings.
+    InsertImmutable {
+        path: Vec<PathElem>,
+        value: Json,
+    },
+    Splice {
+        path: Vec<PathElem>,
+        pos: u64,
+        del: u64,
+        text: String,
+    },
+    Del {
+        path: Vec<PathElem>,
+    },
+}
+
+/// An op as JSON. Kept apart from [`DocOp`] so the flag stays a wire detail: code that
+/// builds ops (conflict resolution, the simulation) names the variant it means.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum WireOp {
+    Set {
+        path: Vec<PathElem>,
+        value: Json,
+        #[serde(default)]
+        immutable: bool,
     },
     Inc {
         path: Vec<PathElem>,
@@ -51,6 +103,8 @@ pub enum DocOp {
     Insert {
         path: Vec<PathElem>,
         value: Json,
+        #[serde(default)]
+        immutable: bool,
     },
     Splice {
         path: Vec<PathElem>,
@@ -62,6 +116,29 @@ pub enum DocOp {
     Del {
         path: Vec<PathElem>,
     },
+}
+
+impl From<WireOp> for DocOp {
+    fn from(op: WireOp) -> Self {
+        match op {
+            WireOp::Set { path, value, immutable: false } => DocOp::Set { path, value },
+            WireOp::Set { path, value, immutable: true } => DocOp::SetImmutable { path, value },
+            WireOp::Inc { path, by } => DocOp::Inc { path, by },
+            WireOp::Insert { path, value, immutable: false } => DocOp::Insert { path, value },
+            WireOp::Insert { path, value, immutable: true } => DocOp::InsertImmutable { path, value },
+            WireOp::Splice { path, pos, del, text } => DocOp::Splice { path, pos, del, text },
+            WireOp::Del { path } => DocOp::Del { path },
+        }
+    }
+}
+
+/// What the JSON strings in a `set` or `insert` value become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strings {
+    /// Text objects, which `splice` edits and concurrent edits merge into.
+    Text,
+    /// Scalar strings (`ScalarValue::Str`), replaced whole.
+    Immutable,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,60 +234,78 @@ fn resolve(tx: &mut Transaction<'_>, path: &[PathElem], create: bool) -> OpResul
 
 fn apply_op(tx: &mut Transaction<'_>, op: &DocOp) -> OpResult<()> {
     match op {
-        DocOp::Set { path, value } => {
-            let (parent, last) = split_path(path)?;
-            let obj = resolve(tx, parent, true)?;
-            set_value(tx, &obj, last, value, 0)
-        }
-        DocOp::Inc { path, by } => {
-            let (parent, last) = split_path(path)?;
-            let obj = resolve(tx, parent, true)?;
-            let prop = map_key(last)?;
-            match tx.get(&obj, prop).map_err(am)? {
-                None => tx.put(&obj, prop, ScalarValue::counter(0)).map_err(am)?,
-                Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Counter(_)) => {}
-                Some(_) => return Err("inc: the property is not a counter".into()),
-            }
-            tx.increment(&obj, prop, *by).map_err(am)
-        }
-        DocOp::Insert { path, value } => {
-            let (parent, last) = split_path(path)?;
-            let PathElem::Index(i) = last else {
-                return Err("insert: the last path element must be an index".into());
-            };
-            let list = list_at(tx, parent, *i == 0)?;
-            if index(*i) > tx.length(&list) {
-                return Err(format!("insert: index {i} is past the end of the list ({})", tx.length(&list)));
-            }
-            insert_value(tx, &list, index(*i), value, 0)
-        }
-        DocOp::Splice { path, pos, del, text } => {
-            let (parent, last) = split_path(path)?;
-            let obj = resolve(tx, parent, true)?;
-            let text_obj = match tx.get(&obj, prop_of(last)).map_err(am)? {
-                Some((Value::Object(ObjType::Text), id)) => id,
-                None => match last {
-                    PathElem::Key(k) => tx.put_object(&obj, k.as_str(), ObjType::Text).map_err(am)?,
-                    PathElem::Index(_) => return Err("splice: no text at that index".into()),
-                },
-                Some(_) => return Err("splice: the property is not text".into()),
-            };
-            let len = tx.length(&text_obj) as u64;
-            if pos.checked_add(*del).is_none_or(|end| end > len) {
-                return Err(format!("splice: pos {pos} + del {del} is past the end of the text ({len})"));
-            }
-            let del = isize::try_from(*del).map_err(|_| "splice: del too large".to_string())?;
-            tx.splice_text(&text_obj, index(*pos), del, text).map_err(am)
-        }
-        DocOp::Del { path } => {
-            let (parent, last) = split_path(path)?;
-            let obj = resolve(tx, parent, false)?;
-            if tx.get(&obj, prop_of(last)).map_err(am)?.is_none() {
-                return Err("del: nothing at that path".into());
-            }
-            tx.delete(&obj, prop_of(last)).map_err(am)
-        }
+        DocOp::Set { path, value } => set(tx, path, value, Strings::Text),
+        DocOp::SetImmutable { path, value } => set(tx, path, value, Strings::Immutable),
+        DocOp::Inc { path, by } => inc(tx, path, *by),
+        DocOp::Insert { path, value } => insert(tx, path, value, Strings::Text),
+        DocOp::InsertImmutable { path, value } => insert(tx, path, value, Strings::Immutable),
+        DocOp::Splice { path, pos, del, text } => splice(tx, path, *pos, *del, text),
+        DocOp::Del { path } => del(tx, path),
     }
+}
+
+fn set(tx: &mut Transaction<'_>, path: &[PathElem], value: &Json, strings: Strings) -> OpResult<()> {
+    let (parent, last) = split_path(path)?;
+    let obj = resolve(tx, parent, true)?;
+    set_value(tx, &obj, last, value, strings, 0)
+}
+
+fn inc(tx: &mut Transaction<'_>, path: &[PathElem], by: i64) -> OpResult<()> {
+    let (parent, last) = split_path(path)?;
+    let obj = resolve(tx, parent, true)?;
+    let prop = map_key(last)?;
+    match tx.get(&obj, prop).map_err(am)? {
+        None => tx.put(&obj, prop, ScalarValue::counter(0)).map_err(am)?,
+        Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Counter(_)) => {}
+        Some(_) => return Err("inc: the property is not a counter".into()),
+    }
+    tx.increment(&obj, prop, by).map_err(am)
+}
+
+fn insert(tx: &mut Transaction<'_>, path: &[PathElem], value: &Json, strings: Strings) -> OpResult<()> {
+    let (parent, last) = split_path(path)?;
+    let PathElem::Index(i) = last else {
+        return Err("insert: the last path element must be an index".into());
+    };
+    let list = list_at(tx, parent, *i == 0)?;
+    if index(*i) > tx.length(&list) {
+        return Err(format!("insert: index {i} is past the end of the list ({})", tx.length(&list)));
+    }
+    insert_value(tx, &list, index(*i), value, strings, 0)
+}
+
+fn splice(tx: &mut Transaction<'_>, path: &[PathElem], pos: u64, del: u64, text: &str) -> OpResult<()> {
+    let (parent, last) = split_path(path)?;
+    let obj = resolve(tx, parent, true)?;
+    let text_obj = match tx.get(&obj, prop_of(last)).map_err(am)? {
+        Some((Value::Object(ObjType::Text), id)) => id,
+        None => match last {
+            PathElem::Key(k) => tx.put_object(&obj, k.as_str(), ObjType::Text).map_err(am)?,
+            PathElem::Index(_) => return Err("splice: no text at that index".into()),
+        },
+        Some((Value::Scalar(s), _)) if s.is_str() => {
+            return Err("splice: the property is an immutable string, which is replaced whole, not edited; \
+                        to make it text, set it again without \"immutable\": true"
+                .into());
+        }
+        Some(_) => return Err("splice: the property is not text".into()),
+    };
+    // Lengths and positions count Unicode code points (`new_doc` and `load_doc`).
+    let len = tx.length(&text_obj) as u64;
+    if pos.checked_add(del).is_none_or(|end| end > len) {
+        return Err(format!("splice: pos {pos} + del {del} is past the end of the text ({len})"));
+    }
+    let del = isize::try_from(del).map_err(|_| "splice: del too large".to_string())?;
+    tx.splice_text(&text_obj, index(pos), del, text).map_err(am)
+}
+
+fn del(tx: &mut Transaction<'_>, path: &[PathElem]) -> OpResult<()> {
+    let (parent, last) = split_path(path)?;
+    let obj = resolve(tx, parent, false)?;
+    if tx.get(&obj, prop_of(last)).map_err(am)?.is_none() {
+        return Err("del: nothing at that path".into());
+    }
+    tx.delete(&obj, prop_of(last)).map_err(am)
 }
 
 fn map_key(elem: &PathElem) -> OpResult<&str> {
@@ -241,7 +336,8 @@ fn list_at(tx: &mut Transaction<'_>, path: &[PathElem], create: bool) -> OpResul
     }
 }
 
-fn scalar(value: &Json) -> Option<ScalarValue> {
+/// The scalar `value` is written as, or `None` when it becomes an object.
+fn scalar(value: &Json, strings: Strings) -> Option<ScalarValue> {
     Some(match value {
         Json::Null => ScalarValue::Null,
         Json::Bool(b) => ScalarValue::Boolean(*b),
@@ -251,12 +347,28 @@ fn scalar(value: &Json) -> Option<ScalarValue> {
             (_, _, Some(f)) => ScalarValue::F64(f),
             _ => return None,
         },
-        Json::String(s) => ScalarValue::Str(s.as_str().into()),
-        Json::Array(_) | Json::Object(_) => return None,
+        Json::String(s) if strings == Strings::Immutable => ScalarValue::Str(s.as_str().into()),
+        Json::String(_) | Json::Array(_) | Json::Object(_) => return None,
     })
 }
 
-fn set_value(tx: &mut Transaction<'_>, obj: &ObjId, at: &PathElem, value: &Json, depth: usize) -> OpResult<()> {
+/// The object a non-scalar `value` is written as.
+fn object_type(value: &Json) -> ObjType {
+    match value {
+        Json::String(_) => ObjType::Text,
+        Json::Array(_) => ObjType::List,
+        _ => ObjType::Map,
+    }
+}
+
+fn set_value(
+    tx: &mut Transaction<'_>,
+    obj: &ObjId,
+    at: &PathElem,
+    value: &Json,
+    strings: Strings,
+    depth: usize,
+) -> OpResult<()> {
     if depth > PATH_DEPTH_MAX {
         return Err(format!("value nested deeper than {PATH_DEPTH_MAX}"));
     }
@@ -266,43 +378,46 @@ fn set_value(tx: &mut Transaction<'_>, obj: &ObjId, at: &PathElem, value: &Json,
         return Err(format!("set: index {i} is past the end of the list"));
     }
     let prop = prop_of(at);
-    if let Some(s) = scalar(value) {
+    if let Some(s) = scalar(value, strings) {
         return tx.put(obj, prop, s).map_err(am);
     }
-    let child = match value {
-        Json::Array(_) => tx.put_object(obj, prop, ObjType::List).map_err(am)?,
-        _ => tx.put_object(obj, prop, ObjType::Map).map_err(am)?,
-    };
-    fill(tx, &child, value, depth + 1)
+    let child = tx.put_object(obj, prop, object_type(value)).map_err(am)?;
+    fill(tx, &child, value, strings, depth + 1)
 }
 
-fn insert_value(tx: &mut Transaction<'_>, list: &ObjId, i: usize, value: &Json, depth: usize) -> OpResult<()> {
+fn insert_value(
+    tx: &mut Transaction<'_>,
+    list: &ObjId,
+    i: usize,
+    value: &Json,
+    strings: Strings,
+    depth: usize,
+) -> OpResult<()> {
     if depth > PATH_DEPTH_MAX {
         return Err(format!("value nested deeper than {PATH_DEPTH_MAX}"));
     }
-    if let Some(s) = scalar(value) {
+    if let Some(s) = scalar(value, strings) {
         return tx.insert(list, i, s).map_err(am);
     }
-    let child = match value {
-        Json::Array(_) => tx.insert_object(list, i, ObjType::List).map_err(am)?,
-        _ => tx.insert_object(list, i, ObjType::Map).map_err(am)?,
-    };
-    fill(tx, &child, value, depth + 1)
+    let child = tx.insert_object(list, i, object_type(value)).map_err(am)?;
+    fill(tx, &child, value, strings, depth + 1)
 }
 
-fn fill(tx: &mut Transaction<'_>, obj: &ObjId, value: &Json, depth: usize) -> OpResult<()> {
+/// Write the contents of `value` into the new, empty object `obj` made for it.
+fn fill(tx: &mut Transaction<'_>, obj: &ObjId, value: &Json, strings: Strings, depth: usize) -> OpResult<()> {
     match value {
+        Json::String(text) => tx.splice_text(obj, 0, 0, text).map_err(am)?,
         Json::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                insert_value(tx, obj, i, item, depth)?;
+                insert_value(tx, obj, i, item, strings, depth)?;
             }
         }
         Json::Object(map) => {
             for (k, v) in map {
-                set_value(tx, obj, &PathElem::Key(k.clone()), v, depth)?;
+                set_value(tx, obj, &PathElem::Key(k.clone()), v, strings, depth)?;
             }
         }
-        _ => unreachable!("fill is called for objects and arrays only"),
+        _ => unreachable!("fill is called for the values `scalar` leaves to objects"),
     }
     Ok(())
 }

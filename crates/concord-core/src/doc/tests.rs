@@ -179,3 +179,203 @@ fn concurrent_property_writes_are_reported_as_conflicts() {
     assert!(c.versions.iter().any(|v| v.id == c.winner));
     assert_eq!(to_json(&x)["n"], 2);
 }
+
+/// What a map property of the root holds, as Automerge sees it.
+fn root_value(doc: &Automerge, key: &str) -> (Value<'static>, ObjId) {
+    let (value, id) = doc.get(ROOT, key).unwrap().expect("the property exists");
+    (value.into_owned(), id)
+}
+
+fn assert_text(doc: &Automerge, key: &str) {
+    let (value, _) = root_value(doc, key);
+    assert_eq!(value, Value::Object(ObjType::Text), "{key}");
+}
+
+#[test]
+fn a_set_string_is_text_that_splice_edits() {
+    let mut doc = new_doc();
+    apply(
+        &mut doc,
+        json!([
+            {"op": "set", "path": ["note"], "value": ""},
+            {"op": "set", "path": ["word"], "value": "abc"},
+        ]),
+    )
+    .unwrap();
+    assert_text(&doc, "note");
+    assert_text(&doc, "word");
+    apply(
+        &mut doc,
+        json!([
+            {"op": "splice", "path": ["note"], "pos": 0, "del": 0, "text": "hi"},
+            {"op": "splice", "path": ["word"], "pos": 1, "del": 1, "text": "ßé"},
+        ]),
+    )
+    .unwrap();
+    assert_eq!(to_json(&doc), json!({"note": "hi", "word": "aßéc"}));
+    // Positions count code points: "ßé" is two, whatever its UTF-8 length.
+    apply(&mut doc, json!([{"op": "splice", "path": ["word"], "pos": 3, "del": 1, "text": "!"}])).unwrap();
+    assert_eq!(to_json(&doc)["word"], "aßé!");
+}
+
+#[test]
+fn strings_nested_in_a_set_value_are_text() {
+    let mut doc = new_doc();
+    apply(&mut doc, json!([{"op": "set", "path": ["v"], "value": {"a": {"b": "xy"}, "l": ["p", {"q": "r"}], "n": 1}}]))
+        .unwrap();
+    apply(
+        &mut doc,
+        json!([
+            {"op": "splice", "path": ["v", "a", "b"], "pos": 1, "del": 0, "text": "-"},
+            {"op": "splice", "path": ["v", "l", 0], "pos": 1, "del": 0, "text": "q"},
+            {"op": "splice", "path": ["v", "l", 1, "q"], "pos": 0, "del": 1, "text": "s"},
+        ]),
+    )
+    .unwrap();
+    assert_eq!(to_json(&doc), json!({"v": {"a": {"b": "x-y"}, "l": ["pq", {"q": "s"}], "n": 1}}));
+}
+
+#[test]
+fn an_inserted_string_is_text() {
+    let mut doc = new_doc();
+    apply(
+        &mut doc,
+        json!([
+            {"op": "insert", "path": ["items", 0], "value": "ab"},
+            {"op": "insert", "path": ["items", 1], "value": ["cd"]},
+        ]),
+    )
+    .unwrap();
+    apply(
+        &mut doc,
+        json!([
+            {"op": "splice", "path": ["items", 0], "pos": 2, "del": 0, "text": "c"},
+            {"op": "splice", "path": ["items", 1, 0], "pos": 0, "del": 1, "text": ""},
+        ]),
+    )
+    .unwrap();
+    assert_eq!(to_json(&doc), json!({"items": ["abc", ["d"]]}));
+}
+
+#[test]
+fn immutable_strings_are_scalars_that_splice_refuses() {
+    let mut doc = new_doc();
+    apply(
+        &mut doc,
+        json!([
+            {"op": "set", "path": ["id"], "value": "abc", "immutable": true},
+            {"op": "set", "path": ["nested"], "value": {"k": ["x", {"y": "z"}]}, "immutable": true},
+            {"op": "insert", "path": ["tags", 0], "value": "t", "immutable": true},
+            {"op": "set", "path": ["plain"], "value": "text", "immutable": false},
+        ]),
+    )
+    .unwrap();
+    let (id, _) = root_value(&doc, "id");
+    assert_eq!(id, Value::Scalar(std::borrow::Cow::Owned(ScalarValue::Str("abc".into()))));
+    assert_text(&doc, "plain");
+    // The JSON view cannot tell them apart.
+    assert_eq!(to_json(&doc), json!({"id": "abc", "nested": {"k": ["x", {"y": "z"}]}, "tags": ["t"], "plain": "text"}));
+    let before = doc.save();
+    for path in [json!(["id"]), json!(["nested", "k", 0]), json!(["nested", "k", 1, "y"]), json!(["tags", 0])] {
+        let err =
+            apply(&mut doc, json!([{"op": "splice", "path": path, "pos": 0, "del": 0, "text": "x"}])).unwrap_err();
+        let CoreError::InvalidOp(message) = &err else { panic!("{path}: {err}") };
+        assert!(message.contains("immutable string"), "{path}: {message}");
+        assert!(message.contains("without \"immutable\": true"), "{path}: {message}");
+    }
+    assert_eq!(doc.save(), before);
+    // Setting it again without the flag makes it text.
+    apply(&mut doc, json!([{"op": "set", "path": ["id"], "value": "abc"}])).unwrap();
+    apply(&mut doc, json!([{"op": "splice", "path": ["id"], "pos": 3, "del": 0, "text": "d"}])).unwrap();
+    assert_eq!(to_json(&doc)["id"], "abcd");
+}
+
+#[test]
+fn the_immutable_flag_is_an_optional_bool_on_set_and_insert() {
+    let path = vec![PathElem::Key("a".into())];
+    let value = json!("s");
+    assert_eq!(
+        ops(json!([
+            {"op": "set", "path": ["a"], "value": "s"},
+            {"op": "set", "path": ["a"], "value": "s", "immutable": false},
+            {"op": "set", "path": ["a"], "value": "s", "immutable": true},
+            {"op": "insert", "path": ["a"], "value": "s"},
+            {"op": "insert", "path": ["a"], "value": "s", "immutable": true},
+        ])),
+        vec![
+            DocOp::Set { path: path.clone(), value: value.clone() },
+            DocOp::Set { path: path.clone(), value: value.clone() },
+            DocOp::SetImmutable { path: path.clone(), value: value.clone() },
+            DocOp::Insert { path: path.clone(), value: value.clone() },
+            DocOp::InsertImmutable { path, value },
+        ]
+    );
+    for body in [
+        br#"{"ops": [{"op": "set", "path": ["a"], "value": "s", "immutable": "yes"}]}"#.as_slice(),
+        br#"{"ops": [{"op": "set", "path": ["a"], "value": "s", "immutable": null}]}"#,
+        br#"{"ops": [{"op": "inc", "path": ["a"], "by": 1, "immutable": true}]}"#,
+        br#"{"ops": [{"op": "splice", "path": ["a"], "pos": 0, "del": 0, "immutable": true}]}"#,
+        br#"{"ops": [{"op": "del", "path": ["a"], "immutable": false}]}"#,
+    ] {
+        assert!(parse_ops(body).is_err(), "{}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
+fn setting_a_string_over_text_replaces_the_text_object() {
+    let mut doc = new_doc();
+    apply(&mut doc, json!([{"op": "set", "path": ["t"], "value": "old"}])).unwrap();
+    let (_, old) = root_value(&doc, "t");
+    apply(&mut doc, json!([{"op": "set", "path": ["t"], "value": "new"}])).unwrap();
+    let (_, new) = root_value(&doc, "t");
+    assert_ne!(old, new, "a new text object");
+    assert_text(&doc, "t");
+    apply(&mut doc, json!([{"op": "splice", "path": ["t"], "pos": 0, "del": 1, "text": "k"}])).unwrap();
+    assert_eq!(to_json(&doc), json!({"t": "kew"}));
+    // Replacing is a write like any other: no conflict within one history.
+    assert!(conflicts(&doc).is_empty());
+}
+
+#[test]
+fn text_survives_save_and_load() {
+    let mut doc = new_doc();
+    apply(&mut doc, json!([{"op": "set", "path": ["t"], "value": {"body": "héllo"}}])).unwrap();
+    let mut reloaded = load_doc(&doc.save()).unwrap();
+    let (_, body_parent) = root_value(&reloaded, "t");
+    let (body, _) = reloaded.get(&body_parent, "body").unwrap().unwrap();
+    assert_eq!(body, Value::Object(ObjType::Text));
+    apply(&mut reloaded, json!([{"op": "splice", "path": ["t", "body"], "pos": 2, "del": 3, "text": "y"}])).unwrap();
+    assert_eq!(to_json(&reloaded), json!({"t": {"body": "héy"}}));
+}
+
+#[test]
+fn concurrent_sets_of_a_string_are_one_conflict_with_both_strings() {
+    let mut base = new_doc();
+    apply(&mut base, json!([{"op": "set", "path": ["title"], "value": "draft"}])).unwrap();
+    let mut x = base.fork();
+    let mut y = base.fork();
+    let one = Hlc { wall_ms: 10, logical: 0 };
+    let two = Hlc { wall_ms: 11, logical: 0 };
+    let cx = apply_ops(&mut x, b"us-east.1", one, &ops(json!([{"op": "set", "path": ["title"], "value": "east"}])))
+        .unwrap()
+        .unwrap();
+    let cy = apply_ops(&mut y, b"eu-west.1", two, &ops(json!([{"op": "set", "path": ["title"], "value": "west"}])))
+        .unwrap()
+        .unwrap();
+    x.apply_changes([cy]).unwrap();
+    y.apply_changes([cx]).unwrap();
+    let found = conflicts(&x);
+    assert_eq!(found, conflicts(&y));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, vec![json!("title")]);
+    let mut values: Vec<(String, Json, Hlc)> =
+        found[0].versions.iter().map(|v| (v.origin.clone(), v.value.clone(), v.hlc)).collect();
+    values.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        values,
+        vec![("eu-west.1".to_string(), json!("west"), two), ("us-east.1".to_string(), json!("east"), one)]
+    );
+    let read = to_json(&x)["title"].clone();
+    assert!(read == "east" || read == "west", "{read}");
+    assert_eq!(to_json(&x), to_json(&y));
+}
