@@ -1,6 +1,7 @@
 //! Documents over HTTP and NATS: nested maps, counters, list inserts and text splices
 //! read back as the expected JSON, and `?format=automerge` loads in `automerge` to the
 //! same JSON. The NATS micro service answers the same bodies and is discoverable.
+//! Strings that `set` writes are text that `splice` edits, unless written immutable.
 
 use std::time::Duration;
 
@@ -137,4 +138,45 @@ async fn documents_read_back_as_json_and_as_automerge() {
             stats["endpoints"].as_array().unwrap().iter().map(|e| e["num_requests"].as_u64().unwrap()).sum::<u64>();
     }
     assert!(requests >= 4, "only {requests} requests counted over every instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_string_is_text_that_splice_edits() {
+    let dir = TempDir::new("docs-text");
+    let nats = Nats::start(&dir.0);
+    let node = Node::start(&dir.0, "us-east", &nats.url());
+    let client = http();
+    let url = format!("{}/v1/docs/app/notes", node.url());
+
+    post_ops(
+        &client,
+        &url,
+        json!([
+            {"op": "set", "path": ["note"], "value": ""},
+            {"op": "set", "path": ["id"], "value": "n-1", "immutable": true},
+        ]),
+    )
+    .await;
+    post_ops(&client, &url, json!([{"op": "splice", "path": ["note"], "pos": 0, "del": 0, "text": "hi"}])).await;
+    let got: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got, json!({"note": "hi", "id": "n-1"}));
+
+    // An immutable string is refused by `splice`, with a message that says what to do.
+    let resp = client
+        .post(&url)
+        .json(&json!({"ops": [{"op": "splice", "path": ["id"], "pos": 0, "del": 0, "text": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["code"], "bad_op");
+    assert!(err["error"].as_str().unwrap().contains("immutable string"), "{err}");
+
+    // The Automerge binary holds a text object, not a string.
+    let bytes = client.get(format!("{url}?format=automerge")).send().await.unwrap().bytes().await.unwrap();
+    let doc = automerge::Automerge::load(&bytes).expect("automerge loads the bytes");
+    use automerge::ReadDoc;
+    let (note, _) = doc.get(automerge::ROOT, "note").unwrap().unwrap();
+    assert_eq!(note, automerge::Value::Object(automerge::ObjType::Text));
 }
