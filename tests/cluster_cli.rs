@@ -85,8 +85,8 @@ fn cluster_up_kill_start_and_the_client_commands() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (_, status, _) = concord(&["status", "--endpoint", &ep]);
-    let status: Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(status["epoch"], 2, "a restarted leader starts a new epoch: {status}");
+    let status: concord_api::StatusBody = serde_json::from_str(&status).unwrap();
+    assert_eq!(status.epoch, 2, "a restarted leader starts a new epoch: {status:?}");
 
     // SIGTERM stops everything.
     let mut pids = Vec::new();

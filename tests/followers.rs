@@ -11,7 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use concord_tests::{Cluster, Node, http};
+use concord_api::{StatusBody, WriteAck};
+use concord_tests::{Cluster, Node, http, status};
 use serde_json::Value;
 
 fn token(resp: &reqwest::Response) -> String {
@@ -82,18 +83,18 @@ async fn followers_serve_reads_with_session_guarantees() {
     assert_eq!(r.status(), 200, "the redirect was not followed to the leader");
     let r = client.put(format!("{us}/v1/kv/f/durable?durability=region")).body("d").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["confirmed_by"], serde_json::json!(["us-east"]));
+    let ack: WriteAck = r.json().await.unwrap();
+    assert_eq!(ack.confirmed_by, ["us-east"]);
 
     // NATS reads spread over the region's followers (the leader serves none while they
     // live; it notices followers within a couple of seconds of their start).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status: Value = client.get(format!("{us}/v1/status")).send().await.unwrap().json().await.unwrap();
-        if status["serves_nats_reads"] == false && status["followers"].as_object().unwrap().len() == 2 {
+        let status = status(&client, &us).await;
+        if !status.serves_nats_reads && status.followers.len() == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "the leader never handed reads to its followers: {status}");
+        assert!(Instant::now() < deadline, "the leader never handed reads to its followers: {status:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let before: Vec<u64> = futures::future::join_all(["us-east-1", "us-east-2", "us-east-3"].map(|f| {
@@ -160,8 +161,7 @@ async fn followers_serve_reads_with_session_guarantees() {
         let w = client.put(format!("{us}/v1/kv/f/bulk{i}")).body(format!("b{i}")).send().await.unwrap();
         assert_eq!(w.status(), 200);
     }
-    let status: Value = client.get(format!("{us}/v1/status")).send().await.unwrap().json().await.unwrap();
-    let newest = token_of(&status);
+    let newest = token_of(&status(&client, &us).await);
     let late = Node::start_as(
         &cluster.dir.0,
         "us-east-9",
@@ -190,8 +190,7 @@ async fn followers_serve_reads_with_session_guarantees() {
     assert_eq!(listing(late.url()).await, listing(us.clone()).await);
 }
 
-fn token_of(status: &Value) -> String {
-    let applied = status["applied"].as_object().unwrap();
-    let pairs: Vec<String> = applied.iter().map(|(o, s)| format!("{o}={s}")).collect();
+fn token_of(status: &StatusBody) -> String {
+    let pairs: Vec<String> = status.applied.iter().map(|(o, s)| format!("{o}={s}")).collect();
     format!("v1:{}", pairs.join(","))
 }

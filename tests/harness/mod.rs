@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use concord_api::{ClusterJson, Role, StatusBody, StreamLag};
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
@@ -259,6 +261,13 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
 }
 
+/// A node's `GET /v1/status`.
+pub async fn status(client: &reqwest::Client, url: &str) -> StatusBody {
+    let resp = client.get(format!("{url}/v1/status")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{url}/v1/status");
+    resp.json().await.unwrap()
+}
+
 /// A whole local deployment started by `concord cluster up` (real NATS servers, the
 /// leaf-node backbone and the fault-injecting proxy), stopped on drop.
 pub struct Cluster {
@@ -332,13 +341,13 @@ impl Cluster {
             assert!(Instant::now() < deadline, "cluster.json never appeared");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-        for (region, r) in v["regions"].as_object().unwrap() {
-            for n in r["nodes"].as_array().unwrap() {
-                cluster.nodes.insert(n["name"].as_str().unwrap().to_string(), n["http"].as_str().unwrap().to_string());
+        let v: ClusterJson = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        for (region, r) in v.regions {
+            for n in &r.nodes {
+                cluster.nodes.insert(n.name.clone(), n.http.clone());
             }
-            let http = r["nodes"][0]["http"].as_str().unwrap().to_string();
-            cluster.regions.insert(region.clone(), (r["nats"].as_str().unwrap().to_string(), http));
+            let leader = r.nodes.iter().find(|n| n.role == Role::Leader).expect("a leader per region");
+            cluster.regions.insert(region, (r.nats.clone(), leader.http.clone()));
         }
         cluster
     }
@@ -413,16 +422,12 @@ impl Cluster {
                     lagging = true;
                     continue;
                 };
-                let Ok(s) = r.json::<serde_json::Value>().await else {
+                let Ok(s) = r.json::<StatusBody>().await else {
                     lagging = true;
                     continue;
                 };
-                for (_, lag) in s["lag"].as_object().cloned().unwrap_or_default() {
-                    if lag["seq"].as_u64() != Some(0) {
-                        lagging = true;
-                    }
-                }
-                applied.push(s["applied"].clone());
+                lagging |= !s.lag.values().all(StreamLag::caught_up);
+                applied.push(s.applied);
             }
             if !lagging && applied.windows(2).all(|w| w[0] == w[1]) {
                 return started.elapsed();

@@ -7,21 +7,8 @@ use std::path::{Path, PathBuf};
 use concord_core::ids::RegionId;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Leader,
-    Follower,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-        })
-    }
-}
+/// The role a node starts with: the same type `cluster.json` records.
+pub use concord_api::Role;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

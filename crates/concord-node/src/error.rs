@@ -1,5 +1,8 @@
 //! The node's error type: what a write or read answers, grouped by what the caller does.
 
+use std::collections::BTreeMap;
+
+use concord_api::{Behind, ErrorBody, ErrorCode};
 use concord_core::CoreError;
 use concord_storage::StorageError;
 use concord_transport::LogError;
@@ -9,7 +12,7 @@ use thiserror::Error;
 pub enum NodeError {
     /// Fix the request (400).
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     /// Ask another node (307): a write sent to a follower goes to the leader.
     #[error("{message}")]
     Redirect { message: String, location: String },
@@ -25,10 +28,10 @@ pub enum NodeError {
     /// Retry later, perhaps elsewhere (503): the log is unreachable, the queue is full,
     /// or this node is not (or no longer) the leader.
     #[error("{message}")]
-    Unavailable { code: &'static str, message: String },
+    Unavailable { code: ErrorCode, message: String },
     /// A read's session token names writes this replica has not applied yet (503).
     #[error("{message}")]
-    SessionLag { message: String, behind: serde_json::Value },
+    SessionLag { message: String, behind: BTreeMap<String, Behind> },
     /// The write was not confirmed in time (504); it may still apply.
     #[error("{0}")]
     Timeout(String),
@@ -41,11 +44,13 @@ pub enum NodeError {
 }
 
 impl NodeError {
-    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
+        debug_assert_eq!(code.statuses(), [400], "{code} is no 400 code");
         NodeError::BadRequest { code, message: message.into() }
     }
 
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>) -> Self {
+        debug_assert!(code.statuses().contains(&503), "{code} is no 503 code");
         NodeError::Unavailable { code, message: message.into() }
     }
 
@@ -62,18 +67,29 @@ impl NodeError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            NodeError::BadRequest { code, .. } | NodeError::Unavailable { code, .. } => code,
-            NodeError::NotFound(_) => "not_found",
-            NodeError::Redirect { .. } => "not_leader",
-            NodeError::TooLarge(_) => "value_too_large",
-            NodeError::Conflict(_) => "already_resolved",
-            NodeError::Timeout(_) => "timeout",
-            NodeError::SessionLag { .. } => "session_lag",
-            NodeError::DurabilityTimeout { .. } => "durability_timeout",
-            NodeError::Fatal(_) => "internal",
+            NodeError::BadRequest { code, .. } | NodeError::Unavailable { code, .. } => *code,
+            NodeError::NotFound(_) => ErrorCode::NotFound,
+            NodeError::Redirect { .. } => ErrorCode::NotLeader,
+            NodeError::TooLarge(_) => ErrorCode::ValueTooLarge,
+            NodeError::Conflict(_) => ErrorCode::AlreadyResolved,
+            NodeError::Timeout(_) => ErrorCode::Timeout,
+            NodeError::SessionLag { .. } => ErrorCode::SessionLag,
+            NodeError::DurabilityTimeout { .. } => ErrorCode::DurabilityTimeout,
+            NodeError::Fatal(_) => ErrorCode::Internal,
         }
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> ErrorBody {
+        let mut body = ErrorBody::new(self.code(), self.to_string());
+        match self {
+            NodeError::DurabilityTimeout { unconfirmed, .. } => body.unconfirmed = Some(unconfirmed.clone()),
+            NodeError::SessionLag { behind, .. } => body.behind = Some(behind.clone()),
+            _ => {}
+        }
+        body
     }
 }
 
@@ -85,16 +101,42 @@ impl From<StorageError> for NodeError {
 
 impl From<LogError> for NodeError {
     fn from(e: LogError) -> Self {
-        NodeError::unavailable("log_unavailable", e.to_string())
+        NodeError::unavailable(ErrorCode::LogUnavailable, e.to_string())
     }
 }
 
 impl From<CoreError> for NodeError {
     fn from(e: CoreError) -> Self {
         match e {
-            CoreError::InvalidOp(m) => NodeError::bad("bad_op", m),
-            CoreError::InvalidInput(m) => NodeError::bad("bad_request", m),
+            CoreError::InvalidOp(m) => NodeError::bad(ErrorCode::BadOp, m),
+            CoreError::InvalidInput(m) => NodeError::bad(ErrorCode::BadRequest, m),
             other => NodeError::Fatal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of error answers with a status its code documents.
+    #[test]
+    fn statuses_match_the_codes() {
+        let errors = [
+            NodeError::bad(ErrorCode::BadKey, "k"),
+            NodeError::Redirect { message: "m".into(), location: "l".into() },
+            NodeError::NotFound("n".into()),
+            NodeError::Conflict("c".into()),
+            NodeError::TooLarge("t".into()),
+            NodeError::unavailable(ErrorCode::NotLeader, "fenced"),
+            NodeError::unavailable(ErrorCode::Overloaded, "o"),
+            NodeError::SessionLag { message: "s".into(), behind: BTreeMap::new() },
+            NodeError::Timeout("t".into()),
+            NodeError::DurabilityTimeout { message: "d".into(), unconfirmed: vec!["eu-west".into()] },
+            NodeError::Fatal("f".into()),
+        ];
+        for e in errors {
+            assert!(e.code().statuses().contains(&e.status()), "{:?} answers {}", e, e.status());
         }
     }
 }

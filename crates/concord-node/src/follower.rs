@@ -170,11 +170,11 @@ pub async fn bootstrap_if_needed(
     if trimmed.is_empty() {
         return Ok(());
     }
-    let leader = log
+    let leader: concord_api::LeaderRecord = log
         .leader_of(&cfg.region)
         .await?
         .ok_or("the log was trimmed and no leader is advertised to take a snapshot from")?;
-    let url = format!("{}/v1/snapshot", leader["http"].as_str().ok_or("the leader record has no http address")?);
+    let url = format!("{}/v1/snapshot", leader.http);
     info!(%url, trimmed = ?trimmed, "the log no longer holds everything: starting from the leader's snapshot");
     let resp = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?.get(&url).send().await?;
     if !resp.status().is_success() {

@@ -148,9 +148,10 @@ impl<L: RegionLog> Leader<L> {
             }
             if self.state_tx.borrow().fenced {
                 for r in reqs {
-                    let _ = r
-                        .reply
-                        .send(Err(NodeError::unavailable("not_leader", "this node lost its leadership (fenced)")));
+                    let _ = r.reply.send(Err(NodeError::unavailable(
+                        concord_api::ErrorCode::NotLeader,
+                        "this node lost its leadership (fenced)",
+                    )));
                 }
                 continue;
             }
@@ -259,7 +260,7 @@ impl<L: RegionLog> Leader<L> {
                     let _ = reply.send(Err(match &e {
                         LogError::TooLarge(m) => NodeError::TooLarge(m.clone()),
                         other => NodeError::unavailable(
-                            "log_unavailable",
+                            concord_api::ErrorCode::LogUnavailable,
                             format!("write not acknowledged (it may still apply): {other}"),
                         ),
                     }));

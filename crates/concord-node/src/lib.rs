@@ -224,7 +224,7 @@ pub async fn run(
     let mut worker = if leading {
         log.advertise_leader(
             region.as_str(),
-            &serde_json::json!({ "node": cfg.node, "http": cfg.advertised_url(), "epoch": epoch }),
+            &concord_api::LeaderRecord { node: cfg.node.clone(), http: cfg.advertised_url(), epoch },
         )
         .await?;
         tokio::spawn(follower::track_followers(client.clone(), region.clone(), followers.clone(), shutdown.clone()));

@@ -9,6 +9,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use crate::{LogEntry, LogError, LogResult, RegionLog};
@@ -88,19 +90,29 @@ impl NatsLog {
         Ok(NatsLog { js, stream: name, subject: subject(region) })
     }
 
-    /// Record this node as its region's leader (`concord_leaders`, key = region), so
-    /// followers can send writers to it and fetch snapshots from it.
-    pub async fn advertise_leader(&self, region: &str, record: &serde_json::Value) -> LogResult<()> {
+    /// Record this node as its region's leader (`concord_leaders`, key = region, the
+    /// record as JSON), so followers can send writers to it and fetch snapshots from it.
+    /// The record's type is the caller's (the API's `LeaderRecord`): this layer only
+    /// carries it.
+    pub async fn advertise_leader<R: Serialize>(&self, region: &str, record: &R) -> LogResult<()> {
         let kv = self.leaders_bucket().await?;
-        kv.put(region, serde_json::to_vec(record).expect("JSON").into()).await.map_err(unavailable)?;
+        let json = serde_json::to_vec(record).expect("a leader record serializes");
+        kv.put(region, json.into()).await.map_err(unavailable)?;
         Ok(())
     }
 
-    /// The leader record of `region`, if one was advertised.
-    pub async fn leader_of(&self, region: &str) -> LogResult<Option<serde_json::Value>> {
+    /// The leader record of `region`, if one was advertised and decodes as `R` (one
+    /// that does not is logged and counts as none).
+    pub async fn leader_of<R: DeserializeOwned>(&self, region: &str) -> LogResult<Option<R>> {
         let kv = self.leaders_bucket().await?;
-        let entry = kv.get(region).await.map_err(unavailable)?;
-        Ok(entry.and_then(|b| serde_json::from_slice(&b).ok()))
+        let Some(entry) = kv.get(region).await.map_err(unavailable)? else { return Ok(None) };
+        match serde_json::from_slice(&entry) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) => {
+                warn!(region, error = %e, "the leader record does not decode; treated as none");
+                Ok(None)
+            }
+        }
     }
 
     async fn leaders_bucket(&self) -> LogResult<jetstream::kv::Store> {

@@ -119,7 +119,8 @@ pub async fn doc(
 
 pub async fn status(ep: &Endpoint) -> anyhow::Result<()> {
     let body = send(http().get(format!("{}/v1/status", ep.endpoint))).await?;
-    let json: serde_json::Value = serde_json::from_slice(&body)?;
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    let status: concord_api::StatusBody =
+        serde_json::from_slice(&body).with_context(|| format!("{} answered no Concord status", ep.endpoint))?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
     Ok(())
 }

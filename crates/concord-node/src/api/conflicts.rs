@@ -1,6 +1,7 @@
 //! The conflict-log operations of the API: list, get, resolve.
 
 use bytes::Bytes;
+use concord_api::{ErrorCode, WriteAck};
 use concord_core::conflict::ConflictRecord;
 use concord_core::doc;
 use serde_json::json;
@@ -22,14 +23,16 @@ pub async fn conflicts_list(node: &Node, p: &Params) -> Result<Reply, NodeError>
         None => None,
         Some(t) => Some(
             chrono::DateTime::parse_from_rfc3339(t)
-                .map_err(|e| NodeError::bad("bad_since", format!("since {t:?}: an RFC 3339 time please ({e})")))?
+                .map_err(|e| {
+                    NodeError::bad(ErrorCode::BadSince, format!("since {t:?}: an RFC 3339 time please ({e})"))
+                })?
                 .with_timezone(&chrono::Utc),
         ),
     };
     if let Some(b) = &p.before
         && (b.len() != 48 || !b.bytes().all(|c| c.is_ascii_hexdigit()))
     {
-        return Err(NodeError::bad("bad_cursor", format!("before {b:?} is not a cursor this API gave out")));
+        return Err(NodeError::bad(ErrorCode::BadCursor, format!("before {b:?} is not a cursor this API gave out")));
     }
     let q = concord_storage::ConflictQuery {
         bucket: p.bucket.clone(),
@@ -46,7 +49,8 @@ pub async fn conflicts_list(node: &Node, p: &Params) -> Result<Reply, NodeError>
 }
 
 fn conflict_id(raw: &str) -> Result<uuid::Uuid, NodeError> {
-    uuid::Uuid::parse_str(raw).map_err(|_| NodeError::bad("bad_conflict_id", format!("{raw:?} is not a conflict id")))
+    uuid::Uuid::parse_str(raw)
+        .map_err(|_| NodeError::bad(ErrorCode::BadConflictId, format!("{raw:?} is not a conflict id")))
 }
 
 async fn load_conflict(node: &Node, id: uuid::Uuid) -> Result<ConflictRecord, NodeError> {
@@ -70,7 +74,7 @@ pub async fn conflict_resolve(node: &Node, id_raw: &str, body: Bytes, p: &Params
     let id = conflict_id(id_raw)?;
     let req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
         NodeError::bad(
-            "bad_resolution",
+            ErrorCode::BadResolution,
             format!("body: {e}; send {{\"value\": ...}} or {{\"pick\": \"<version id>\"}}"),
         )
     })?;
@@ -83,7 +87,7 @@ pub async fn conflict_resolve(node: &Node, id_raw: &str, body: Bytes, p: &Params
         (None, Some(serde_json::Value::String(pick))) => {
             let v = record.versions.iter().find(|v| v.id == *pick).ok_or_else(|| {
                 let ids: Vec<&str> = record.versions.iter().map(|v| v.id.as_str()).collect();
-                NodeError::bad("bad_resolution", format!("pick {pick:?} is none of the versions {ids:?}"))
+                NodeError::bad(ErrorCode::BadResolution, format!("pick {pick:?} is none of the versions {ids:?}"))
             })?;
             match &record.path {
                 Some(_) => Some(v.value.clone()),
@@ -102,7 +106,7 @@ pub async fn conflict_resolve(node: &Node, id_raw: &str, body: Bytes, p: &Params
         }
         _ => {
             return Err(NodeError::bad(
-                "bad_resolution",
+                ErrorCode::BadResolution,
                 "send exactly one of {\"value\": ...} or {\"pick\": \"<version id>\"}",
             ));
         }
@@ -133,10 +137,7 @@ pub async fn conflict_resolve(node: &Node, id_raw: &str, body: Bytes, p: &Params
     resolved_reply(write_resolving(node, op, Some(id), p).await?, id)
 }
 
-fn resolved_reply(mut reply: Reply, id: uuid::Uuid) -> Result<Reply, NodeError> {
-    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&reply.body) {
-        v["resolved"] = json!(id);
-        reply.body = Bytes::from(v.to_string());
-    }
-    Ok(reply)
+/// The write's acknowledgement, naming the record it resolved.
+fn resolved_reply(ack: WriteAck, id: uuid::Uuid) -> Result<Reply, NodeError> {
+    Ok(Reply::json(200, WriteAck { resolved: Some(id.to_string()), ..ack }))
 }

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use concord_api::ErrorCode;
 
 use super::{Params, Reply};
 use crate::Node;
@@ -114,7 +115,7 @@ async fn not_found() -> Response {
 }
 
 fn method_not_allowed(method: &Method) -> Response {
-    respond(Reply::error(&NodeError::bad("method_not_allowed", format!("{method} is not allowed here"))))
+    respond(Reply::error(&NodeError::bad(ErrorCode::MethodNotAllowed, format!("{method} is not allowed here"))))
 }
 
 /// Decode `%XX` escapes into raw bytes; a malformed escape is kept literally.
@@ -181,7 +182,7 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
     let mut buf = Vec::new();
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| NodeError::bad("bad_body", format!("reading the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| NodeError::bad(ErrorCode::BadBody, format!("reading the request body: {e}")))?;
         total += chunk.len();
         if total <= limit {
             buf.extend_from_slice(&chunk);
@@ -219,7 +220,10 @@ async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {
     let p = with_request(&parts.uri, &parts.headers);
     let (bucket, key) = bucket_and_key(&rest);
     let Some(key) = key else {
-        return respond(Reply::error(&NodeError::bad("bad_key", "the path names no key: /v1/docs/{bucket}/{key}")));
+        return respond(Reply::error(&NodeError::bad(
+            ErrorCode::BadKey,
+            "the path names no key: /v1/docs/{bucket}/{key}",
+        )));
     };
     let reply = match parts.method {
         Method::GET => super::doc_get(&node, &bucket, &key, &p).await,

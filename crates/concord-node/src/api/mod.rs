@@ -1,23 +1,33 @@
 //! The operations of the API, once, for both front ends: HTTP ([`http`]) and NATS
 //! request/reply ([`nats`]). Each takes raw request parts and returns a [`Reply`]
 //! (status, content type, body), so both front ends answer byte for byte the same.
+//! The bodies of the contract (errors, write acknowledgements, status) are the types of
+//! `concord_api`.
 
 mod conflicts;
 pub mod http;
 pub mod nats;
+mod status;
+mod write;
 
 pub use conflicts::{conflict_get, conflict_resolve, conflicts_list};
+pub use status::{status, status_body};
+pub use write::{DURABILITY_WAIT_MS_MAX, Durability};
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use concord_api::{Behind, ErrorCode, LeaderRecord};
 use concord_core::conflict::CompetingVersion;
 use concord_core::{doc, input, token};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::Node;
 use crate::error::NodeError;
-use crate::leader::{WriteOp, WriteRequest};
+use crate::leader::WriteOp;
+use write::{write, write_resolving};
 
 pub const JSON: &str = "application/json";
 pub const OCTETS: &str = "application/octet-stream";
@@ -35,19 +45,13 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json(status: u16, value: serde_json::Value) -> Reply {
-        Reply { status, content_type: JSON, body: Bytes::from(value.to_string()), location: None }
+    pub fn json(status: u16, value: impl Serialize) -> Reply {
+        let body = serde_json::to_vec(&value).expect("API bodies serialize: string keys, no failing Serialize");
+        Reply { status, content_type: JSON, body: Bytes::from(body), location: None }
     }
 
     pub fn error(e: &NodeError) -> Reply {
-        let mut body = json!({ "error": e.to_string(), "code": e.code() });
-        if let NodeError::DurabilityTimeout { unconfirmed, .. } = e {
-            body["unconfirmed"] = json!(unconfirmed);
-        }
-        if let NodeError::SessionLag { behind, .. } = e {
-            body["behind"] = behind.clone();
-        }
-        let mut reply = Reply::json(e.status(), body);
+        let mut reply = Reply::json(e.status(), e.body());
         if let NodeError::Redirect { location, .. } = e {
             reply.location = Some(location.clone());
         }
@@ -84,34 +88,13 @@ pub struct Params {
     pub before: Option<String>,
 }
 
-/// Durability levels of a write (DESIGN.md, "Guarantees" 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    Async,
-    Region,
-    Remote,
-    All,
-}
-
-fn durability(p: &Params) -> Result<Durability, NodeError> {
-    match p.durability.as_deref().unwrap_or("async") {
-        "async" => Ok(Durability::Async),
-        "region" => Ok(Durability::Region),
-        "remote" => Ok(Durability::Remote),
-        "all" => Ok(Durability::All),
-        other => {
-            Err(NodeError::bad("bad_durability", format!("durability {other:?}: use async, region, remote or all")))
-        }
-    }
-}
-
 fn bucket(raw: &str) -> Result<String, NodeError> {
-    input::check_bucket(raw).map_err(|e| NodeError::bad("bad_bucket", e.to_string()))?;
+    input::check_bucket(raw).map_err(|e| NodeError::bad(ErrorCode::BadBucket, e.to_string()))?;
     Ok(raw.to_string())
 }
 
 fn key(raw: &[u8]) -> Result<String, NodeError> {
-    Ok(input::check_key(raw).map_err(|e| NodeError::bad("bad_key", e.to_string()))?.to_string())
+    Ok(input::check_key(raw).map_err(|e| NodeError::bad(ErrorCode::BadKey, e.to_string()))?.to_string())
 }
 
 fn value_fits(node: &Node, body: &Bytes) -> Result<(), NodeError> {
@@ -123,126 +106,6 @@ fn value_fits(node: &Node, body: &Bytes) -> Result<(), NodeError> {
         )));
     }
     Ok(())
-}
-
-/// Queue a write for the leader and wait for its acknowledgement.
-async fn write(node: &Node, op: WriteOp, p: &Params) -> Result<Reply, NodeError> {
-    write_resolving(node, op, None, p).await
-}
-
-/// Queue a write (resolving the conflict `resolves`, when given) and wait for it.
-async fn write_resolving(
-    node: &Node,
-    op: WriteOp,
-    resolves: Option<uuid::Uuid>,
-    p: &Params,
-) -> Result<Reply, NodeError> {
-    if node.cfg.role == crate::Role::Follower {
-        return Err(redirect_to_leader(node, p).await);
-    }
-    let level = durability(p)?;
-    match level {
-        Durability::Region if node.followers.live().is_empty() => {
-            return Err(NodeError::unavailable(
-                "durability_unavailable",
-                format!(
-                    "durability region needs a live follower in {}; none has reported in the last 5 s",
-                    node.region
-                ),
-            ));
-        }
-        Durability::Remote if node.remote_stored.is_empty() => {
-            return Err(NodeError::unavailable(
-                "durability_unavailable",
-                "durability remote needs another region; this node's configuration names none (regions)",
-            ));
-        }
-        _ => {}
-    }
-    let wait = match &p.timeout_ms {
-        None => Duration::from_millis(node.cfg.durability_timeout_ms),
-        Some(t) => Duration::from_millis(
-            t.parse::<u64>()
-                .ok()
-                .filter(|ms| (1..=600_000).contains(ms))
-                .ok_or_else(|| NodeError::bad("bad_timeout", format!("timeout_ms {t:?}: use 1 to 600000")))?,
-        ),
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    node.writes.try_send(WriteRequest { op, resolves, reply: tx }).map_err(|e| match e {
-        tokio::sync::mpsc::error::TrySendError::Full(_) => {
-            NodeError::unavailable("overloaded", "the write queue is full; retry with backoff")
-        }
-        tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-            NodeError::unavailable("shutting_down", "this node is not accepting writes")
-        }
-    })?;
-    let timeout = Duration::from_millis(node.cfg.write_timeout_ms);
-    let ack = tokio::time::timeout(timeout, rx)
-        .await
-        .map_err(|_| {
-            NodeError::Timeout(format!(
-                "no acknowledgement within {} ms; the write may still apply",
-                timeout.as_millis()
-            ))
-        })?
-        .map_err(|_| NodeError::unavailable("shutting_down", "the writer stopped before acknowledging"))??;
-    let mut confirmed: Vec<String> = Vec::new();
-    if let (Some(log_seq), Durability::Remote | Durability::All) = (ack.log_seq, level) {
-        confirmed = wait_remote(node, log_seq, level, wait).await?;
-    }
-    if let (Some(log_seq), Durability::Region) = (ack.log_seq, level) {
-        let mut best = node.followers.watch_best();
-        let reached = tokio::time::timeout(wait, best.wait_for(|seq| *seq >= log_seq)).await;
-        if !matches!(reached, Ok(Ok(_))) {
-            let name = format!("followers of {}", node.region);
-            return Err(NodeError::DurabilityTimeout {
-                message: format!(
-                    "no follower of {} applied the write within {} ms; it is durable in the log and still replicates",
-                    node.region,
-                    wait.as_millis()
-                ),
-                unconfirmed: vec![name],
-            });
-        }
-        confirmed.push(node.region.to_string());
-    }
-    Ok(Reply::json(
-        200,
-        json!({ "ok": true, "origin": ack.origin, "seq": ack.seq, "hlc": ack.hlc, "confirmed_by": confirmed }),
-    ))
-}
-
-/// Wait until other regions stored the log up to `log_seq`: any one for `remote`, all
-/// for `all`. Returns the regions that confirmed; on timeout, 504 naming the others.
-async fn wait_remote(node: &Node, log_seq: u64, level: Durability, wait: Duration) -> Result<Vec<String>, NodeError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut watches: Vec<_> = node.remote_stored.iter().map(|(r, rx)| (r.to_string(), rx.clone())).collect();
-    loop {
-        let confirmed: Vec<String> =
-            watches.iter().filter(|(_, rx)| *rx.borrow() >= log_seq).map(|(r, _)| r.clone()).collect();
-        let enough = match level {
-            Durability::Remote => !confirmed.is_empty(),
-            _ => confirmed.len() == watches.len(),
-        };
-        if enough {
-            return Ok(confirmed);
-        }
-        let changes = futures::future::select_all(watches.iter_mut().map(|(_, rx)| Box::pin(rx.changed())));
-        if tokio::time::timeout_at(deadline, changes).await.is_err() {
-            let missing: Vec<String> =
-                watches.iter().filter(|(_, rx)| *rx.borrow() < log_seq).map(|(r, _)| r.clone()).collect();
-            return Err(NodeError::DurabilityTimeout {
-                message: format!(
-                    "not confirmed within {} ms by {}; the write is durable in {} and still replicates",
-                    wait.as_millis(),
-                    missing.join(", "),
-                    node.region
-                ),
-                unconfirmed: missing,
-            });
-        }
-    }
 }
 
 pub async fn kv_put(
@@ -307,7 +170,7 @@ pub(crate) fn page_limit(p: &Params, default: usize, max: usize) -> Result<usize
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| NodeError::bad("bad_limit", format!("limit {l:?}: use 1 to {max}"))),
+            .ok_or_else(|| NodeError::bad(ErrorCode::BadLimit, format!("limit {l:?}: use 1 to {max}"))),
     }
 }
 
@@ -349,7 +212,7 @@ pub async fn doc_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) 
         None | Some("json") => false,
         Some("automerge") => true,
         Some(other) => {
-            return Err(NodeError::bad("bad_format", format!("format {other:?}: use json or automerge")));
+            return Err(NodeError::bad(ErrorCode::BadFormat, format!("format {other:?}: use json or automerge")));
         }
     };
     let store = node.store.clone();
@@ -368,92 +231,6 @@ pub async fn doc_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) 
     .map_err(|e| NodeError::Fatal(e.to_string()))?
 }
 
-pub async fn status(node: &Node) -> Reply {
-    let leader = node.leader.borrow().clone();
-    let applied: serde_json::Map<String, serde_json::Value> =
-        node.applied.borrow().iter().map(|(o, s)| (o.to_string(), json!(s))).collect();
-    let role = if leader.fenced { "fenced".to_string() } else { node.cfg.role.to_string() };
-    let mut lag = serde_json::Map::new();
-    for remote in node.cfg.remote_regions() {
-        let mirror = concord_transport::nats::mirror_name(remote.as_str());
-        lag.insert(remote.to_string(), stream_lag(node, &mirror).await);
-    }
-    let leading = node.cfg.role == crate::Role::Leader;
-    if !leading {
-        // A follower also lags behind its own region's log.
-        lag.insert(node.region.to_string(), stream_lag(node, node.log.stream()).await);
-    }
-    let leader_name =
-        if leading { node.cfg.node.clone() } else { leader_address(node).await.map(|(n, _)| n).unwrap_or_default() };
-    let log_last =
-        if leading { node.log.position(node.log.stream()).await.map(|p| p.last_seq).unwrap_or(0) } else { 0 };
-    let followers: serde_json::Map<String, serde_json::Value> = node
-        .followers
-        .live()
-        .into_iter()
-        .map(|(r, age)| {
-            let info = json!({
-                "applied_log_seq": r.log_seq,
-                "lag_seq": log_last.saturating_sub(r.log_seq),
-                "reported_ms_ago": age.as_millis() as u64,
-                "token": r.token,
-            });
-            (r.node.clone(), info)
-        })
-        .collect();
-    let stored: serde_json::Map<String, serde_json::Value> =
-        node.remote_stored.iter().map(|(r, rx)| (r.to_string(), json!(*rx.borrow()))).collect();
-    Reply::json(
-        200,
-        json!({
-            "region": node.region.as_str(),
-            "node": node.cfg.node,
-            "role": role,
-            "epoch": leader.origin.epoch,
-            "origin": leader.origin.to_string(),
-            "leader": leader_name,
-            "applied": applied,
-            "lag": lag,
-            "followers": followers,
-            "serves_nats_reads": node.serves_nats_reads.load(std::sync::atomic::Ordering::Relaxed),
-            "remote_stored": stored,
-        }),
-    )
-}
-
-/// How far this replica is behind another region's log: `seq` messages (those its
-/// mirror holds but this replica has not applied, plus those the mirror has not yet
-/// copied), `ms` the age of the oldest unapplied message in the mirror, and the
-/// mirror's own view of its upstream (`mirror_active_ms` grows while it is cut off).
-async fn stream_lag(node: &Node, mirror: &str) -> serde_json::Value {
-    let mirror = mirror.to_string();
-    let cursor = node.cursors.borrow().get(&mirror).copied().unwrap_or(0);
-    let pos = match tokio::time::timeout(Duration::from_secs(2), node.log.position(&mirror)).await {
-        Ok(Ok(pos)) => pos,
-        Ok(Err(e)) => return json!({ "error": e.to_string(), "applied_seq": cursor }),
-        Err(_) => return json!({ "error": "the local mirror did not answer in 2 s", "applied_seq": cursor }),
-    };
-    let unapplied = pos.last_seq.saturating_sub(cursor);
-    let mut ms = 0u64;
-    if unapplied > 0
-        && let Ok(Ok(Some(at))) =
-            tokio::time::timeout(Duration::from_secs(2), node.log.stored_at(&mirror, cursor + 1)).await
-    {
-        ms = (chrono::Utc::now() - at).num_milliseconds().max(0) as u64;
-    }
-    json!({
-        "seq": unapplied + pos.upstream_lag,
-        "ms": ms,
-        "applied_seq": cursor,
-        "mirror_seq": pos.last_seq,
-        "mirror_lag": pos.upstream_lag,
-        "mirror_active_ms": pos.upstream_active.map(|d| d.as_millis() as u64),
-        // The mirror heard from its upstream in the last 5 s (heartbeats come every
-        // second); while cut off its `lag` cannot grow, so this is what to alert on.
-        "mirror_connected": pos.upstream_active.is_some_and(|d| d < Duration::from_secs(5)),
-    })
-}
-
 /// Where a write sent to a follower should go: 307 to the leader, same path and query.
 async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
     match leader_address(node).await {
@@ -462,7 +239,7 @@ async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
             location: format!("{url}{}", p.path_and_query.clone().unwrap_or_default()),
         },
         None => NodeError::unavailable(
-            "no_leader",
+            ErrorCode::NoLeader,
             format!("{} is a follower and no leader of {} is known", node.cfg.node, node.region),
         ),
     }
@@ -475,10 +252,9 @@ pub async fn leader_address(node: &Node) -> Option<(String, String)> {
     {
         return Some((name, url));
     }
-    let record =
+    let record: LeaderRecord =
         tokio::time::timeout(Duration::from_secs(2), node.log.leader_of(node.region.as_str())).await.ok()?.ok()??;
-    let name = record["node"].as_str()?.to_string();
-    let url = record["http"].as_str()?.to_string();
+    let LeaderRecord { node: name, http: url, .. } = record;
     *node.leader_cache.lock().expect("not poisoned") = Some((std::time::Instant::now(), name.clone(), url.clone()));
     Some((name, url))
 }
@@ -501,15 +277,14 @@ pub const SESSION_WAIT_MS_MAX: u64 = 60_000;
 /// what is missing.
 async fn await_session(node: &Node, p: &Params) -> Result<(), NodeError> {
     let Some(raw) = p.token.as_deref().filter(|t| !t.is_empty()) else { return Ok(()) };
-    let needed = token::decode(raw).map_err(|e| NodeError::bad("bad_token", e.to_string()))?;
+    let needed = token::decode(raw).map_err(|e| NodeError::bad(ErrorCode::BadToken, e.to_string()))?;
     let wait = match &p.wait_ms {
         None => Duration::from_millis(node.cfg.session_wait_ms),
-        Some(w) => Duration::from_millis(
-            w.parse::<u64>()
-                .ok()
-                .filter(|ms| *ms <= SESSION_WAIT_MS_MAX)
-                .ok_or_else(|| NodeError::bad("bad_wait", format!("wait_ms {w:?}: use 0 to {SESSION_WAIT_MS_MAX}")))?,
-        ),
+        Some(w) => {
+            Duration::from_millis(w.parse::<u64>().ok().filter(|ms| *ms <= SESSION_WAIT_MS_MAX).ok_or_else(|| {
+                NodeError::bad(ErrorCode::BadWait, format!("wait_ms {w:?}: use 0 to {SESSION_WAIT_MS_MAX}"))
+            })?)
+        }
     };
     let mut applied = node.applied.clone();
     let reached = tokio::time::timeout(wait, applied.wait_for(|vv| vv.dominates(&needed))).await;
@@ -517,10 +292,10 @@ async fn await_session(node: &Node, p: &Params) -> Result<(), NodeError> {
         return Ok(());
     }
     let now = node.applied.borrow().clone();
-    let behind: serde_json::Map<String, serde_json::Value> = needed
+    let behind: BTreeMap<String, Behind> = needed
         .iter()
         .filter(|(o, seq)| now.get(o) < *seq)
-        .map(|(o, seq)| (o.to_string(), json!({ "needed": seq, "applied": now.get(o) })))
+        .map(|(o, seq)| (o.to_string(), Behind { needed: seq, applied: now.get(o) }))
         .collect();
     let names: Vec<String> = behind.keys().cloned().collect();
     Err(NodeError::SessionLag {
@@ -529,7 +304,7 @@ async fn await_session(node: &Node, p: &Params) -> Result<(), NodeError> {
             names.join(", "),
             wait.as_millis()
         ),
-        behind: serde_json::Value::Object(behind),
+        behind,
     })
 }
 

@@ -9,14 +9,13 @@ mod proxy;
 
 use proxy::Faults;
 
-use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use serde::Serialize;
+use concord_api::{ClusterJson, ClusterNode, ClusterRegion, Role, StatusBody, StreamLag};
 
 pub const REGIONS_DEFAULT: &str = "us-east,eu-west,ap-south";
 
@@ -70,24 +69,6 @@ pub enum ClusterCommand {
     },
 }
 
-#[derive(Serialize)]
-struct ClusterJson {
-    regions: BTreeMap<String, RegionJson>,
-}
-
-#[derive(Serialize)]
-struct RegionJson {
-    nats: String,
-    nodes: Vec<NodeJson>,
-}
-
-#[derive(Serialize)]
-struct NodeJson {
-    name: String,
-    role: String,
-    http: String,
-}
-
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Up { dir, regions, followers, port_offset } => up(&dir, &regions, followers, port_offset).await,
@@ -137,18 +118,16 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
 
 /// The faults of a running deployment in `dir`, checking that `region` is one of it.
 fn running_faults(dir: &Path, region: Option<&str>) -> anyhow::Result<Faults> {
-    let cluster: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("cluster.json"))
+    let path = dir.join("cluster.json");
+    let cluster: ClusterJson = serde_json::from_slice(
+        &std::fs::read(&path)
             .with_context(|| format!("no running deployment in {} (cluster.json is missing)", dir.display()))?,
-    )?;
-    let is_node = |name: &str| {
-        cluster["regions"].as_object().into_iter().flatten().any(|(_, r)| {
-            r["nodes"].as_array().into_iter().flatten().any(|n| n["name"] == name && n["role"] == "follower")
-        })
-    };
+    )
+    .with_context(|| format!("reading {}", path.display()))?;
+    let is_follower = |name: &str| cluster.node(name).is_some_and(|(_, n)| n.role == Role::Follower);
     if let Some(r) = region
-        && cluster["regions"].get(r).is_none()
-        && !is_node(r)
+        && !cluster.regions.contains_key(r)
+        && !is_follower(r)
     {
         bail!("no region (or follower) {r:?} in {}", dir.join("cluster.json").display());
     }
@@ -218,7 +197,7 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
     let concord_bin = std::env::current_exe()?;
     let _ = std::fs::remove_dir_all(dir.join("procs"));
     let mut children = Vec::new();
-    let mut cluster = ClusterJson { regions: BTreeMap::new() };
+    let mut cluster = ClusterJson::default();
     if regions.len() > 9 {
         bail!("--regions: at most 9 regions (the port layout has room for no more)");
     }
@@ -306,7 +285,7 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
         let mut nodes = Vec::new();
         for j in 1..=1 + followers {
             let node = format!("{region}-{j}");
-            let role = if j == 1 { "leader" } else { "follower" };
+            let role = if j == 1 { Role::Leader } else { Role::Follower };
             let http_port = 8300 + 10 * i as u16 + j + port_offset;
             let nats_url = if j == 1 {
                 format!("nats://127.0.0.1:{nats_port}")
@@ -333,7 +312,7 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
                     "--node".into(),
                     node.clone(),
                     "--role".into(),
-                    role.into(),
+                    role.to_string(),
                     "--http".into(),
                     format!("127.0.0.1:{http_port}"),
                     "--nats".into(),
@@ -344,9 +323,9 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
                 pid: None,
             };
             children.push(procs::spawn(&dir, spec)?);
-            nodes.push(NodeJson { name: node, role: role.into(), http: format!("http://127.0.0.1:{http_port}") });
+            nodes.push(ClusterNode { name: node, role, http: format!("http://127.0.0.1:{http_port}") });
         }
-        cluster.regions.insert(region.clone(), RegionJson { nats: format!("nats://127.0.0.1:{nats_port}"), nodes });
+        cluster.regions.insert(region.clone(), ClusterRegion { nats: format!("nats://127.0.0.1:{nats_port}"), nodes });
     }
     for (region, r) in &cluster.regions {
         for n in &r.nodes {
@@ -425,14 +404,11 @@ async fn wait_connected(cluster: &ClusterJson, timeout: Duration) -> bool {
         let mut all = true;
         for r in cluster.regions.values() {
             let Some(leader) = r.nodes.first() else { continue };
-            let status: Option<serde_json::Value> = match client.get(format!("{}/v1/status", leader.http)).send().await
-            {
+            let status: Option<StatusBody> = match client.get(format!("{}/v1/status", leader.http)).send().await {
                 Ok(resp) => resp.json().await.ok(),
                 Err(_) => None,
             };
-            let ok = status.is_some_and(|s| {
-                s["lag"].as_object().is_some_and(|lag| lag.values().all(|l| l["mirror_connected"] == true))
-            });
+            let ok = status.is_some_and(|s| s.lag.values().all(StreamLag::connected));
             all &= ok;
         }
         if all {

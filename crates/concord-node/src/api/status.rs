@@ -1,0 +1,98 @@
+//! `GET /v1/status` (and NATS `status`): the node's [`StatusBody`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use concord_api::{FollowerStatus, MirrorLag, StatusBody, StreamLag};
+
+use super::{Reply, leader_address};
+use crate::Node;
+
+pub async fn status(node: &Node) -> Reply {
+    Reply::json(200, status_body(node).await)
+}
+
+pub async fn status_body(node: &Node) -> StatusBody {
+    let leader = node.leader.borrow().clone();
+    let applied: BTreeMap<String, u64> = node.applied.borrow().iter().map(|(o, s)| (o.to_string(), s)).collect();
+    let role = if leader.fenced { "fenced".to_string() } else { node.cfg.role.to_string() };
+    let mut lag = BTreeMap::new();
+    for remote in node.cfg.remote_regions() {
+        let mirror = concord_transport::nats::mirror_name(remote.as_str());
+        lag.insert(remote.to_string(), stream_lag(node, &mirror).await);
+    }
+    let leading = node.cfg.role == crate::Role::Leader;
+    if !leading {
+        // A follower also lags behind its own region's log.
+        lag.insert(node.region.to_string(), stream_lag(node, node.log.stream()).await);
+    }
+    let leader_name =
+        if leading { node.cfg.node.clone() } else { leader_address(node).await.map(|(n, _)| n).unwrap_or_default() };
+    let log_last =
+        if leading { node.log.position(node.log.stream()).await.map(|p| p.last_seq).unwrap_or(0) } else { 0 };
+    let followers = node
+        .followers
+        .live()
+        .into_iter()
+        .map(|(r, age)| {
+            let info = FollowerStatus {
+                applied_log_seq: r.log_seq,
+                lag_seq: log_last.saturating_sub(r.log_seq),
+                reported_ms_ago: age.as_millis() as u64,
+                token: r.token,
+            };
+            (r.node, info)
+        })
+        .collect();
+    let remote_stored = node.remote_stored.iter().map(|(r, rx)| (r.to_string(), *rx.borrow())).collect();
+    StatusBody {
+        region: node.region.to_string(),
+        node: node.cfg.node.clone(),
+        role,
+        epoch: leader.origin.epoch,
+        origin: leader.origin.to_string(),
+        leader: leader_name,
+        applied,
+        lag,
+        followers,
+        serves_nats_reads: node.serves_nats_reads.load(std::sync::atomic::Ordering::Relaxed),
+        remote_stored,
+    }
+}
+
+/// How far this replica is behind another region's log: `seq` messages (those its
+/// mirror holds but this replica has not applied, plus those the mirror has not yet
+/// copied), `ms` the age of the oldest unapplied message in the mirror, and the
+/// mirror's own view of its upstream (`mirror_active_ms` grows while it is cut off).
+async fn stream_lag(node: &Node, mirror: &str) -> StreamLag {
+    let mirror = mirror.to_string();
+    let cursor = node.cursors.borrow().get(&mirror).copied().unwrap_or(0);
+    let failed = |error: String| StreamLag { applied_seq: cursor, error: Some(error), mirror: None };
+    let pos = match tokio::time::timeout(Duration::from_secs(2), node.log.position(&mirror)).await {
+        Ok(Ok(pos)) => pos,
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(_) => return failed("the local mirror did not answer in 2 s".to_string()),
+    };
+    let unapplied = pos.last_seq.saturating_sub(cursor);
+    let mut ms = 0u64;
+    if unapplied > 0
+        && let Ok(Ok(Some(at))) =
+            tokio::time::timeout(Duration::from_secs(2), node.log.stored_at(&mirror, cursor + 1)).await
+    {
+        ms = (chrono::Utc::now() - at).num_milliseconds().max(0) as u64;
+    }
+    StreamLag {
+        applied_seq: cursor,
+        error: None,
+        mirror: Some(MirrorLag {
+            seq: unapplied + pos.upstream_lag,
+            ms,
+            mirror_seq: pos.last_seq,
+            mirror_lag: pos.upstream_lag,
+            mirror_active_ms: pos.upstream_active.map(|d| d.as_millis() as u64),
+            // The mirror heard from its upstream in the last 5 s (heartbeats come every
+            // second); while cut off its `lag` cannot grow, so this is what to alert on.
+            mirror_connected: pos.upstream_active.is_some_and(|d| d < Duration::from_secs(5)),
+        }),
+    }
+}
