@@ -7,10 +7,12 @@
 mod conflicts;
 pub mod http;
 pub mod nats;
+mod nats_op;
 mod status;
 mod write;
 
 pub use conflicts::{conflict_get, conflict_resolve, conflicts_list};
+pub use nats_op::Op;
 pub use status::{status, status_body};
 pub use write::{DURABILITY_WAIT_MS_MAX, Durability};
 

@@ -13,6 +13,10 @@
 //! `Concord-Token` (and its wait in `Concord-Wait-Ms`). The request body and the response body are the
 //! HTTP API's; the response headers carry `Concord-Status` (the HTTP status code),
 //! `Concord-Token`, `Concord-Region` and `Content-Type`.
+//!
+//! Each request is parsed once into an [`Op`] (an unknown name answers 400
+//! `unknown_operation`; a subject no endpoint serves gets NATS' own "no responders"),
+//! then runs in a task of its own.
 
 use std::sync::Arc;
 
@@ -22,7 +26,8 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{Params, Reply};
+pub use super::nats_op::{READ_OPS, WRITE_OPS};
+use super::{Op, Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
 
@@ -35,11 +40,6 @@ pub fn group(region: &str) -> String {
     format!("concord.api.{region}")
 }
 
-/// Endpoints only the leader serves (writes), and the ones followers serve (reads;
-/// the leader too, while no follower is alive).
-pub const WRITE_OPS: [&str; 4] = ["kv.put", "kv.del", "doc.apply", "conflicts.resolve"];
-pub const READ_OPS: [&str; 5] = ["kv.get", "kv.list", "doc.get", "conflicts.list", "conflicts.get"];
-
 /// Start the service and serve requests until `shutdown`. Every node of a region joins
 /// the same queue group per endpoint, so NATS spreads requests over them: a follower
 /// serves reads and status; the leader serves writes and status, and reads only while
@@ -50,7 +50,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), async_nats::Error> {
     let leading = node.cfg.role == crate::Role::Leader;
-    let mut ops: Vec<&'static str> = vec!["status"];
+    let mut ops = vec![Op::Status];
     ops.extend(if leading { WRITE_OPS.as_slice() } else { READ_OPS.as_slice() });
     let (service, main_stop, mut tasks) = start(&node, &client, &ops).await?;
     let mut reads: Option<Running> = None;
@@ -93,11 +93,7 @@ async fn stop((service, stop_tx, tasks): Running) {
     let _ = service.stop().await;
 }
 
-async fn start(
-    node: &Arc<Node>,
-    client: &async_nats::Client,
-    ops: &[&'static str],
-) -> Result<Running, async_nats::Error> {
+async fn start(node: &Arc<Node>, client: &async_nats::Client, ops: &[Op]) -> Result<Running, async_nats::Error> {
     let metadata = std::collections::HashMap::from([
         ("region".to_string(), node.region.to_string()),
         ("node".to_string(), node.cfg.node.clone()),
@@ -109,20 +105,21 @@ async fn start(
         .metadata(metadata)
         .start("concord", env!("CARGO_PKG_VERSION"))
         .await?;
-    let group = service.group(group(node.region.as_str()));
+    let group_name = group(node.region.as_str());
+    let group = service.group(&group_name);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for &op in ops {
-        let mut endpoint = group.endpoint(op).await?;
-        let node = node.clone();
+        let mut endpoint = group.endpoint(op.name()).await?;
+        let (node, group_name) = (node.clone(), group_name.clone());
         let mut stop_rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     req = endpoint.next() => match req {
                         Some(req) => {
-                            let node = node.clone();
-                            tokio::spawn(async move { handle(&node, op, req).await });
+                            let (node, group_name) = (node.clone(), group_name.clone());
+                            tokio::spawn(async move { answer(&node, &group_name, req).await });
                         }
                         None => break,
                     },
@@ -141,7 +138,17 @@ fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
     h?.get(name).map(|v| v.as_str().to_string())
 }
 
-async fn handle(node: &Node, op: &str, req: Request) {
+/// Parse the request's operation once and answer it (400 `unknown_operation` when its
+/// endpoint's name is no operation).
+async fn answer(node: &Node, group: &str, req: Request) {
+    let reply = match Op::of_subject(group, req.message.subject.as_str()) {
+        Ok(op) => handle(node, op, &req).await,
+        Err(e) => Reply::error(&e),
+    };
+    respond(node, req, reply).await;
+}
+
+async fn handle(node: &Node, op: Op, req: &Request) -> Reply {
     let h = req.message.headers.as_ref();
     let bucket = header(h, "Concord-Bucket").unwrap_or_default();
     let key = header(h, "Concord-Key").unwrap_or_default();
@@ -161,27 +168,29 @@ async fn handle(node: &Node, op: &str, req: Request) {
         wait_ms: header(h, "Concord-Wait-Ms"),
     };
     let body = req.message.payload.clone();
+    let conflict_id = || header(h, "Concord-Conflict-Id").unwrap_or_default();
     let result: Result<Reply, NodeError> = match op {
-        "kv.put" => super::kv_put(node, &bucket, key.as_bytes(), body, &p).await,
-        "kv.get" => super::kv_get(node, &bucket, key.as_bytes(), &p).await,
-        "kv.del" => super::kv_delete(node, &bucket, key.as_bytes(), &p).await,
-        "kv.list" => super::kv_list(node, &bucket, &p).await,
-        "doc.apply" => super::doc_apply(node, &bucket, key.as_bytes(), body, &p).await,
-        "doc.get" => super::doc_get(node, &bucket, key.as_bytes(), &p).await,
-        "conflicts.list" => super::conflicts_list(node, &p).await,
-        "conflicts.get" => super::conflict_get(node, &header(h, "Concord-Conflict-Id").unwrap_or_default()).await,
-        "conflicts.resolve" => {
-            super::conflict_resolve(node, &header(h, "Concord-Conflict-Id").unwrap_or_default(), body, &p).await
-        }
-        _ => Ok(super::status(node).await),
+        Op::KvPut => super::kv_put(node, &bucket, key.as_bytes(), body, &p).await,
+        Op::KvGet => super::kv_get(node, &bucket, key.as_bytes(), &p).await,
+        Op::KvDel => super::kv_delete(node, &bucket, key.as_bytes(), &p).await,
+        Op::KvList => super::kv_list(node, &bucket, &p).await,
+        Op::DocApply => super::doc_apply(node, &bucket, key.as_bytes(), body, &p).await,
+        Op::DocGet => super::doc_get(node, &bucket, key.as_bytes(), &p).await,
+        Op::Status => Ok(super::status(node).await),
+        Op::ConflictsList => super::conflicts_list(node, &p).await,
+        Op::ConflictsGet => super::conflict_get(node, &conflict_id()).await,
+        Op::ConflictsResolve => super::conflict_resolve(node, &conflict_id(), body, &p).await,
     };
-    let reply = Reply::from(result);
+    Reply::from(result)
+}
+
+async fn respond(node: &Node, req: Request, reply: Reply) {
     let mut headers = HeaderMap::new();
     headers.insert("Concord-Status", reply.status.to_string().as_str());
     headers.insert("Concord-Token", super::current_token(node).as_str());
     headers.insert("Concord-Region", node.region.as_str());
     headers.insert("Content-Type", reply.content_type);
     if let Err(e) = req.respond_with_headers(Ok(reply.body), headers).await {
-        warn!(op, error = %e, "could not answer a NATS request");
+        warn!(subject = %req.message.subject, error = %e, "could not answer a NATS request");
     }
 }
