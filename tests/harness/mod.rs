@@ -224,6 +224,11 @@ impl Node {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// Whether the process is still running (it neither exited nor was killed).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             sigkill(&mut c);

@@ -59,6 +59,20 @@ pub struct NodeConfig {
     pub conflicts_max: u64,
     /// ...and none detected longer ago than this many seconds.
     pub conflicts_max_age_s: u64,
+    /// Most HTTP requests served at once; one more is refused at once with 503
+    /// `overloaded` (`/v1/status` and `/metrics` have a small budget of their own).
+    pub http_concurrency_max: usize,
+    /// Most NATS requests served at once; one more is refused at once with 503
+    /// `overloaded` (the `status` operation has a small budget of its own).
+    pub nats_concurrency_max: usize,
+    /// A request still running after this answers 504 `timeout`. The waits inside a
+    /// request end before it, whatever they ask for: the acknowledgement wait
+    /// (`write_timeout_ms`), then the durability wait (`timeout_ms`,
+    /// `durability_timeout_ms`), or a read's session wait (`wait_ms`, `session_wait_ms`)
+    /// are cut to what is left of it (less a margin to answer), so they answer with
+    /// their own code. The default sits above the longest session wait (60 s) and above
+    /// `write_timeout_ms` + `durability_timeout_ms` with their defaults.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -84,9 +98,17 @@ impl Default for NodeConfig {
             manual_buckets: Vec::new(),
             conflicts_max: concord_storage::CONFLICTS_MAX_DEFAULT,
             conflicts_max_age_s: concord_storage::CONFLICTS_MAX_AGE_DEFAULT.as_secs(),
+            http_concurrency_max: 1024,
+            nats_concurrency_max: 1024,
+            request_timeout_ms: 120_000,
         }
     }
 }
+
+/// The most `http_concurrency_max` / `nats_concurrency_max` may be.
+pub const CONCURRENCY_MAX: usize = 1 << 20;
+/// The least `request_timeout_ms` may be.
+pub const REQUEST_TIMEOUT_MS_MIN: u64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -161,6 +183,17 @@ impl NodeConfig {
         if self.batch_changes_max == 0 || self.write_queue_max == 0 {
             return Err(ConfigError::Invalid("batch_changes_max and write_queue_max must be positive".into()));
         }
+        if self.http_concurrency_max == 0 || self.nats_concurrency_max == 0 {
+            return Err(ConfigError::Invalid("http_concurrency_max and nats_concurrency_max must be positive".into()));
+        }
+        if self.http_concurrency_max > CONCURRENCY_MAX || self.nats_concurrency_max > CONCURRENCY_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "http_concurrency_max and nats_concurrency_max must be at most {CONCURRENCY_MAX}"
+            )));
+        }
+        if self.request_timeout_ms < REQUEST_TIMEOUT_MS_MIN {
+            return Err(ConfigError::Invalid(format!("request_timeout_ms must be at least {REQUEST_TIMEOUT_MS_MIN}")));
+        }
         for r in &self.regions {
             RegionId::new(r.as_str()).map_err(|e| ConfigError::Invalid(format!("regions: {e}")))?;
         }
@@ -206,5 +239,23 @@ mod tests {
         assert_eq!(cfg.value_bytes_max, 42);
         assert_eq!(cfg.regions, ["us-east", "eu-west"]);
         assert!(cfg.apply_env(|n| (n == "CONCORD_VALUE_BYTES_MAX").then(|| "x".into())).is_err());
+    }
+
+    #[test]
+    fn request_limits_are_checked() {
+        let cfg = NodeConfig::default();
+        assert!(cfg.validate().is_ok());
+        // The default request timeout sits above the longest default waits.
+        assert!(cfg.request_timeout_ms > crate::api::SESSION_WAIT_MS_MAX);
+        assert!(cfg.request_timeout_ms > cfg.write_timeout_ms + cfg.durability_timeout_ms);
+        let with = |f: fn(&mut NodeConfig)| {
+            let mut c = NodeConfig::default();
+            f(&mut c);
+            c.validate()
+        };
+        assert!(with(|c| c.http_concurrency_max = 0).is_err());
+        assert!(with(|c| c.nats_concurrency_max = CONCURRENCY_MAX + 1).is_err());
+        assert!(with(|c| c.request_timeout_ms = REQUEST_TIMEOUT_MS_MIN - 1).is_err());
+        assert!(with(|c| c.request_timeout_ms = REQUEST_TIMEOUT_MS_MIN).is_ok());
     }
 }

@@ -37,6 +37,8 @@ counters! {
     reads_served_total: "Reads (values, listings, documents) answered by this node.",
     conflict_records_written_total: "Conflict-log records created, extended or resolved.",
     conflicts_unpublished_total: "Conflict records not published on NATS (publisher queue full).",
+    requests_overloaded_total: "Requests refused with 503 overloaded (HTTP or NATS concurrency limit reached).",
+    requests_timed_out_total: "Requests answered with 504 timeout after request_timeout_ms.",
 }
 
 pub fn inc(c: &AtomicU64) {

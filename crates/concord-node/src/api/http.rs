@@ -1,8 +1,13 @@
 //! The HTTP front end (DESIGN.md, "Interfaces"). Paths are parsed here rather than by
 //! the router, so that every malformed key (not UTF-8 once percent-decoded, empty, too
 //! long) gets the same JSON error as any other bad input.
+//!
+//! Every route runs under the node's HTTP limits ([`super::limits`]): beyond
+//! `http_concurrency_max` requests at once, 503 `overloaded` at once; past
+//! `request_timeout_ms`, 504 `timeout`. Status and metrics have a budget of their own.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -13,23 +18,43 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use concord_api::ErrorCode;
 
+use super::limits::{Class, Deadline, Limits};
 use super::{Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/v1/snapshot", get(snapshot))
+    let timeout = Duration::from_millis(node.cfg.request_timeout_ms);
+    let limits = Arc::new(Limits::new(node.cfg.http_concurrency_max, timeout, node.metrics.clone()));
+    let limited = |class: Class| middleware::from_fn_with_state((limits.clone(), class), limit);
+    let operator = Router::new().route("/v1/status", get(status)).route("/metrics", get(metrics));
+    let bulk = Router::new().route("/v1/snapshot", get(snapshot));
+    let data = Router::new()
         .route("/v1/kv/{*rest}", any(kv))
         .route("/v1/docs/{*rest}", any(docs))
         .route("/v1/conflicts", get(conflicts_list))
         .route("/v1/conflicts/{id}", get(conflict_get))
-        .route("/v1/conflicts/{id}/resolve", axum::routing::post(conflict_resolve))
+        .route("/v1/conflicts/{id}/resolve", axum::routing::post(conflict_resolve));
+    Router::new()
+        .merge(operator.layer(limited(Class::Operator)))
+        .merge(bulk.layer(limited(Class::Bulk)))
+        .merge(data.layer(limited(Class::Data)))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), stamp))
         .with_state(node)
+}
+
+/// Admit the request under the limits of its class (or answer 503 `overloaded`), hand
+/// its deadline to the handler, and answer 504 `timeout` if it runs past it.
+async fn limit(State((limits, class)): State<(Arc<Limits>, Class)>, mut req: Request, next: Next) -> Response {
+    let admitted = match limits.admit(class) {
+        Ok(admitted) => admitted,
+        Err(e) => return respond(Reply::error(&e)),
+    };
+    req.extensions_mut().insert(admitted.deadline);
+    let resp = limits.within(class, next.run(req)).await;
+    drop(admitted);
+    resp.unwrap_or_else(|e| respond(Reply::error(&e)))
 }
 
 /// Every response carries the session token and the region.
@@ -68,27 +93,21 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-async fn conflicts_list(
-    State(node): State<Arc<Node>>,
-    uri: axum::http::Uri,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    respond(super::conflicts_list(&node, &with_session(params(uri.query()), &headers)).await.into())
+async fn conflicts_list(State(node): State<Arc<Node>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    respond(super::conflicts_list(&node, &request_params(&parts)).await.into())
 }
 
-/// The parameters of a request: its query, its session headers, its path.
-fn with_request(uri: &axum::http::Uri, headers: &axum::http::HeaderMap) -> Params {
-    let mut p = with_session(params(uri.query()), headers);
-    p.path_and_query = uri.path_and_query().map(|pq| pq.to_string());
-    p
-}
-
-/// The session token (and wait) a request carries in its headers.
-fn with_session(mut p: Params, headers: &axum::http::HeaderMap) -> Params {
-    p.token = headers.get("concord-token").and_then(|v| v.to_str().ok()).map(String::from);
+/// The parameters of a request: its query, its session headers, its path, and the
+/// deadline [`limit`] gave it.
+fn request_params(parts: &axum::http::request::Parts) -> Params {
+    let mut p = params(parts.uri.query());
+    p.token = parts.headers.get("concord-token").and_then(|v| v.to_str().ok()).map(String::from);
     if p.wait_ms.is_none() {
-        p.wait_ms = headers.get("concord-wait-ms").and_then(|v| v.to_str().ok()).map(String::from);
+        p.wait_ms = parts.headers.get("concord-wait-ms").and_then(|v| v.to_str().ok()).map(String::from);
     }
+    p.path_and_query = parts.uri.path_and_query().map(|pq| pq.to_string());
+    p.deadline = parts.extensions.get::<Deadline>().copied();
     p
 }
 
@@ -102,7 +121,7 @@ async fn conflict_resolve(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let p = with_request(&parts.uri, &parts.headers);
+    let p = request_params(&parts);
     let reply = match read_body(&node, body).await {
         Ok(b) => super::conflict_resolve(&node, &id, b, &p).await,
         Err(e) => Err(e),
@@ -199,7 +218,7 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
 async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().trim_start_matches("/v1/kv/").to_string();
-    let p = with_request(&parts.uri, &parts.headers);
+    let p = request_params(&parts);
     let (bucket, key) = bucket_and_key(&rest);
     let reply = match (&parts.method, key) {
         (&Method::GET, None) => super::kv_list(&node, &bucket, &p).await,
@@ -217,7 +236,7 @@ async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
 async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().trim_start_matches("/v1/docs/").to_string();
-    let p = with_request(&parts.uri, &parts.headers);
+    let p = request_params(&parts);
     let (bucket, key) = bucket_and_key(&rest);
     let Some(key) = key else {
         return respond(Reply::error(&NodeError::bad(

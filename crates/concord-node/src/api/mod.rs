@@ -2,10 +2,12 @@
 //! request/reply ([`nats`]). Each takes raw request parts and returns a [`Reply`]
 //! (status, content type, body), so both front ends answer byte for byte the same.
 //! The bodies of the contract (errors, write acknowledgements, status) are the types of
-//! `concord_api`.
+//! `concord_api`; both front ends run every request under the same kind of
+//! [`limits`] (concurrency, timeout), each with its own budget.
 
 mod conflicts;
 pub mod http;
+pub mod limits;
 pub mod nats;
 mod nats_op;
 mod status;
@@ -29,6 +31,7 @@ use serde_json::json;
 use crate::Node;
 use crate::error::NodeError;
 use crate::leader::WriteOp;
+use limits::{Deadline, cap};
 use write::{write, write_resolving};
 
 pub const JSON: &str = "application/json";
@@ -88,6 +91,9 @@ pub struct Params {
     pub key: Option<String>,
     pub since: Option<String>,
     pub before: Option<String>,
+    /// When the waits inside the request must end (set by the front end from
+    /// `request_timeout_ms`; none: waits are not cut).
+    pub deadline: Option<Deadline>,
 }
 
 fn bucket(raw: &str) -> Result<String, NodeError> {
@@ -280,7 +286,7 @@ pub const SESSION_WAIT_MS_MAX: u64 = 60_000;
 async fn await_session(node: &Node, p: &Params) -> Result<(), NodeError> {
     let Some(raw) = p.token.as_deref().filter(|t| !t.is_empty()) else { return Ok(()) };
     let needed = token::decode(raw).map_err(|e| NodeError::bad(ErrorCode::BadToken, e.to_string()))?;
-    let wait = match &p.wait_ms {
+    let asked = match &p.wait_ms {
         None => Duration::from_millis(node.cfg.session_wait_ms),
         Some(w) => {
             Duration::from_millis(w.parse::<u64>().ok().filter(|ms| *ms <= SESSION_WAIT_MS_MAX).ok_or_else(|| {
@@ -288,6 +294,7 @@ async fn await_session(node: &Node, p: &Params) -> Result<(), NodeError> {
             })?)
         }
     };
+    let wait = cap(asked, p.deadline);
     let mut applied = node.applied.clone();
     let reached = tokio::time::timeout(wait, applied.wait_for(|vv| vv.dominates(&needed))).await;
     if matches!(reached, Ok(Ok(_))) {

@@ -16,9 +16,12 @@
 //!
 //! Each request is parsed once into an [`Op`] (an unknown name answers 400
 //! `unknown_operation`; a subject no endpoint serves gets NATS' own "no responders"),
-//! then runs in a task of its own.
+//! then runs in a task of its own under the node's NATS limits ([`super::limits`]):
+//! beyond `nats_concurrency_max` at once, 503 `overloaded` at once; past
+//! `request_timeout_ms`, 504 `timeout`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::service::{Request, ServiceExt};
@@ -26,10 +29,14 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::limits::{Deadline, Limits};
 pub use super::nats_op::{READ_OPS, WRITE_OPS};
 use super::{Op, Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
+
+/// How long shutdown waits for the requests in flight.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Where a region publishes every conflict record it creates, extends or resolves.
 pub fn conflicts_subject(region: &str) -> String {
@@ -50,9 +57,11 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), async_nats::Error> {
     let leading = node.cfg.role == crate::Role::Leader;
+    let timeout = Duration::from_millis(node.cfg.request_timeout_ms);
+    let limits = Arc::new(Limits::new(node.cfg.nats_concurrency_max, timeout, node.metrics.clone()));
     let mut ops = vec![Op::Status];
     ops.extend(if leading { WRITE_OPS.as_slice() } else { READ_OPS.as_slice() });
-    let (service, main_stop, mut tasks) = start(&node, &client, &ops).await?;
+    let (service, main_stop, mut tasks) = start(&node, &client, &ops, &limits).await?;
     let mut reads: Option<Running> = None;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -65,7 +74,7 @@ pub async fn serve(
                     node.serves_nats_reads.store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!("followers serve reads: the leader stopped serving them over NATS");
                 } else if !followers && reads.is_none() {
-                    reads = Some(start(&node, &client, &READ_OPS).await?);
+                    reads = Some(start(&node, &client, &READ_OPS, &limits).await?);
                     node.serves_nats_reads.store(true, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!("no live follower: the leader serves reads over NATS");
                 }
@@ -77,6 +86,7 @@ pub async fn serve(
     }
     tasks.retain(|t| !t.is_finished());
     stop((service, main_stop, tasks)).await;
+    limits.drain(DRAIN_DEADLINE).await;
     Ok(())
 }
 
@@ -93,7 +103,12 @@ async fn stop((service, stop_tx, tasks): Running) {
     let _ = service.stop().await;
 }
 
-async fn start(node: &Arc<Node>, client: &async_nats::Client, ops: &[Op]) -> Result<Running, async_nats::Error> {
+async fn start(
+    node: &Arc<Node>,
+    client: &async_nats::Client,
+    ops: &[Op],
+    limits: &Arc<Limits>,
+) -> Result<Running, async_nats::Error> {
     let metadata = std::collections::HashMap::from([
         ("region".to_string(), node.region.to_string()),
         ("node".to_string(), node.cfg.node.clone()),
@@ -111,16 +126,13 @@ async fn start(node: &Arc<Node>, client: &async_nats::Client, ops: &[Op]) -> Res
     let mut tasks = Vec::new();
     for &op in ops {
         let mut endpoint = group.endpoint(op.name()).await?;
-        let (node, group_name) = (node.clone(), group_name.clone());
+        let (node, limits, group_name) = (node.clone(), limits.clone(), group_name.clone());
         let mut stop_rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     req = endpoint.next() => match req {
-                        Some(req) => {
-                            let (node, group_name) = (node.clone(), group_name.clone());
-                            tokio::spawn(async move { answer(&node, &group_name, req).await });
-                        }
+                        Some(req) => admit(&node, &limits, &group_name, req).await,
                         None => break,
                     },
                     _ = stop_rx.changed() => {
@@ -138,17 +150,25 @@ fn header(h: Option<&HeaderMap>, name: &str) -> Option<String> {
     h?.get(name).map(|v| v.as_str().to_string())
 }
 
-/// Parse the request's operation once and answer it (400 `unknown_operation` when its
-/// endpoint's name is no operation).
-async fn answer(node: &Node, group: &str, req: Request) {
-    let reply = match Op::of_subject(group, req.message.subject.as_str()) {
-        Ok(op) => handle(node, op, &req).await,
-        Err(e) => Reply::error(&e),
+/// Parse the request's operation and let it in, to run in a task of its own; or answer
+/// at once: 400 `unknown_operation`, 503 `overloaded`.
+async fn admit(node: &Arc<Node>, limits: &Arc<Limits>, group: &str, req: Request) {
+    let admitted =
+        Op::of_subject(group, req.message.subject.as_str()).and_then(|op| Ok((op, limits.admit(op.class())?)));
+    let (op, admitted) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => return respond(node, req, Reply::error(&e)).await,
     };
-    respond(node, req, reply).await;
+    let (node, limits) = (node.clone(), limits.clone());
+    // Owned by its permit: `Limits::drain` waits for it at shutdown.
+    tokio::spawn(async move {
+        let reply = limits.within(op.class(), handle(&node, op, &req, admitted.deadline)).await;
+        respond(&node, req, reply.unwrap_or_else(|e| Reply::error(&e))).await;
+        drop(admitted);
+    });
 }
 
-async fn handle(node: &Node, op: Op, req: &Request) -> Reply {
+async fn handle(node: &Node, op: Op, req: &Request, deadline: Deadline) -> Reply {
     let h = req.message.headers.as_ref();
     let bucket = header(h, "Concord-Bucket").unwrap_or_default();
     let key = header(h, "Concord-Key").unwrap_or_default();
@@ -166,6 +186,7 @@ async fn handle(node: &Node, op: Op, req: &Request) -> Reply {
         path_and_query: None,
         token: header(h, "Concord-Token"),
         wait_ms: header(h, "Concord-Wait-Ms"),
+        deadline: Some(deadline),
     };
     let body = req.message.payload.clone();
     let conflict_id = || header(h, "Concord-Conflict-Id").unwrap_or_default();

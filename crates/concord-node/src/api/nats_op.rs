@@ -5,6 +5,7 @@
 
 use concord_api::ErrorCode;
 
+use super::limits::Class;
 use crate::error::NodeError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,6 +72,22 @@ impl Op {
     pub fn of_subject(group: &str, subject: &str) -> Result<Op, NodeError> {
         let name = subject.strip_prefix(group).and_then(|s| s.strip_prefix('.')).unwrap_or(subject);
         Op::parse(name)
+    }
+
+    /// Which limits the operation draws on.
+    pub const fn class(self) -> Class {
+        match self {
+            Op::Status => Class::Operator,
+            Op::KvPut
+            | Op::KvGet
+            | Op::KvDel
+            | Op::KvList
+            | Op::DocApply
+            | Op::DocGet
+            | Op::ConflictsList
+            | Op::ConflictsGet
+            | Op::ConflictsResolve => Class::Data,
+        }
     }
 }
 

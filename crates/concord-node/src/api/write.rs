@@ -1,11 +1,13 @@
 //! The write path of the API: queue a write for the leader, wait for its
 //! acknowledgement, then for the durability level the client chose (DESIGN.md,
-//! "Guarantees" 4).
+//! "Guarantees" 4). Every wait is cut to end by the request's deadline
+//! ([`super::limits`]), so a slow write answers with its own code.
 
 use std::time::Duration;
 
 use concord_api::{ErrorCode, WriteAck};
 
+use super::limits::cap;
 use super::{Params, Reply, redirect_to_leader};
 use crate::Node;
 use crate::error::NodeError;
@@ -81,7 +83,7 @@ pub(super) async fn write_resolving(
         }
         _ => {}
     }
-    let wait = durability_wait(node, p)?;
+    let asked = durability_wait(node, p)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     node.writes.try_send(WriteRequest { op, resolves, reply: tx }).map_err(|e| match e {
         tokio::sync::mpsc::error::TrySendError::Full(_) => {
@@ -91,7 +93,7 @@ pub(super) async fn write_resolving(
             NodeError::unavailable(ErrorCode::ShuttingDown, "this node is not accepting writes")
         }
     })?;
-    let timeout = Duration::from_millis(node.cfg.write_timeout_ms);
+    let timeout = cap(Duration::from_millis(node.cfg.write_timeout_ms), p.deadline);
     let ack = tokio::time::timeout(timeout, rx)
         .await
         .map_err(|_| {
@@ -101,6 +103,8 @@ pub(super) async fn write_resolving(
             ))
         })?
         .map_err(|_| NodeError::unavailable(ErrorCode::ShuttingDown, "the writer stopped before acknowledging"))??;
+    // The durability wait starts after the acknowledgement: cut it to what is left.
+    let wait = cap(asked, p.deadline);
     let mut confirmed: Vec<String> = Vec::new();
     if let (Some(log_seq), Durability::Remote | Durability::All) = (ack.log_seq, level) {
         confirmed = wait_remote(node, log_seq, level, wait).await?;
