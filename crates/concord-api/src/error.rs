@@ -108,6 +108,9 @@ error_codes! {
     DurabilityUnavailable = "durability_unavailable", [503];
     /// The replica has not applied what the session token names yet.
     SessionLag = "session_lag", [503];
+    /// This node cannot read its region's log (a changeset of a newer format parked
+    /// it): it takes no writes until it is upgraded.
+    Parked = "parked", [503];
     // It took too long (504).
     /// No answer in time; a write may still apply.
     Timeout = "timeout", [504];

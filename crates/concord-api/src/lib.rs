@@ -22,5 +22,8 @@ mod readme;
 pub use cluster::{ClusterJson, ClusterNode, ClusterRegion, Role};
 pub use error::{Behind, ErrorBody, ErrorCode, UnknownErrorCode};
 pub use leader::LeaderRecord;
-pub use status::{FollowerStatus, MirrorLag, StatusBody, StreamLag};
+pub use status::{
+    DeadLetterEntry, DeadLettersBody, FollowerStatus, GapStatus, MirrorLag, ParkedStatus, StatusBody, StreamLag,
+    StreamState,
+};
 pub use write::{Hlc, WriteAck};

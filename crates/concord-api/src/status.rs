@@ -34,6 +34,86 @@ pub struct StatusBody {
     /// A leader's view of how much of its log each other region stored.
     #[serde(default)]
     pub remote_stored: BTreeMap<String, u64>,
+    /// What the node's writer does: `writing`, `catching_up` (a leader reading its
+    /// region's log before it writes), `following` (a follower), `deposed` (another
+    /// origin of the region wrote later: it follows now), `parked` (it cannot read its
+    /// region's log: upgrade it).
+    #[serde(default)]
+    pub writer: String,
+    /// Every stream this replica applies (its region's log, the mirrors of the other
+    /// regions' logs): the last sequence consumed, and whether it is parked.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamState>,
+    /// Origins whose changesets wait behind a gap in their sequence: the applied vector
+    /// (and every session token) stays at `applied` until the missing ones arrive.
+    #[serde(default)]
+    pub gaps: Vec<GapStatus>,
+    /// Changesets waiting behind gaps, in all.
+    #[serde(default)]
+    pub waiting: u64,
+    /// Messages this replica put in its dead-letter table, ever (`GET /v1/dead-letters`
+    /// lists those kept).
+    #[serde(default)]
+    pub dead_letters: u64,
+}
+
+/// Where a replica is in one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamState {
+    /// The last stream sequence consumed (applied, held back, or dead-lettered).
+    pub cursor: u64,
+    /// Set when the stream stopped at a message this node cannot read: nothing from
+    /// `seq` on is applied (the cursor stays before it) until a node that reads it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<ParkedStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedStatus {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// An origin whose changesets wait behind a gap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapStatus {
+    pub origin: String,
+    /// The highest contiguous sequence applied.
+    pub applied: u64,
+    /// The first sequence of the first changeset waiting.
+    pub next_waiting: u64,
+    /// How many changesets of this origin wait.
+    pub waiting: u64,
+}
+
+/// One message of the dead-letter table (`GET /v1/dead-letters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterEntry {
+    pub id: u64,
+    /// The stream and sequence it arrived at.
+    pub stream: String,
+    pub seq: u64,
+    /// The origin and sequences it claims, when it decoded that far (the applied
+    /// vector never counts them).
+    #[serde(default)]
+    pub origin: Option<String>,
+    #[serde(default)]
+    pub first_seq: Option<u64>,
+    #[serde(default)]
+    pub last_seq: Option<u64>,
+    pub reason: String,
+    /// When it arrived (milliseconds since the epoch).
+    pub at_ms: u64,
+    /// The message as it was on the wire, base64.
+    pub payload_base64: String,
+}
+
+/// `GET /v1/dead-letters?limit=&before=`: newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLettersBody {
+    pub dead_letters: Vec<DeadLetterEntry>,
+    /// Pass as `before` for the next page.
+    pub next: Option<u64>,
 }
 
 /// How far a replica is behind one stream (a mirror of another region's log, or its

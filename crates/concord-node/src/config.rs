@@ -73,6 +73,16 @@ pub struct NodeConfig {
     /// their own code. The default sits above the longest session wait (60 s) and above
     /// `write_timeout_ms` + `durability_timeout_ms` with their defaults.
     pub request_timeout_ms: u64,
+    /// Most stream entries applied in one step...
+    pub apply_batch_max: usize,
+    /// ...and most bytes, which also bounds one read of a catch-up.
+    pub apply_batch_bytes_max: usize,
+    /// Most changesets kept waiting behind gaps in their origins' sequences (they are
+    /// never applied past the gap); one more parks its stream, visibly, rather than grow
+    /// without bound.
+    pub waiting_changesets_max: usize,
+    /// ...and most bytes they may hold.
+    pub waiting_bytes_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +111,10 @@ impl Default for NodeConfig {
             http_concurrency_max: 1024,
             nats_concurrency_max: 1024,
             request_timeout_ms: 120_000,
+            apply_batch_max: 1000,
+            apply_batch_bytes_max: 16 << 20,
+            waiting_changesets_max: concord_engine::WAITING_MAX_DEFAULT,
+            waiting_bytes_max: concord_engine::WAITING_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -182,6 +196,12 @@ impl NodeConfig {
         }
         if self.batch_changes_max == 0 || self.write_queue_max == 0 {
             return Err(ConfigError::Invalid("batch_changes_max and write_queue_max must be positive".into()));
+        }
+        if self.apply_batch_max == 0 || self.apply_batch_bytes_max == 0 {
+            return Err(ConfigError::Invalid("apply_batch_max and apply_batch_bytes_max must be positive".into()));
+        }
+        if self.waiting_changesets_max == 0 || self.waiting_bytes_max == 0 {
+            return Err(ConfigError::Invalid("waiting_changesets_max and waiting_bytes_max must be positive".into()));
         }
         if self.http_concurrency_max == 0 || self.nats_concurrency_max == 0 {
             return Err(ConfigError::Invalid("http_concurrency_max and nats_concurrency_max must be positive".into()));

@@ -99,6 +99,12 @@ impl From<StorageError> for NodeError {
     }
 }
 
+impl From<concord_engine::Fatal> for NodeError {
+    fn from(e: concord_engine::Fatal) -> Self {
+        NodeError::Fatal(e.to_string())
+    }
+}
+
 impl From<LogError> for NodeError {
     fn from(e: LogError) -> Self {
         NodeError::unavailable(ErrorCode::LogUnavailable, e.to_string())

@@ -1,44 +1,58 @@
-//! Concord's node runtime.
+//! Concord's node runtime: everything around the replication engine that does I/O.
 //!
-//! [`run`] starts one node: it opens local state, reaches the region's NATS, replays the
-//! region's log from the stored cursor (so a crash between an append and its local
-//! commit is repaired), takes a new epoch, and then serves the write path
-//! ([`leader`]), the HTTP API and the NATS micro service ([`api`]) until shutdown,
-//! when it stops taking requests, drains queued writes and exits.
+//! The rules (merges, conflicts, the applied vector, what to append and answer) are
+//! `concord_engine`'s, a pure state machine. This crate executes what it decides:
 //!
-//! Other regions' changesets arrive through local JetStream mirrors of their logs (NATS
-//! carries them, so a partition only delays them); the leader applies them in batches,
-//! idempotently, in the same task that serves writes.
+//! - [`worker`]: the one task that owns the engine: writes (batched, appended to the
+//!   region's JetStream log with retries, acknowledged after the commit), entries from
+//!   streams, ticks, and a leader's catch-up ([`catch_up`]); local state in redb, off the
+//!   async runtime;
+//! - [`streams`]: a consumer per stream the engine reads (the region's log for a
+//!   follower; a local mirror of every other region's log), restarted when it fails;
+//! - [`view`]: what the API sees of the engine after each step; logs and metrics;
+//! - [`followers`], [`remote`], [`publish`], [`bootstrap`]: follower progress, other
+//!   regions' copies of the log, what a node announces on NATS, starting from a snapshot;
+//! - [`api`]: the HTTP API and the NATS micro service, under concurrency limits;
+//! - [`supervisor`]: every long-running task is owned, obeys one shutdown signal, and
+//!   is restarted after a failure or stops the node visibly.
 //!
-//! Known limits of this phase: a leader only (followers, and with them `region`
-//! durability, come later); the conflict log comes later (conflicts are counted and
-//! logged).
+//! [`run`] starts a node and serves until shutdown, when it stops taking requests,
+//! drains queued writes and exits.
 
 pub mod api;
+pub mod bootstrap;
+mod catch_up;
 pub mod config;
-pub mod conflicts;
 pub mod error;
-pub mod follower;
-pub mod leader;
+pub mod followers;
 pub mod metrics;
-pub mod replica;
+pub mod publish;
+pub mod remote;
+mod start;
+pub mod streams;
+pub mod supervisor;
+pub mod view;
+pub mod worker;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_core::ids::{Origin, RegionId};
+use concord_api::LeaderRecord;
+use concord_core::ids::RegionId;
 use concord_core::vv::VersionVector;
+use concord_engine::RoleView;
 use concord_storage::Store;
 use concord_transport::nats::NatsLog;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::info;
 
 pub use config::{NodeConfig, Role};
 pub use error::NodeError;
-use leader::{Leader, LeaderState, WriteRequest};
 use metrics::Metrics;
-use replica::Replica;
+use supervisor::{Policy, Supervisor};
+use view::{EngineView, Views, Watches};
+use worker::{Worker, WriteRequest};
 
 /// What the API needs of a running node.
 pub struct Node {
@@ -47,15 +61,15 @@ pub struct Node {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub applied: watch::Receiver<VersionVector>,
-    pub cursors: watch::Receiver<HashMap<String, u64>>,
-    pub leader: watch::Receiver<LeaderState>,
+    pub cursors: watch::Receiver<BTreeMap<String, u64>>,
+    pub view: watch::Receiver<EngineView>,
     pub writes: mpsc::Sender<WriteRequest>,
     pub log: Arc<NatsLog>,
     /// For each other region: how much of this region's log it has stored (the last
     /// sequence of its mirror of us), as last seen.
     pub remote_stored: Vec<(RegionId, watch::Receiver<u64>)>,
     /// A leader's view of its region's followers (from their reports).
-    pub followers: follower::Followers,
+    pub followers: followers::Followers,
     /// A follower's last look-up of its region's leader: (when, node, URL).
     pub leader_cache: std::sync::Mutex<Option<(Instant, String, String)>>,
     /// Whether this node answers reads over NATS now (a follower always; a leader only
@@ -63,229 +77,186 @@ pub struct Node {
     pub serves_nats_reads: std::sync::atomic::AtomicBool,
 }
 
-/// How often a leader asks the other regions how much of its log they stored.
-const REMOTE_POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Keep `tx` at the last sequence of `remote`'s mirror of `region`'s log.
-async fn poll_remote_stored(
-    log: Arc<NatsLog>,
-    region: RegionId,
-    remote: RegionId,
-    tx: watch::Sender<u64>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mirror = concord_transport::nats::mirror_name(region.as_str());
-    loop {
-        let asked = tokio::time::timeout(Duration::from_secs(2), log.remote_last_seq(remote.as_str(), &mirror)).await;
-        if let Ok(Ok(seq)) = asked {
-            tx.send_if_modified(|v| {
-                let grew = seq > *v;
-                *v = (*v).max(seq);
-                grew
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(REMOTE_POLL_INTERVAL) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
 /// How long shutdown waits for queued writes and open requests.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Entries on their way from the stream consumers to the worker.
+const INBOUND_QUEUE: usize = 4096;
+/// Conflict records on their way to NATS.
+const CONFLICTS_QUEUE: usize = 1024;
 
-async fn connect(cfg: &NodeConfig) -> anyhow_lite::Result<async_nats::Client> {
-    let deadline = Instant::now() + Duration::from_millis(cfg.nats_connect_timeout_ms);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let attempt = async_nats::ConnectOptions::new()
-            .name(format!("concord {}", cfg.node))
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(10)))
-            .connect(&cfg.nats_url);
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(client)) => return Ok(client),
-            Ok(Err(e)) if Instant::now() >= deadline => {
-                return Err(format!("connecting to {}: {e}", cfg.nats_url).into());
-            }
-            Err(_) if Instant::now() >= deadline => {
-                return Err(format!("connecting to {}: timed out", cfg.nats_url).into());
-            }
-            other => {
-                warn!(url = %cfg.nats_url, error = ?other.err(), "NATS not reachable yet; retrying")
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// A tiny boxed error for start-up, so the library needs no `anyhow`.
-mod anyhow_lite {
-    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
-}
-
-/// Run a node until `shutdown` becomes true.
-pub async fn run(
-    cfg: NodeConfig,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// Run a node until `shutdown` becomes true, or until a critical part fails (then the
+/// error says which).
+pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), start::StartError> {
     let region = cfg.validate()?;
-    let metrics = Arc::new(Metrics::default());
     let store = Store::open(&cfg.data_dir)?
         .with_conflict_retention(cfg.conflicts_max, Duration::from_secs(cfg.conflicts_max_age_s));
-    let client = connect(&cfg).await?;
-    let max_payload = client.server_info().max_payload;
-    if max_payload < cfg.value_bytes_max + 64 * 1024 {
-        return Err(format!(
-            "the NATS server's max_payload ({max_payload} bytes) is smaller than value_bytes_max ({}) plus overhead: raise max_payload",
-            cfg.value_bytes_max
-        )
-        .into());
+    // The node's own stop signal: the caller's, or a critical failure.
+    let stop_tx = Arc::new(watch::channel(false).0);
+    let stop = stop_tx.subscribe();
+    let forward = stop_tx.clone();
+    let mut outer = shutdown;
+    tokio::spawn(async move {
+        let _ = outer.wait_for(|s| *s).await;
+        let _ = forward.send(true);
+    });
+    let client = start::connect(&cfg, &mut stop.clone()).await?;
+    let max_payload = start::check_max_payload(&cfg, &client)?;
+    let (log, mirrors) = start::open_streams(&cfg, &region, &client).await?;
+    if cfg.role == Role::Follower {
+        bootstrap::bootstrap_if_needed(&cfg, &store, &log, &mirrors).await?;
     }
-    let leading = cfg.role == Role::Leader;
-    let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.log_max_msgs).await?);
-    let mut mirrors = HashMap::new();
-    for remote in cfg.remote_regions() {
-        if leading {
-            log.ensure_mirror_consumer(region.as_str(), remote.as_str()).await?;
-        }
-        let name = log.ensure_mirror(region.as_str(), remote.as_str()).await?;
-        mirrors.insert(name, remote);
-    }
-    if !leading {
-        follower::bootstrap_if_needed(&cfg, &store, &log, &mirrors).await?;
-    }
-    let mut replica = Replica::open(store.clone(), region.clone(), log.stream().to_string(), metrics.clone())?;
-    replica.manual_buckets = cfg.manual_buckets.iter().cloned().collect();
-    // Conflict records go out on NATS for subscribers (bounded: a slow NATS drops
-    // publications, counted, never stalls the writer; the log itself is durable).
-    // Only the leader publishes, so a subscriber sees each record once per region.
-    if leading {
-        let (conflict_tx, mut conflict_rx) = mpsc::channel::<concord_core::conflict::ConflictRecord>(1024);
-        replica.conflict_tx = Some(conflict_tx);
-        let client = client.clone();
-        let subject = api::nats::conflicts_subject(region.as_str());
-        tokio::spawn(async move {
-            while let Some(record) = conflict_rx.recv().await {
-                let body = serde_json::to_vec(&record).expect("a record serializes");
-                if let Err(e) = client.publish(subject.clone(), body.into()).await {
-                    warn!(error = %e, "could not publish a conflict record");
-                }
-            }
-        });
-    }
-    let log_last = if leading { replica.catch_up(log.as_ref()).await? } else { 0 };
-    // Changesets from the streams: one task per stream, all feeding the one task that
-    // owns the replica (bounded: a slow apply slows the readers, never memory). A leader
-    // reads the other regions' mirrors; a follower also reads its region's own log.
-    let (inbound_tx, inbound_rx) = mpsc::channel(4 * replica::CATCH_UP_CHUNK as usize);
-    let mut streams = mirrors.clone();
-    if !leading {
-        streams.insert(log.stream().to_string(), region.clone());
-    }
-    for name in streams.keys() {
-        let from = replica.cursor(name) + 1;
-        let (log, name, tx) = (log.clone(), name.clone(), inbound_tx.clone());
-        tokio::spawn(async move { log.follow(name, from, tx).await });
-    }
-    drop(inbound_tx);
-    let mut remote_stored = Vec::new();
-    if leading {
-        for remote in cfg.remote_regions() {
-            let (tx, rx) = watch::channel(0);
-            tokio::spawn(poll_remote_stored(log.clone(), region.clone(), remote.clone(), tx, shutdown.clone()));
-            remote_stored.push((remote, rx));
-        }
-    }
-    let epoch =
-        if leading { concord_transport::RegionLog::next_epoch(log.as_ref(), region.as_str()).await? } else { 0 };
-    let origin = Origin::new(region.clone(), epoch);
-
-    let (state_tx, state_rx) = watch::channel(LeaderState { origin: origin.clone(), fenced: false });
+    let engine = start::open_engine(&cfg, &region, &store, log.stream(), &mirrors)?;
+    let metrics = Arc::new(Metrics::default());
+    let (sup, mut fatal) = Supervisor::new(stop.clone(), metrics.clone());
+    let (watches, views) = Watches::new(&engine);
     let (writes_tx, writes_rx) = mpsc::channel(cfg.write_queue_max);
-    let followers = follower::Followers::default();
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone());
+    let limits = start::limits(&cfg, max_payload);
+    let mut worker = Worker::new(engine, store.clone(), log.clone(), streams, metrics.clone(), watches, limits);
+    if cfg.role == Role::Leader {
+        worker = worker.with_conflict_publisher(spawn_conflict_publisher(&sup, &client, &region));
+    }
+    sup.spawn_once("worker", async move { worker.run(writes_rx, inbound_rx, stop).await.map_err(|e| e.to_string()) });
     let node = Arc::new(Node {
-        cfg: cfg.clone(),
-        region: region.clone(),
+        remote_stored: spawn_region_tasks(&sup, &cfg, &region, &client, &log, &views),
+        followers: followers::Followers::default(),
+        cfg,
+        region,
         store,
         metrics,
-        applied: replica.watch_applied(),
-        cursors: replica.watch_cursors(),
-        leader: state_rx,
+        applied: views.applied.clone(),
+        cursors: views.cursors.clone(),
+        view: views.view.clone(),
         writes: writes_tx,
-        log: log.clone(),
-        remote_stored,
-        followers: followers.clone(),
+        log,
         leader_cache: Default::default(),
-        serves_nats_reads: std::sync::atomic::AtomicBool::new(!leading),
+        serves_nats_reads: Default::default(),
     });
-    let mut worker = if leading {
-        log.advertise_leader(
-            region.as_str(),
-            &concord_api::LeaderRecord { node: cfg.node.clone(), http: cfg.advertised_url(), epoch },
-        )
-        .await?;
-        tokio::spawn(follower::track_followers(client.clone(), region.clone(), followers.clone(), shutdown.clone()));
-        let leader = Leader {
-            replica,
-            log,
-            origin: origin.clone(),
-            next_seq: 1,
-            log_last,
-            batch_changes_max: cfg.batch_changes_max,
-            batch_bytes_max: cfg.batch_bytes_max.min(max_payload.saturating_sub(64 * 1024)).max(1),
-            append_deadline: Duration::from_millis(cfg.write_timeout_ms / 2),
-            state_tx,
-            mirrors,
-        };
-        info!(%origin, log_last, "leader ready");
-        tokio::spawn(leader.run(writes_rx, inbound_rx, shutdown.clone()))
-    } else {
-        drop(writes_rx);
-        info!(node = %cfg.node, "follower ready");
-        tokio::spawn(follower::run(replica, streams, inbound_rx, client.clone(), cfg.node.clone(), shutdown.clone()))
+    serve(node, sup, &mut fatal, &stop_tx, &client).await
+}
+
+/// Once the worker has caught up: serve the APIs until the stop signal or a critical
+/// failure, then drain.
+async fn serve(
+    node: Arc<Node>,
+    sup: Supervisor,
+    fatal: &mut mpsc::Receiver<String>,
+    stop_tx: &watch::Sender<bool>,
+    client: &async_nats::Client,
+) -> Result<(), start::StartError> {
+    let mut stop = stop_tx.subscribe();
+    let failure = tokio::select! {
+        _ = wait_until_started(&node, &mut stop) => None,
+        why = fatal.recv() => why,
     };
-
-    let listener = tokio::net::TcpListener::bind(&cfg.http_listen).await?;
-    info!(addr = %listener.local_addr()?, "HTTP API listening");
-    let mut http_shutdown = shutdown.clone();
-    let http = tokio::spawn(
-        axum::serve(listener, api::http::router(node.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            })
-            .into_future(),
-    );
-    let nats_api = tokio::spawn(api::nats::serve(node.clone(), client.clone(), shutdown.clone()));
-
-    let mut stop = shutdown.clone();
-    tokio::select! {
-        _ = stop.changed() => {}
-        result = &mut worker => {
-            // The worker only stops by itself on a fatal error (local state failed).
-            let why = match result {
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(())) => "the writer stopped".to_string(),
-                Err(e) => e.to_string(),
-            };
-            return Err(format!("stopping: {why}").into());
-        }
+    if failure.is_none() {
+        spawn_node_tasks(&sup, &node, client).await?;
+        info!(node = %node.cfg.node, role = %node.cfg.role, "serving");
     }
+    let failure = match failure {
+        Some(why) => Some(why),
+        None => tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            why = fatal.recv() => why,
+        },
+    };
     info!("shutting down: draining writes and requests");
-    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-        let w = worker.await;
-        let _ = http.await;
-        let _ = nats_api.await;
-        w
-    })
-    .await;
+    let _ = stop_tx.send(true);
+    let drained = sup.drain(DRAIN_DEADLINE).await;
     let _ = client.drain().await;
-    match drained {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(e.into()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err("drain deadline passed with work still running".into()),
+    match (failure, drained) {
+        (Some(why), _) => Err(format!("stopping: {why}").into()),
+        (None, false) => Err("drain deadline passed with work still running".into()),
+        (None, true) => Ok(()),
     }
+}
+
+/// A leader reads its region's log to the end before it serves (its status names its
+/// epoch from the first answer); a follower starts at once.
+async fn wait_until_started(node: &Node, stop: &mut watch::Receiver<bool>) {
+    let mut view = node.view.clone();
+    tokio::select! {
+        _ = view.wait_for(|v| v.role != RoleView::CatchingUp) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
+fn spawn_conflict_publisher(
+    sup: &Supervisor,
+    client: &async_nats::Client,
+    region: &RegionId,
+) -> mpsc::Sender<concord_core::conflict::ConflictRecord> {
+    let (tx, rx) = mpsc::channel(CONFLICTS_QUEUE);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let (client, subject, stop) = (client.clone(), api::nats::conflicts_subject(region.as_str()), sup.shutdown());
+    sup.spawn("conflict publisher", Policy::Restart, move || {
+        publish::publish_conflicts(client.clone(), subject.clone(), rx.clone(), stop.clone())
+    });
+    tx
+}
+
+/// The tasks that talk to the rest of the region and to the other regions: progress
+/// reports, the leader record, and (a leader) how much of its log the others stored.
+fn spawn_region_tasks(
+    sup: &Supervisor,
+    cfg: &NodeConfig,
+    region: &RegionId,
+    client: &async_nats::Client,
+    log: &Arc<NatsLog>,
+    views: &Views,
+) -> Vec<(RegionId, watch::Receiver<u64>)> {
+    let stop = sup.shutdown();
+    let (c, r, n, v, s) = (client.clone(), region.clone(), cfg.node.clone(), views.clone(), stop.clone());
+    sup.spawn("progress reports", Policy::Restart, move || {
+        followers::report_progress(c.clone(), r.clone(), n.clone(), v.clone(), s.clone())
+    });
+    if cfg.role != Role::Leader {
+        return Vec::new();
+    }
+    let record = LeaderRecord { node: cfg.node.clone(), http: cfg.advertised_url(), epoch: 0 };
+    let (l, r, v, s) = (log.clone(), region.to_string(), views.clone(), stop.clone());
+    sup.spawn("leader record", Policy::Restart, move || {
+        publish::announce_leadership(l.clone(), r.clone(), record.clone(), v.clone(), s.clone())
+    });
+    let mut remote_stored = Vec::new();
+    for remote in cfg.remote_regions() {
+        let (tx, rx) = watch::channel(0);
+        let tx = Arc::new(tx);
+        let (l, r, rr, s) = (log.clone(), region.clone(), remote.clone(), stop.clone());
+        sup.spawn(format!("stored by {remote}"), Policy::Restart, move || {
+            remote::poll_remote_stored(l.clone(), r.clone(), rr.clone(), tx.clone(), s.clone())
+        });
+        remote_stored.push((remote, rx));
+    }
+    remote_stored
+}
+
+/// The APIs, and a leader's collection of its followers' reports.
+async fn spawn_node_tasks(
+    sup: &Supervisor,
+    node: &Arc<Node>,
+    client: &async_nats::Client,
+) -> Result<(), start::StartError> {
+    let stop = sup.shutdown();
+    node.serves_nats_reads.store(node.cfg.role == Role::Follower, std::sync::atomic::Ordering::Relaxed);
+    if node.cfg.role == Role::Leader {
+        let (c, r, f, s) = (client.clone(), node.region.clone(), node.followers.clone(), stop.clone());
+        sup.spawn("follower reports", Policy::Restart, move || {
+            followers::track_followers(c.clone(), r.clone(), f.clone(), s.clone())
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(&node.cfg.http_listen).await?;
+    info!(addr = %listener.local_addr()?, "HTTP API listening");
+    let mut http_stop = stop.clone();
+    let http = axum::serve(listener, api::http::router(node.clone())).with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    });
+    sup.spawn_once("HTTP API", async move { http.await.map_err(|e| e.to_string()) });
+    let (n, c, s) = (node.clone(), client.clone(), stop);
+    sup.spawn("NATS API", Policy::Restart, move || {
+        let (n, c, s) = (n.clone(), c.clone(), s.clone());
+        async move { api::nats::serve(n, c, s).await.map_err(|e| e.to_string()) }
+    });
+    Ok(())
 }

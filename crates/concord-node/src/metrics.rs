@@ -1,4 +1,5 @@
-//! Counters served at `/metrics` in the Prometheus text format.
+//! Counters served at `/metrics` in the Prometheus text format, and the gauges of what a
+//! replica holds back (read from the engine's view when rendered).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +31,11 @@ counters! {
     changes_published_total: "Changes appended to the region's log.",
     changesets_applied_total: "Changesets applied from the log.",
     changesets_duplicate_total: "Changesets skipped because they were already applied.",
-    changesets_rejected_total: "Changesets from the log that did not decode or validate (counted, skipped).",
-    log_gaps_total: "Changesets that arrived after a gap in their origin's sequence.",
+    log_gaps_total: "Gaps opened in an origin's sequence (later changesets of that origin wait durably).",
+    dead_letters_total: "Messages put in the dead-letter table (undecodable, invalid, or refused by a document).",
+    streams_parked_total: "Streams parked at a message of a newer format than this node reads.",
+    stream_messages_missing_total: "Stream messages removed (retention) before this replica read them.",
+    task_failures_total: "Supervised tasks that failed or panicked (restarted, or the node stopped).",
     lww_conflicts_total: "Concurrent LWW versions reconciled by merge.",
     append_retries_total: "Log appends retried after an error.",
     reads_served_total: "Reads (values, listings, documents) answered by this node.",
@@ -39,6 +43,21 @@ counters! {
     conflicts_unpublished_total: "Conflict records not published on NATS (publisher queue full).",
     requests_overloaded_total: "Requests refused with 503 overloaded (HTTP or NATS concurrency limit reached).",
     requests_timed_out_total: "Requests answered with 504 timeout after request_timeout_ms.",
+}
+
+/// The gauges: what this replica holds back now.
+pub fn render_gauges(out: &mut String, labels: &str, view: &crate::view::EngineView) {
+    let gauges = [
+        ("streams_parked", "Streams parked now (see /v1/status: streams).", view.parked.len() as u64),
+        ("origin_gaps", "Origins whose changesets wait behind a gap now.", view.gaps.len() as u64),
+        ("changesets_waiting", "Changesets waiting behind gaps now.", view.waiting as u64),
+        ("dead_letters", "Dead letters ever recorded by this replica (see /v1/dead-letters).", view.dead_letters),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP concord_{name} {help}");
+        let _ = writeln!(out, "# TYPE concord_{name} gauge");
+        let _ = writeln!(out, "concord_{name}{{{labels}}} {value}");
+    }
 }
 
 pub fn inc(c: &AtomicU64) {

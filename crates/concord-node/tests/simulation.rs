@@ -1,7 +1,9 @@
-//! A deterministic-seed simulation of the replication core, without NATS.
+//! A seeded simulation of the node runtime, without NATS.
 //!
-//! Three regions, each a real [`Leader`] over an in-memory log ([`MemoryLog`]) and a
-//! real local store. Random writes (LWW puts and deletes on a few shared keys, document
+//! Three regions, each a real [`Worker`] (the task that runs the engine: tokio, redb in
+//! blocking threads, appends with retries) over an in-memory log ([`MemoryLog`]) and a
+//! real local store. (The engine's rules under faults are `concord-sim`'s job; this
+//! checks the runtime that executes them.) Random writes (LWW puts and deletes on a few shared keys, document
 //! counter increments and property sets) go to random regions, while changesets are
 //! delivered between regions in random interleavings, with duplicates (older entries
 //! re-sent), as the mirrors would deliver them (in order per origin log: JetStream keeps
@@ -18,9 +20,11 @@ use std::time::Duration;
 
 use concord_core::doc::{self, DocOp, PathElem};
 use concord_core::ids::{Origin, RegionId};
-use concord_node::leader::{Leader, LeaderState, WriteOp, WriteRequest};
+use concord_engine::{Engine, EngineConfig, StartAs, WriteOp};
 use concord_node::metrics::Metrics;
-use concord_node::replica::Replica;
+use concord_node::streams::Manual;
+use concord_node::view::Watches;
+use concord_node::worker::{Limits, Worker, WriteRequest};
 use concord_storage::Store;
 use concord_transport::memory::MemoryLog;
 use concord_transport::{LogEntry, RegionLog};
@@ -76,28 +80,25 @@ async fn start_region(name: &str, seed: u64, shutdown: watch::Receiver<bool>) ->
     let store = Store::open(&dir.0).unwrap();
     let region = RegionId::new(name).unwrap();
     let log = Arc::new(MemoryLog::default());
-    let replica =
-        Replica::open(store.clone(), region.clone(), format!("LOG_{name}"), Arc::new(Metrics::default())).unwrap();
-    let applied = replica.watch_applied();
-    let epoch = log.next_epoch(name).await.unwrap();
-    let origin = Origin::new(region.clone(), epoch);
-    let (state_tx, _) = watch::channel(LeaderState { origin: origin.clone(), fenced: false });
-    let mirrors = REGIONS.iter().filter(|r| **r != name).map(|r| (mirror(r), RegionId::new(*r).unwrap())).collect();
-    let leader = Leader {
-        replica,
-        log: log.clone(),
-        origin,
-        next_seq: 1,
-        log_last: 0,
+    let mut streams: std::collections::BTreeMap<String, RegionId> =
+        REGIONS.iter().filter(|r| **r != name).map(|r| (mirror(r), RegionId::new(*r).unwrap())).collect();
+    streams.insert(format!("LOG_{name}"), region.clone());
+    let cfg = EngineConfig::new(region.clone(), format!("LOG_{name}"), streams);
+    let engine = Engine::open(cfg, store.durable().unwrap(), StartAs::Leader).unwrap();
+    let (watches, views) = Watches::new(&engine);
+    let limits = Limits {
         batch_changes_max: 64,
         batch_bytes_max: 1 << 20,
         append_deadline: Duration::from_secs(5),
-        state_tx,
-        mirrors,
+        inbound_entries_max: 1000,
+        inbound_bytes_max: 16 << 20,
+        read_bytes_max: 16 << 20,
     };
+    let worker = Worker::new(engine, store.clone(), log.clone(), Manual, Arc::new(Metrics::default()), watches, limits);
     let (writes, writes_rx) = mpsc::channel(1024);
     let (inbound, inbound_rx) = mpsc::channel(1024);
-    let task = tokio::spawn(leader.run(writes_rx, inbound_rx, shutdown));
+    let task = tokio::spawn(worker.run(writes_rx, inbound_rx, shutdown));
+    let applied = views.applied;
     Region { name: region, store, log, writes, inbound, applied, delivered: HashMap::new(), task, _dir: dir }
 }
 
@@ -127,7 +128,7 @@ async fn deliver(regions: &mut [Region], dst: usize, src: usize, upto: u64, rng:
         return;
     }
     let from = done.saturating_sub(rng.below(4) as u64).max(1);
-    let entries = regions[src].log.read(from, upto).await.unwrap();
+    let entries = regions[src].log.read(from, upto, usize::MAX).await.unwrap().entries;
     for e in entries {
         regions[dst].inbound.send((mirror(&src_name), e)).await.unwrap();
     }

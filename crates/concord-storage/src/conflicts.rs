@@ -7,9 +7,10 @@
 
 use concord_core::CoreError;
 use concord_core::conflict::ConflictRecord;
+pub use concord_engine::{ConflictWrite, open_key};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::{StorageError, StorageResult, Store, db_err, record_key};
+use crate::{StorageError, StorageResult, Store, db_err};
 
 pub(crate) const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
 /// (detected_at in ms, big-endian) ++ id → nothing: newest-first listing and retention.
@@ -26,25 +27,6 @@ fn time_key(record: &ConflictRecord) -> Vec<u8> {
     let mut k = ms.to_be_bytes().to_vec();
     k.extend_from_slice(record.id.as_bytes());
     k
-}
-
-pub fn open_key(bucket: &str, key: &str, path: Option<&[serde_json::Value]>) -> Vec<u8> {
-    let mut k = record_key(bucket, key);
-    k.push(0);
-    if let Some(p) = path {
-        k.extend_from_slice(serde_json::Value::Array(p.to_vec()).to_string().as_bytes());
-    }
-    k
-}
-
-/// A change to the conflict log, committed with the state change that caused it.
-#[derive(Debug, Clone)]
-pub struct ConflictWrite {
-    pub record: ConflictRecord,
-    /// Still unresolved: indexed as the open record of its key (and path).
-    pub open: bool,
-    /// A record this one replaces (a further concurrent version joined it).
-    pub replaces: Option<uuid::Uuid>,
 }
 
 /// Which records `list_conflicts` returns.

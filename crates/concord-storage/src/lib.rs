@@ -1,15 +1,18 @@
 //! Local state of one replica, in one redb file.
 //!
 //! Tables: `kv` (bucket NUL key → stored LWW version), `docs` (bucket NUL key → saved
-//! Automerge document), `applied` (origin → highest contiguous sequence applied) and
-//! `cursors` (log stream → last stream sequence applied) and `doc_pending` (bucket NUL
-//! key → Automerge changes waiting for their dependencies).
+//! Automerge document), `applied` (origin → highest contiguous sequence applied),
+//! `cursors` (log stream → last stream sequence consumed), `doc_pending` (bucket NUL
+//! key → Automerge changes waiting for their dependencies), the conflict log
+//! ([`conflicts`]), and what is held back ([`held`]: changesets waiting behind a gap,
+//! dead letters).
 //!
-//! The guarantee: [`Store::commit`] writes a whole [`Batch`] — values, documents, the
-//! applied vector and the log cursors — in one durable transaction (redb's default
-//! durability fsyncs on commit), so after a crash the state and the position in the log
-//! agree, and replay from the cursor is exact. Values are decoded defensively: a
-//! corrupt record is an error, never a panic.
+//! The guarantee: [`Store::commit`] writes a whole engine [`Batch`] — values, documents,
+//! the applied vector, the cursors, conflict records, waiting changesets and dead
+//! letters — in one durable transaction (redb's default durability fsyncs on commit),
+//! so after a crash the state and the position in the log agree, and replay from the
+//! cursor is exact. The engine reads through [`Store::load`] ([`facts`]). Records are
+//! decoded defensively: a corrupt record is an error, never a panic.
 
 use std::path::Path;
 
@@ -22,12 +25,17 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use thiserror::Error;
 
 mod conflicts;
+mod facts;
+mod held;
 mod snapshot;
 
+pub use concord_engine::Batch;
+pub use held::DEAD_LETTERS_MAX;
 pub use snapshot::check_header as check_snapshot_header;
 
 use conflicts::{CONFLICTS, CONFLICTS_BY_TIME, CONFLICTS_OPEN, write_conflicts};
 pub use conflicts::{CONFLICTS_MAX_AGE_DEFAULT, CONFLICTS_MAX_DEFAULT, ConflictQuery, ConflictWrite, open_key};
+use held::{DEAD_LETTERS, WAITING, write_held};
 
 pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub(crate) const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
@@ -63,18 +71,6 @@ pub fn record_key(bucket: &str, key: &str) -> Vec<u8> {
     k
 }
 
-/// Everything one apply step writes, committed atomically.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub kv: Vec<(String, String, Register)>,
-    pub docs: Vec<(String, String, Vec<u8>)>,
-    pub applied: Vec<(Origin, u64)>,
-    pub cursors: Vec<(String, u64)>,
-    /// Documents' waiting changes; an empty list clears the record.
-    pub pending: Vec<(String, String, Vec<Vec<u8>>)>,
-    pub conflicts: Vec<ConflictWrite>,
-}
-
 fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {
     let mut w = concord_core::codec::Writer::new();
     w.u64(changes.len() as u64);
@@ -84,7 +80,7 @@ fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {
     w.finish()
 }
 
-fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CoreError> {
+pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CoreError> {
     let mut r = concord_core::codec::Reader::new(bytes);
     let n = r.len(bytes.len())?;
     let mut out = Vec::with_capacity(n.min(1024));
@@ -117,6 +113,8 @@ impl Store {
             tx.open_table(CONFLICTS).map_err(db_err)?;
             tx.open_table(CONFLICTS_BY_TIME).map_err(db_err)?;
             tx.open_table(CONFLICTS_OPEN).map_err(db_err)?;
+            tx.open_table(WAITING).map_err(db_err)?;
+            tx.open_table(DEAD_LETTERS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(Store {
@@ -126,7 +124,6 @@ impl Store {
         })
     }
 
-    /// Keep at most `max` conflict records, none older than `max_age` (by detection).
     pub fn get_kv(&self, bucket: &str, key: &str) -> StorageResult<Option<Register>> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(KV).map_err(db_err)?;
@@ -234,11 +231,11 @@ impl Store {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut kv = tx.open_table(KV).map_err(db_err)?;
-            for (bucket, key, register) in &batch.kv {
+            for ((bucket, key), register) in &batch.kv {
                 kv.insert(record_key(bucket, key).as_slice(), stored::encode(register).as_slice()).map_err(db_err)?;
             }
             let mut docs = tx.open_table(DOCS).map_err(db_err)?;
-            for (bucket, key, bytes) in &batch.docs {
+            for ((bucket, key), bytes) in &batch.docs {
                 docs.insert(record_key(bucket, key).as_slice(), bytes.as_slice()).map_err(db_err)?;
             }
             let mut applied = tx.open_table(APPLIED).map_err(db_err)?;
@@ -253,8 +250,9 @@ impl Store {
                 cursors.insert(stream.as_str(), *seq).map_err(db_err)?;
             }
             write_conflicts(&tx, &batch.conflicts, self.conflicts_max, self.conflicts_max_age)?;
+            write_held(&tx, &batch.waiting, &batch.dead_letters)?;
             let mut pending = tx.open_table(DOC_PENDING).map_err(db_err)?;
-            for (bucket, key, changes) in &batch.pending {
+            for ((bucket, key), changes) in &batch.pending {
                 let k = record_key(bucket, key);
                 if changes.is_empty() {
                     pending.remove(k.as_slice()).map_err(db_err)?;
@@ -293,11 +291,11 @@ mod tests {
             let store = Store::open(&dir).unwrap();
             let mut batch = Batch::default();
             for (i, k) in ["a", "ab", "b", "c"].iter().enumerate() {
-                batch.kv.push(("bk".into(), k.to_string(), Register::new(version(Some("v"), i as u64 + 1))));
+                batch.kv.push((("bk".into(), k.to_string()), Register::new(version(Some("v"), i as u64 + 1))));
             }
-            batch.kv.push(("bk".into(), "c".into(), Register::new(version(None, 5))));
-            batch.kv.push(("bk2".into(), "a".into(), Register::new(version(Some("x"), 6))));
-            batch.docs.push(("d".into(), "doc".into(), vec![1, 2, 3]));
+            batch.kv.push((("bk".into(), "c".into()), Register::new(version(None, 5))));
+            batch.kv.push((("bk2".into(), "a".into()), Register::new(version(Some("x"), 6))));
+            batch.docs.push((("d".into(), "doc".into()), vec![1, 2, 3]));
             batch.applied.push((origin.clone(), 6));
             batch.cursors.push(("CONCORD_US_EAST".into(), 2));
             store.commit(&batch).unwrap();
@@ -314,11 +312,11 @@ mod tests {
         assert_eq!(store.cursor("CONCORD_US_EAST").unwrap(), 2);
         assert_eq!(store.cursor("other").unwrap(), 0);
         let mut batch = Batch::default();
-        batch.pending.push(("d".into(), "doc".into(), vec![vec![1], vec![2, 3]]));
+        batch.pending.push((("d".into(), "doc".into()), vec![vec![1], vec![2, 3]]));
         store.commit(&batch).unwrap();
         assert_eq!(store.get_pending("d", "doc").unwrap(), vec![vec![1], vec![2, 3]]);
         let mut batch = Batch::default();
-        batch.pending.push(("d".into(), "doc".into(), vec![]));
+        batch.pending.push((("d".into(), "doc".into()), vec![]));
         store.commit(&batch).unwrap();
         assert!(store.get_pending("d", "doc").unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
@@ -331,8 +329,8 @@ mod tests {
         let origin = Origin::new(RegionId::new("us-east").unwrap(), 1);
         let a = Store::open(&base.join("a")).unwrap();
         let mut batch = Batch::default();
-        batch.kv.push(("b".into(), "k".into(), Register::new(version(Some("v"), 1))));
-        batch.docs.push(("d".into(), "doc".into(), vec![9, 9]));
+        batch.kv.push((("b".into(), "k".into()), Register::new(version(Some("v"), 1))));
+        batch.docs.push((("d".into(), "doc".into()), vec![9, 9]));
         batch.applied.push((origin.clone(), 7));
         batch.cursors.push(("LOG".into(), 3));
         a.commit(&batch).unwrap();

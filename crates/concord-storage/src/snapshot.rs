@@ -1,24 +1,28 @@
 //! Snapshots: a replica's whole state, from one read transaction, so a new replica can
 //! start from a peer when the log no longer holds everything (stream retention).
 //!
-//! The encoding is versioned: `"CSN" version(u8 = 1)` then records
-//! `table(u8) key(bytes) value(bytes)` and a final `0` table byte. Importing refuses a
-//! non-empty store and writes everything in one transaction.
+//! The encoding is versioned: `"CSN" version(u8)` then records
+//! `table(u8) key(bytes) value(bytes)` and a final `0` table byte. Version 2 adds the
+//! changesets waiting behind gaps (table 9): they belong with the applied vector they
+//! were held back from. Dead letters stay with the replica that received them.
+//! Importing reads versions 1 and 2, refuses a non-empty store and writes everything in
+//! one transaction.
 
 use concord_core::codec::{Reader, Writer};
 use concord_core::{CoreError, CoreResult};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::conflicts::{CONFLICTS, CONFLICTS_BY_TIME, CONFLICTS_OPEN};
+use crate::held::WAITING;
 use crate::{APPLIED, CURSORS, DOC_PENDING, DOCS, KV, StorageError, StorageResult, Store, db_err};
 
 const MAGIC: &[u8; 3] = b"CSN";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const VALUE_BYTES_MAX: usize = 256 << 20;
 
 type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
-const BYTE_TABLES: [(u8, BytesTable); 6] =
-    [(1, KV), (2, DOCS), (3, DOC_PENDING), (4, CONFLICTS), (5, CONFLICTS_BY_TIME), (6, CONFLICTS_OPEN)];
+const BYTE_TABLES: [(u8, BytesTable); 7] =
+    [(1, KV), (2, DOCS), (3, DOC_PENDING), (4, CONFLICTS), (5, CONFLICTS_BY_TIME), (6, CONFLICTS_OPEN), (9, WAITING)];
 const APPLIED_TABLE: u8 = 7;
 const CURSORS_TABLE: u8 = 8;
 
@@ -65,7 +69,7 @@ impl Store {
             return Err(corrupt(CoreError::Corrupt("not a snapshot".into())));
         }
         let version = r.u8().map_err(corrupt)?;
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(corrupt(CoreError::UnsupportedVersion { found: version, supported: VERSION }));
         }
         let tx = self.db.begin_write().map_err(db_err)?;
@@ -112,7 +116,7 @@ pub fn check_header(bytes: &[u8]) -> CoreResult<()> {
         return Err(CoreError::Corrupt("not a snapshot".into()));
     }
     match r.u8()? {
-        VERSION => Ok(()),
+        1..=VERSION => Ok(()),
         found => Err(CoreError::UnsupportedVersion { found, supported: VERSION }),
     }
 }

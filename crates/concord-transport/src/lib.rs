@@ -10,6 +10,7 @@
 //! An append whose outcome is unknown (timeout, disconnect) is [`LogError::Indeterminate`]:
 //! the caller must re-read the log before it appends again.
 
+pub mod backoff;
 pub mod memory;
 pub mod nats;
 
@@ -43,6 +44,14 @@ pub struct LogEntry {
     pub payload: bytes::Bytes,
 }
 
+/// What one bounded read returned: the messages it found, and how far it looked.
+/// Sequences up to `through` that are not in `entries` were removed (retention).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Chunk {
+    pub entries: Vec<LogEntry>,
+    pub through: u64,
+}
+
 pub trait RegionLog: Send + Sync + 'static {
     /// The sequence of the last stored message (0 when empty).
     fn last_seq(&self) -> impl Future<Output = LogResult<u64>> + Send;
@@ -56,9 +65,10 @@ pub trait RegionLog: Send + Sync + 'static {
         expected_last: u64,
     ) -> impl Future<Output = LogResult<u64>> + Send;
 
-    /// The messages with sequences in `from..=to`, in order (gaps where messages were
-    /// removed by retention are skipped).
-    fn read(&self, from: u64, to: u64) -> impl Future<Output = LogResult<Vec<LogEntry>>> + Send;
+    /// The messages with sequences in `from..=to`, in order (messages removed by
+    /// retention are not there), stopping early once they hold `bytes_max` bytes (at
+    /// least one message is returned when there is one).
+    fn read(&self, from: u64, to: u64, bytes_max: usize) -> impl Future<Output = LogResult<Chunk>> + Send;
 
     /// Allocate the next leader epoch of `region`, never the same one twice.
     fn next_epoch(&self, region: &str) -> impl Future<Output = LogResult<u64>> + Send;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use crate::{LogEntry, LogError, LogResult, RegionLog};
+use crate::{Chunk, LogEntry, LogError, LogResult, RegionLog};
 
 #[derive(Default)]
 pub struct MemoryLog {
@@ -38,10 +38,21 @@ impl RegionLog for MemoryLog {
         Ok(seq)
     }
 
-    async fn read(&self, from: u64, to: u64) -> LogResult<Vec<LogEntry>> {
+    async fn read(&self, from: u64, to: u64, bytes_max: usize) -> LogResult<Chunk> {
         let inner = self.inner.lock().unwrap();
         let to = to.min(inner.entries.len() as u64);
-        Ok((from.max(1)..=to).map(|seq| LogEntry { seq, payload: inner.entries[seq as usize - 1].clone() }).collect())
+        let mut chunk = Chunk { entries: Vec::new(), through: to };
+        let mut bytes = 0;
+        for seq in from.max(1)..=to {
+            if bytes >= bytes_max {
+                chunk.through = seq - 1;
+                break;
+            }
+            let payload = inner.entries[seq as usize - 1].clone();
+            bytes += payload.len();
+            chunk.entries.push(LogEntry { seq, payload });
+        }
+        Ok(chunk)
     }
 
     async fn next_epoch(&self, region: &str) -> LogResult<u64> {
@@ -63,7 +74,9 @@ mod tests {
         assert_eq!(log.append("a".into(), "x:1".into(), 0).await, Ok(1));
         assert_eq!(log.append("b".into(), "y:1".into(), 0).await, Err(LogError::Fenced { expected: 0 }));
         assert_eq!(log.append("b".into(), "x:2".into(), 1).await, Ok(2));
-        assert_eq!(log.read(2, 10).await.unwrap(), vec![LogEntry { seq: 2, payload: "b".into() }]);
+        assert_eq!(log.read(2, 10, 1 << 20).await.unwrap().entries, vec![LogEntry { seq: 2, payload: "b".into() }]);
+        let first = log.read(1, 2, 1).await.unwrap();
+        assert_eq!((first.entries.len(), first.through), (1, 1), "bounded by bytes, at least one message");
         assert_eq!(log.last_seq().await, Ok(2));
     }
 }

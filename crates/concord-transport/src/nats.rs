@@ -13,7 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use crate::{LogEntry, LogError, LogResult, RegionLog};
+use crate::backoff::Backoff;
+use crate::{Chunk, LogEntry, LogError, LogResult, RegionLog};
 
 /// How long one append waits for the stream's acknowledgement.
 pub const APPEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,7 +230,7 @@ impl NatsLog {
     /// `tx` closes.
     pub async fn follow(&self, stream_name: String, from: u64, tx: tokio::sync::mpsc::Sender<(String, LogEntry)>) {
         let mut next = from.max(1);
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::network();
         loop {
             let consumer = async {
                 let stream = self.js.get_stream_no_info(&stream_name).await.map_err(unavailable)?;
@@ -251,12 +252,11 @@ impl NatsLog {
                         return;
                     }
                     warn!(stream = %stream_name, error = %e, "cannot follow the stream yet; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             loop {
                 // A consumer can stall silently (its server restarted, its pull request
                 // lost); the client notices only after missed heartbeats (tens of
@@ -297,7 +297,7 @@ impl NatsLog {
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(backoff).await;
+            backoff.wait().await;
         }
     }
 
@@ -305,6 +305,7 @@ impl NatsLog {
     /// leaders never share an epoch).
     async fn allocate_epoch(&self, region: &str) -> LogResult<u64> {
         let kv = self.bucket(EPOCH_BUCKET).await?;
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         for _attempt in 0..20 {
             let entry = kv.entry(region).await.map_err(unavailable)?;
             let outcome = match entry {
@@ -325,7 +326,7 @@ impl NatsLog {
                 Ok(epoch) => return Ok(epoch),
                 Err(e) => warn!(region, error = %e, "epoch compare-and-set lost a race; retrying"),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            backoff.wait().await;
         }
         Err(LogError::Unavailable(format!("could not allocate an epoch for {region}")))
     }
@@ -356,9 +357,10 @@ impl RegionLog for NatsLog {
         }
     }
 
-    async fn read(&self, from: u64, to: u64) -> LogResult<Vec<LogEntry>> {
+    async fn read(&self, from: u64, to: u64, bytes_max: usize) -> LogResult<Chunk> {
+        let mut chunk = Chunk { entries: Vec::new(), through: to };
         if from > to {
-            return Ok(Vec::new());
+            return Ok(chunk);
         }
         let stream = self.js.get_stream(&self.stream).await.map_err(unavailable)?;
         let consumer = stream
@@ -369,14 +371,14 @@ impl RegionLog for NatsLog {
             .await
             .map_err(unavailable)?;
         let mut messages = consumer.messages().await.map_err(unavailable)?;
-        let mut out = Vec::new();
+        let mut bytes = 0;
         loop {
             let next = tokio::time::timeout(READ_MESSAGE_TIMEOUT, messages.next()).await;
             let msg = match next {
                 Err(_) => {
                     return Err(LogError::Unavailable(format!(
                         "reading the log stalled after sequence {}",
-                        out.last().map_or(from, |e: &LogEntry| e.seq)
+                        chunk.entries.last().map_or(from, |e: &LogEntry| e.seq)
                     )));
                 }
                 Ok(None) => return Err(LogError::Unavailable("log read ended early".into())),
@@ -386,12 +388,17 @@ impl RegionLog for NatsLog {
             if seq > to {
                 break;
             }
-            out.push(LogEntry { seq, payload: msg.payload.clone() });
+            bytes += msg.payload.len();
+            chunk.entries.push(LogEntry { seq, payload: msg.payload.clone() });
             if seq == to {
                 break;
             }
+            if bytes >= bytes_max {
+                chunk.through = seq;
+                break;
+            }
         }
-        Ok(out)
+        Ok(chunk)
     }
 
     async fn next_epoch(&self, region: &str) -> LogResult<u64> {

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{Params, Reply, await_session, page_limit, write_resolving};
 use crate::Node;
 use crate::error::NodeError;
-use crate::leader::WriteOp;
+use concord_engine::WriteOp;
 
 /// Most records in one page of `GET /v1/conflicts`, and the default.
 pub const CONFLICTS_LIMIT_MAX: usize = 1000;

@@ -89,8 +89,9 @@ async fn snapshot(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let labels = format!("region=\"{}\",node=\"{}\"", node.region, node.cfg.node);
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render(&labels))
-        .into_response()
+    let mut body = node.metrics.render(&labels);
+    crate::metrics::render_gauges(&mut body, &labels, &node.view.borrow());
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn conflicts_list(State(node): State<Arc<Node>>, req: Request) -> Response {

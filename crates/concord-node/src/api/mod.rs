@@ -30,7 +30,7 @@ use serde_json::json;
 
 use crate::Node;
 use crate::error::NodeError;
-use crate::leader::WriteOp;
+use concord_engine::WriteOp;
 use limits::{Deadline, cap};
 use write::{write, write_resolving};
 

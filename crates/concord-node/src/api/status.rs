@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use concord_api::{FollowerStatus, MirrorLag, StatusBody, StreamLag};
+use concord_api::{FollowerStatus, GapStatus, MirrorLag, ParkedStatus, StatusBody, StreamLag, StreamState};
+use concord_core::ids::Origin;
+use concord_engine::RoleView;
 
 use super::{Reply, leader_address};
 use crate::Node;
@@ -12,10 +14,37 @@ pub async fn status(node: &Node) -> Reply {
     Reply::json(200, status_body(node).await)
 }
 
+/// The role status shows, what the writer does, and this node's origin.
+fn role_of(node: &Node, role: &RoleView) -> (&'static str, &'static str, Origin) {
+    let none = Origin::new(node.region.clone(), 0);
+    match role {
+        RoleView::Follower => ("follower", "following", none),
+        RoleView::CatchingUp => ("leader", "catching_up", none),
+        RoleView::Leader { origin } => ("leader", "writing", origin.clone()),
+        RoleView::Deposed { origin, .. } => ("fenced", "deposed", origin.clone()),
+        RoleView::Stuck { .. } => ("leader", "parked", none),
+    }
+}
+
+/// Every stream this replica applies: its position, and whether it is parked.
+fn streams(node: &Node) -> BTreeMap<String, StreamState> {
+    let view = node.view.borrow();
+    let cursors = node.cursors.borrow();
+    let names = std::iter::once(node.log.stream().to_string())
+        .chain(node.cfg.remote_regions().into_iter().map(|r| concord_transport::nats::mirror_name(r.as_str())));
+    names
+        .map(|name| {
+            let parked = view.parked.get(&name).map(|p| ParkedStatus { seq: p.stream_seq, reason: p.reason.clone() });
+            let cursor = cursors.get(&name).copied().unwrap_or(0);
+            (name, StreamState { cursor, parked })
+        })
+        .collect()
+}
+
 pub async fn status_body(node: &Node) -> StatusBody {
-    let leader = node.leader.borrow().clone();
+    let view = node.view.borrow().clone();
     let applied: BTreeMap<String, u64> = node.applied.borrow().iter().map(|(o, s)| (o.to_string(), s)).collect();
-    let role = if leader.fenced { "fenced".to_string() } else { node.cfg.role.to_string() };
+    let (role, writer, origin) = role_of(node, &view.role);
     let mut lag = BTreeMap::new();
     for remote in node.cfg.remote_regions() {
         let mirror = concord_transport::nats::mirror_name(remote.as_str());
@@ -45,18 +74,33 @@ pub async fn status_body(node: &Node) -> StatusBody {
         })
         .collect();
     let remote_stored = node.remote_stored.iter().map(|(r, rx)| (r.to_string(), *rx.borrow())).collect();
+    let gaps = view
+        .gaps
+        .iter()
+        .map(|g| GapStatus {
+            origin: g.origin.to_string(),
+            applied: g.applied,
+            next_waiting: g.next_waiting,
+            waiting: g.waiting as u64,
+        })
+        .collect();
     StatusBody {
         region: node.region.to_string(),
         node: node.cfg.node.clone(),
-        role,
-        epoch: leader.origin.epoch,
-        origin: leader.origin.to_string(),
+        role: role.to_string(),
+        epoch: origin.epoch,
+        origin: origin.to_string(),
         leader: leader_name,
         applied,
         lag,
         followers,
         serves_nats_reads: node.serves_nats_reads.load(std::sync::atomic::Ordering::Relaxed),
         remote_stored,
+        writer: writer.to_string(),
+        streams: streams(node),
+        gaps,
+        waiting: view.waiting as u64,
+        dead_letters: view.dead_letters,
     }
 }
 

@@ -11,7 +11,8 @@ use super::limits::cap;
 use super::{Params, Reply, redirect_to_leader};
 use crate::Node;
 use crate::error::NodeError;
-use crate::leader::{WriteOp, WriteRequest};
+use crate::worker::WriteRequest;
+use concord_engine::WriteOp;
 
 /// Most a write may ask to wait for its durability level (`timeout_ms`).
 pub const DURABILITY_WAIT_MS_MAX: u64 = 600_000;
@@ -127,7 +128,7 @@ pub(super) async fn write_resolving(
     }
     Ok(WriteAck {
         ok: true,
-        origin: ack.origin,
+        origin: ack.origin.to_string(),
         seq: ack.seq,
         hlc: ack.hlc.map(|h| concord_api::Hlc { wall_ms: h.wall_ms, logical: h.logical }),
         confirmed_by: confirmed,

@@ -1,0 +1,121 @@
+//! The worker's conversations with its region's log: catching up before writing
+//! (read to the end in bounded chunks, then write in a new epoch — or follow, when
+//! deposed), and appending a changeset with retries until a deadline.
+
+use concord_engine::{Append, AppendOutcome, CatchUp, CaughtUp, Entry};
+use concord_transport::backoff::{Backoff, GaveUp, retry};
+use concord_transport::{LogError, RegionLog};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::error::NodeError;
+use crate::metrics;
+use crate::streams::StreamControl;
+use crate::worker::Worker;
+
+/// Most log messages one catch-up read asks for (bytes are bounded too).
+pub const CATCH_UP_CHUNK: u64 = 1000;
+
+fn retryable(e: &LogError) -> bool {
+    !matches!(e, LogError::TooLarge(_))
+}
+
+impl<L: RegionLog, S: StreamControl> Worker<L, S> {
+    /// If the engine is catching up, read the region's log to its end and decide.
+    /// False when shutdown interrupted it.
+    pub(crate) async fn catch_up(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<bool, NodeError> {
+        if self.engine().catch_up_next(u64::MAX, 1) == CatchUp::Idle {
+            return Ok(true);
+        }
+        let log = self.log.clone();
+        let last =
+            match retry("reading the log's end", Backoff::network(), shutdown, retryable, || log.last_seq()).await {
+                Ok(last) => last,
+                Err(GaveUp::Stopped) => return Ok(false),
+                Err(GaveUp::Failed(e)) => return Err(e.into()),
+            };
+        loop {
+            match self.engine().catch_up_next(last, CATCH_UP_CHUNK) {
+                CatchUp::Idle => return Ok(true),
+                CatchUp::Read { from, to } => {
+                    let bytes_max = self.limits.read_bytes_max;
+                    let read = retry("reading the log", Backoff::network(), shutdown, retryable, || {
+                        log.read(from, to, bytes_max)
+                    });
+                    let chunk = match read.await {
+                        Ok(chunk) => chunk,
+                        Err(GaveUp::Stopped) => return Ok(false),
+                        Err(GaveUp::Failed(e)) => return Err(e.into()),
+                    };
+                    let own = self.engine().config().own_stream.clone();
+                    let entries: Vec<Entry> =
+                        chunk.entries.into_iter().map(|e| Entry { seq: e.seq, payload: e.payload }).collect();
+                    if !entries.is_empty() {
+                        self.apply(own.clone(), entries).await?;
+                    }
+                    let out = self.step(move |e, _| Ok(e.read_through(&own, chunk.through))).await?;
+                    self.after(out);
+                }
+                CatchUp::Done => return self.decide(last, shutdown).await,
+            }
+        }
+    }
+
+    /// Read to the end: write in a new epoch, follow (deposed), or stay stuck (parked).
+    async fn decide(&mut self, last: u64, shutdown: &mut watch::Receiver<bool>) -> Result<bool, NodeError> {
+        let (outcome, out) = {
+            let engine = self.engine.as_mut().expect("the engine is back from its step");
+            engine.caught_up(last)
+        };
+        self.after(out);
+        match outcome {
+            CaughtUp::NeedEpoch => {
+                let region = self.engine().config().region.to_string();
+                let log = self.log.clone();
+                let epoch = match retry("allocating an epoch", Backoff::network(), shutdown, retryable, || {
+                    log.next_epoch(&region)
+                })
+                .await
+                {
+                    Ok(epoch) => epoch,
+                    Err(GaveUp::Stopped) => return Ok(false),
+                    Err(GaveUp::Failed(e)) => return Err(e.into()),
+                };
+                let out = self.step(move |e, _| Ok(e.start_writing(epoch))).await?;
+                self.after(out);
+                info!(last, epoch, "caught up with the region's log; writing");
+            }
+            CaughtUp::Deposed { by } => {
+                error!(%by, "another leader wrote to this region's log: this node is fenced and follows it");
+            }
+            CaughtUp::Stuck { reason } => {
+                error!(reason, "the region's log is parked: this node cannot write until it is upgraded");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Append with retries until the deadline. Retrying an append whose outcome is
+    /// unknown is safe: the message id dedupes it, and the expected sequence fences it.
+    pub(crate) async fn append(&self, a: &Append) -> AppendOutcome {
+        let deadline = Instant::now() + self.limits.append_deadline;
+        let mut backoff =
+            Backoff::new(std::time::Duration::from_millis(20), std::time::Duration::from_secs(1)).until(deadline);
+        loop {
+            let attempt = self.log.append(a.payload.clone(), a.msg_id.clone(), a.expected_last);
+            let e = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(stream_seq)) => return AppendOutcome::Stored { stream_seq },
+                Ok(Err(LogError::TooLarge(m))) => return AppendOutcome::TooLarge(m),
+                Ok(Err(e @ LogError::Fenced { .. })) => return AppendOutcome::Failed(e.to_string()),
+                Ok(Err(e)) => e,
+                Err(_) => return AppendOutcome::Failed("no acknowledgement before the append deadline".into()),
+            };
+            metrics::inc(&self.metrics.append_retries_total);
+            warn!(error = %e, first_seq = a.first_seq, "append failed; retrying");
+            if !backoff.wait().await {
+                return AppendOutcome::Failed(e.to_string());
+            }
+        }
+    }
+}

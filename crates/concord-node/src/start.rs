@@ -1,0 +1,108 @@
+//! The steps of starting a node, each on its own: reach NATS, open the region's log and
+//! the mirrors of the other regions' logs, and build the engine and its limits from the
+//! configuration.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_core::ids::RegionId;
+use concord_engine::{Engine, EngineConfig, StartAs};
+use concord_storage::Store;
+use concord_transport::backoff::{Backoff, GaveUp, retry};
+use concord_transport::nats::NatsLog;
+use tokio::sync::watch;
+
+use crate::worker::Limits;
+use crate::{NodeConfig, Role};
+
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a changeset may hold beyond its values and documents.
+const CHANGESET_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Connect to the region's NATS, retrying until `nats_connect_timeout_ms`.
+pub async fn connect(cfg: &NodeConfig, shutdown: &mut watch::Receiver<bool>) -> Result<async_nats::Client, StartError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.nats_connect_timeout_ms);
+    let attempt = || async {
+        let connect = async_nats::ConnectOptions::new()
+            .name(format!("concord {}", cfg.node))
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(10)))
+            .connect(&cfg.nats_url);
+        match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(format!("connecting to {}: {e}", cfg.nats_url)),
+            Err(_) => Err(format!("connecting to {}: timed out", cfg.nats_url)),
+        }
+    };
+    match retry("reaching NATS", Backoff::network().until(deadline), shutdown, |_| true, attempt).await {
+        Ok(client) => Ok(client),
+        Err(GaveUp::Failed(e)) => Err(e.into()),
+        Err(GaveUp::Stopped) => Err("stopped while reaching NATS".into()),
+    }
+}
+
+/// The server must carry the largest changeset this node may write.
+pub fn check_max_payload(cfg: &NodeConfig, client: &async_nats::Client) -> Result<usize, StartError> {
+    let max_payload = client.server_info().max_payload;
+    if max_payload < cfg.value_bytes_max + CHANGESET_OVERHEAD_BYTES {
+        return Err(format!(
+            "the NATS server's max_payload ({max_payload} bytes) is smaller than value_bytes_max ({}) plus overhead: raise max_payload",
+            cfg.value_bytes_max
+        )
+        .into());
+    }
+    Ok(max_payload)
+}
+
+/// The region's log and one local mirror per other region (a leader also keeps, on its
+/// log, the durable consumer that feeds each other region's mirror of it). Returns the
+/// mirrors by stream name, with the region whose log each holds.
+pub async fn open_streams(
+    cfg: &NodeConfig,
+    region: &RegionId,
+    client: &async_nats::Client,
+) -> Result<(Arc<NatsLog>, BTreeMap<String, RegionId>), StartError> {
+    let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.log_max_msgs).await?);
+    let mut mirrors = BTreeMap::new();
+    for remote in cfg.remote_regions() {
+        if cfg.role == Role::Leader {
+            log.ensure_mirror_consumer(region.as_str(), remote.as_str()).await?;
+        }
+        let name = log.ensure_mirror(region.as_str(), remote.as_str()).await?;
+        mirrors.insert(name, remote);
+    }
+    Ok((log, mirrors))
+}
+
+/// The engine, as this node's store left it.
+pub fn open_engine(
+    cfg: &NodeConfig,
+    region: &RegionId,
+    store: &Store,
+    own_stream: &str,
+    mirrors: &BTreeMap<String, RegionId>,
+) -> Result<Engine, StartError> {
+    let mut streams = mirrors.clone();
+    streams.insert(own_stream.to_string(), region.clone());
+    let mut engine_cfg = EngineConfig::new(region.clone(), own_stream.to_string(), streams);
+    engine_cfg.manual_buckets = cfg.manual_buckets.iter().cloned().collect();
+    engine_cfg.waiting_max = cfg.waiting_changesets_max;
+    engine_cfg.waiting_bytes_max = cfg.waiting_bytes_max;
+    let start = if cfg.role == Role::Leader { StartAs::Leader } else { StartAs::Follower };
+    Ok(Engine::open(engine_cfg, store.durable()?, start)?)
+}
+
+/// The worker's bounds, from the configuration and the server's `max_payload`.
+pub fn limits(cfg: &NodeConfig, max_payload: usize) -> Limits {
+    Limits {
+        batch_changes_max: cfg.batch_changes_max,
+        batch_bytes_max: cfg.batch_bytes_max.min(max_payload.saturating_sub(CHANGESET_OVERHEAD_BYTES)).max(1),
+        append_deadline: Duration::from_millis(cfg.write_timeout_ms / 2),
+        inbound_entries_max: cfg.apply_batch_max,
+        inbound_bytes_max: cfg.apply_batch_bytes_max,
+        read_bytes_max: cfg.apply_batch_bytes_max,
+    }
+}

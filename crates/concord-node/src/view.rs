@@ -1,0 +1,116 @@
+//! What the rest of the node sees of the engine: after every step the worker publishes
+//! the applied vector (sessions wait on it), the cursors (stream lag, consumer restarts)
+//! and an [`EngineView`] (status), and turns the step's alerts and counts into logs and
+//! metrics.
+
+use std::collections::BTreeMap;
+
+use concord_core::vv::VersionVector;
+use concord_engine::{Alert, Engine, Gap, Parked, RoleView, Stats};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::metrics::{self, Metrics};
+
+/// The engine's state as status shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineView {
+    pub role: RoleView,
+    pub parked: BTreeMap<String, Parked>,
+    pub gaps: Vec<Gap>,
+    pub waiting: usize,
+    /// Dead letters ever (ids given out).
+    pub dead_letters: u64,
+}
+
+impl EngineView {
+    pub fn of(engine: &Engine) -> EngineView {
+        EngineView {
+            role: engine.role(),
+            parked: engine.parked().clone(),
+            gaps: engine.gaps(),
+            waiting: engine.waiting_count(),
+            dead_letters: engine.dead_letters(),
+        }
+    }
+}
+
+/// The senders the worker publishes on.
+pub struct Watches {
+    pub applied: watch::Sender<VersionVector>,
+    pub cursors: watch::Sender<BTreeMap<String, u64>>,
+    pub view: watch::Sender<EngineView>,
+}
+
+/// The receivers the API and other tasks read.
+#[derive(Clone)]
+pub struct Views {
+    pub applied: watch::Receiver<VersionVector>,
+    pub cursors: watch::Receiver<BTreeMap<String, u64>>,
+    pub view: watch::Receiver<EngineView>,
+}
+
+impl Watches {
+    pub fn new(engine: &Engine) -> (Watches, Views) {
+        let (applied, applied_rx) = watch::channel(engine.applied().clone());
+        let (cursors, cursors_rx) = watch::channel(engine.cursors().clone());
+        let (view, view_rx) = watch::channel(EngineView::of(engine));
+        (Watches { applied, cursors, view }, Views { applied: applied_rx, cursors: cursors_rx, view: view_rx })
+    }
+
+    /// Publish what changed.
+    pub fn publish(&self, engine: &Engine) {
+        self.applied.send_if_modified(|v| replace_if_changed(v, engine.applied()));
+        self.cursors.send_if_modified(|c| replace_if_changed(c, engine.cursors()));
+        let view = EngineView::of(engine);
+        self.view.send_if_modified(|v| replace_if_changed(v, &view));
+    }
+}
+
+fn replace_if_changed<T: PartialEq + Clone>(slot: &mut T, new: &T) -> bool {
+    if slot == new {
+        return false;
+    }
+    *slot = new.clone();
+    true
+}
+
+/// Log the alerts of a step and count them and its stats.
+pub fn report(m: &Metrics, alerts: &[Alert], stats: &Stats) {
+    metrics::add(&m.changesets_applied_total, stats.changesets_applied);
+    metrics::add(&m.changesets_duplicate_total, stats.changesets_duplicate);
+    metrics::add(&m.lww_conflicts_total, stats.lww_conflicts);
+    metrics::add(&m.changesets_published_total, stats.changesets_published);
+    metrics::add(&m.changes_published_total, stats.changes_published);
+    metrics::add(&m.writes_acked_total, stats.writes_acked);
+    metrics::add(&m.writes_failed_total, stats.writes_failed);
+    metrics::add(&m.writes_rejected_total, stats.writes_rejected);
+    for alert in alerts {
+        match alert {
+            Alert::Parked { stream, stream_seq, reason } => {
+                metrics::inc(&m.streams_parked_total);
+                error!(
+                    stream,
+                    stream_seq,
+                    reason,
+                    "stream parked: nothing from here on is applied until a node that reads it runs"
+                );
+            }
+            Alert::GapOpened { origin, applied, first_seq } => {
+                metrics::inc(&m.log_gaps_total);
+                warn!(%origin, applied, first_seq, "gap in an origin's sequence: later changesets wait");
+            }
+            Alert::GapClosed { origin, applied } => info!(%origin, applied, "gap closed"),
+            Alert::DeadLettered { stream, stream_seq, reason } => {
+                metrics::inc(&m.dead_letters_total);
+                error!(stream, stream_seq, reason, "a message went to the dead-letter table");
+            }
+            Alert::StreamGap { stream, from, to } => {
+                metrics::add(&m.stream_messages_missing_total, to + 1 - from);
+                warn!(stream, from, to, "messages were removed from the stream before they were read");
+            }
+            Alert::Deposed { origin, by } => error!(%origin, %by, "deposed: another origin of this region wrote later"),
+            Alert::Leading { origin } => info!(%origin, "writing as a new origin"),
+        }
+    }
+}

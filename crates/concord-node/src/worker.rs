@@ -1,0 +1,346 @@
+//! The worker: the one task that owns a node's [`Engine`] and executes what it decides.
+//!
+//! It serves, one at a time: a batch of queued writes (load → `write` → append to the
+//! region's log with retries → `append_done` → commit → replies), entries that arrived
+//! from streams (load → `apply` → commit), a tick (a leader checks whether its log grew
+//! under it), and the catch-up a leader does before it writes. Every engine step runs
+//! with its loads and its commit in one blocking call off the async runtime, and a step's
+//! replies, conflict publications, stream changes and metrics follow only once its batch
+//! is durable. Stream entries are never applied while an append is in flight (the engine
+//! requires it), which the one-thing-at-a-time loop guarantees.
+//!
+//! A failure of local state (a commit that fails, a record that does not decode) ends
+//! the worker with [`NodeError::Fatal`]: the node stops rather than diverge from its disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_api::ErrorCode;
+use concord_core::conflict::ConflictRecord;
+use concord_engine::{Ack, Engine, Entry, Output, WriteError, WriteOp};
+use concord_storage::Store;
+use concord_transport::{LogEntry, RegionLog};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::info;
+
+use crate::error::NodeError;
+use crate::metrics::{self, Metrics};
+use crate::streams::StreamControl;
+use crate::view::{self, Watches};
+
+/// A write as the API queues it.
+pub struct WriteRequest {
+    pub op: WriteOp,
+    /// The conflict-log record this write resolves (POST /v1/conflicts/{id}/resolve).
+    pub resolves: Option<uuid::Uuid>,
+    pub reply: oneshot::Sender<Result<Ack, NodeError>>,
+}
+
+/// Bounds on what one step takes in.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub batch_changes_max: usize,
+    pub batch_bytes_max: usize,
+    /// How long an append is retried before its writers get 503 (outcome unknown).
+    pub append_deadline: Duration,
+    pub inbound_entries_max: usize,
+    pub inbound_bytes_max: usize,
+    /// Most bytes one catch-up read brings in.
+    pub read_bytes_max: usize,
+}
+
+/// How often a leader checks whether its region's log grew under it.
+const TICK: Duration = Duration::from_secs(1);
+
+pub struct Worker<L: RegionLog, S: StreamControl> {
+    pub(crate) engine: Option<Engine>,
+    pub(crate) store: Store,
+    pub(crate) log: Arc<L>,
+    pub(crate) streams: S,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) watches: Watches,
+    /// Where a writer publishes the conflict records it commits (full: dropped, counted).
+    pub(crate) conflicts: Option<mpsc::Sender<ConflictRecord>>,
+    pub(crate) limits: Limits,
+    pending: BTreeMap<u64, oneshot::Sender<Result<Ack, NodeError>>>,
+    next_id: u64,
+    followed: BTreeSet<String>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+impl<L: RegionLog, S: StreamControl> Worker<L, S> {
+    pub fn new(
+        engine: Engine,
+        store: Store,
+        log: Arc<L>,
+        streams: S,
+        metrics: Arc<Metrics>,
+        watches: Watches,
+        limits: Limits,
+    ) -> Worker<L, S> {
+        let mut worker = Worker {
+            engine: Some(engine),
+            store,
+            log,
+            streams,
+            metrics,
+            watches,
+            conflicts: None,
+            limits,
+            pending: BTreeMap::new(),
+            next_id: 0,
+            followed: BTreeSet::new(),
+        };
+        for (stream, from) in worker.engine().streams_to_follow() {
+            worker.streams.follow(&stream, from);
+            worker.followed.insert(stream);
+        }
+        worker.publish();
+        worker
+    }
+
+    pub fn with_conflict_publisher(mut self, tx: mpsc::Sender<ConflictRecord>) -> Self {
+        self.conflicts = Some(tx);
+        self
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("the engine is back from its step")
+    }
+
+    /// Serve until `shutdown`; then answer what is queued and stop.
+    pub async fn run(
+        mut self,
+        mut writes: mpsc::Receiver<WriteRequest>,
+        mut inbound: mpsc::Receiver<(String, LogEntry)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut carry: Option<WriteRequest> = None;
+        loop {
+            if !self.catch_up(&mut shutdown).await? {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                first = next_write(&mut carry, &mut writes) => match first {
+                    Some(first) => {
+                        let batch = self.gather_writes(first, &mut writes, &mut carry);
+                        self.write(batch).await?;
+                    }
+                    None => break,
+                },
+                Some(first) = inbound.recv() => self.apply_inbound(first, &mut inbound).await?,
+                _ = tick.tick() => self.tick().await?,
+            }
+        }
+        self.drain(writes, carry).await
+    }
+
+    /// After shutdown: writes already queued are still answered (written, if this node
+    /// writes); no new ones are taken.
+    async fn drain(
+        mut self,
+        mut writes: mpsc::Receiver<WriteRequest>,
+        mut carry: Option<WriteRequest>,
+    ) -> Result<(), NodeError> {
+        writes.close();
+        while let Some(first) = next_write(&mut carry, &mut writes).await {
+            let batch = self.gather_writes(first, &mut writes, &mut carry);
+            self.write(batch).await?;
+        }
+        info!("worker drained and stopped");
+        Ok(())
+    }
+
+    /// `first` and whatever else is queued, up to the batch limits.
+    fn gather_writes(
+        &mut self,
+        first: WriteRequest,
+        writes: &mut mpsc::Receiver<WriteRequest>,
+        carry: &mut Option<WriteRequest>,
+    ) -> Vec<WriteRequest> {
+        let mut bytes = first.op.bytes();
+        let mut batch = vec![first];
+        while batch.len() < self.limits.batch_changes_max {
+            match writes.try_recv() {
+                Ok(r) if bytes + r.op.bytes() > self.limits.batch_bytes_max => {
+                    *carry = Some(r);
+                    break;
+                }
+                Ok(r) => {
+                    bytes += r.op.bytes();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    async fn write(&mut self, batch: Vec<WriteRequest>) -> Result<(), NodeError> {
+        let mut writes = Vec::with_capacity(batch.len());
+        for r in batch {
+            self.next_id += 1;
+            self.pending.insert(self.next_id, r.reply);
+            writes.push(concord_engine::WriteRequest { id: self.next_id, op: r.op, resolves: r.resolves });
+        }
+        let now = now_ms();
+        let mut out = self
+            .step(move |e, s| {
+                let facts = s.load(&e.write_needs(&writes))?;
+                Ok(e.write(writes, &facts, now)?)
+            })
+            .await?;
+        let append = out.append.take();
+        self.after(out);
+        if let Some(append) = append {
+            let outcome = self.append(&append).await;
+            let out = self.step(move |e, _| Ok(e.append_done(outcome))).await?;
+            self.after(out);
+        }
+        Ok(())
+    }
+
+    /// Apply `first` and whatever else arrived, up to the limits, stream by stream.
+    /// Entries of streams this node no longer follows (parked, or its own log once it
+    /// leads) are dropped: they are read again from the cursor when followed again.
+    async fn apply_inbound(
+        &mut self,
+        first: (String, LogEntry),
+        inbound: &mut mpsc::Receiver<(String, LogEntry)>,
+    ) -> Result<(), NodeError> {
+        let mut bytes = first.1.payload.len();
+        let mut by_stream: Vec<(String, Vec<Entry>)> = Vec::new();
+        let mut push = |(stream, e): (String, LogEntry)| {
+            let entry = Entry { seq: e.seq, payload: e.payload };
+            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+                Some((_, entries)) => entries.push(entry),
+                None => by_stream.push((stream, vec![entry])),
+            }
+        };
+        push(first);
+        let mut n = 1;
+        while n < self.limits.inbound_entries_max && bytes < self.limits.inbound_bytes_max {
+            let Ok(next) = inbound.try_recv() else { break };
+            bytes += next.1.payload.len();
+            push(next);
+            n += 1;
+        }
+        for (stream, entries) in by_stream {
+            if self.followed.contains(&stream) {
+                self.apply(stream, entries).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn apply(&mut self, stream: String, entries: Vec<Entry>) -> Result<(), NodeError> {
+        let now = now_ms();
+        let out = self
+            .step(move |e, s| {
+                let prepared = e.prepare(&stream, entries, now);
+                let facts = s.load(prepared.needs())?;
+                Ok(e.apply(prepared, &facts)?)
+            })
+            .await?;
+        self.after(out);
+        Ok(())
+    }
+
+    /// A leader checks whether its region's log grew under it (a deposed leader learns
+    /// it this way even when it takes no writes).
+    async fn tick(&mut self) -> Result<(), NodeError> {
+        if !matches!(self.engine().role(), concord_engine::RoleView::Leader { .. }) {
+            return Ok(());
+        }
+        let Ok(Ok(last)) = tokio::time::timeout(Duration::from_secs(2), self.log.last_seq()).await else {
+            return Ok(());
+        };
+        let out = self.step(move |e, _| Ok(e.tick(last))).await?;
+        self.after(out);
+        Ok(())
+    }
+
+    /// Run one engine step with its loads and its commit, off the async runtime.
+    pub(crate) async fn step<F>(&mut self, f: F) -> Result<Output, NodeError>
+    where
+        F: FnOnce(&mut Engine, &Store) -> Result<Output, NodeError> + Send + 'static,
+    {
+        let mut engine = self.engine.take().expect("the engine is back from its step");
+        let store = self.store.clone();
+        let (engine, result) = tokio::task::spawn_blocking(move || {
+            let result = f(&mut engine, &store).and_then(|out| {
+                if let Some(batch) = &out.commit {
+                    store.commit(batch)?;
+                }
+                Ok(out)
+            });
+            (engine, result)
+        })
+        .await
+        .map_err(|e| NodeError::Fatal(format!("an engine step panicked: {e}")))?;
+        debug_assert_eq!(engine.validate(), Ok(()), "the engine's invariants hold after every step");
+        self.engine = Some(engine);
+        result
+    }
+
+    /// What follows a step once its batch is durable.
+    pub(crate) fn after(&mut self, out: Output) {
+        if let Some(batch) = &out.commit {
+            metrics::add(&self.metrics.conflict_records_written_total, batch.conflicts.len() as u64);
+            if let Some(tx) = &self.conflicts {
+                for w in &batch.conflicts {
+                    if tx.try_send(w.record.clone()).is_err() {
+                        metrics::inc(&self.metrics.conflicts_unpublished_total);
+                    }
+                }
+            }
+        }
+        for (id, result) in out.replies {
+            if let Some(reply) = self.pending.remove(&id) {
+                let _ = reply.send(result.map_err(write_error));
+            }
+        }
+        for (stream, from) in out.follow {
+            self.streams.follow(&stream, from);
+            self.followed.insert(stream);
+        }
+        for stream in out.unfollow {
+            self.streams.unfollow(&stream);
+            self.followed.remove(&stream);
+        }
+        view::report(&self.metrics, &out.alerts, &out.stats);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.watches.publish(self.engine());
+    }
+}
+
+async fn next_write(
+    carry: &mut Option<WriteRequest>,
+    writes: &mut mpsc::Receiver<WriteRequest>,
+) -> Option<WriteRequest> {
+    match carry.take() {
+        Some(r) => Some(r),
+        None => writes.recv().await,
+    }
+}
+
+/// What a client hears when the engine refused or failed its write.
+fn write_error(e: WriteError) -> NodeError {
+    match e {
+        WriteError::Invalid(m) => NodeError::bad(ErrorCode::BadOp, m),
+        WriteError::TooLarge(m) => NodeError::TooLarge(m),
+        WriteError::LogUnavailable(m) => NodeError::unavailable(ErrorCode::LogUnavailable, m),
+        WriteError::NotLeader(m) => NodeError::unavailable(ErrorCode::NotLeader, m),
+        WriteError::Parked(m) => NodeError::unavailable(ErrorCode::Parked, m),
+    }
+}
