@@ -34,7 +34,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/docs/{*rest}", any(docs))
         .route("/v1/conflicts", get(conflicts_list))
         .route("/v1/conflicts/{id}", get(conflict_get))
-        .route("/v1/conflicts/{id}/resolve", axum::routing::post(conflict_resolve));
+        .route("/v1/conflicts/{id}/resolve", axum::routing::post(conflict_resolve))
+        .route("/v1/dead-letters", get(dead_letters));
     Router::new()
         .merge(operator.layer(limited(Class::Operator)))
         .merge(bulk.layer(limited(Class::Bulk)))
@@ -110,6 +111,10 @@ fn request_params(parts: &axum::http::request::Parts) -> Params {
     p.path_and_query = parts.uri.path_and_query().map(|pq| pq.to_string());
     p.deadline = parts.extensions.get::<Deadline>().copied();
     p
+}
+
+async fn dead_letters(State(node): State<Arc<Node>>, uri: axum::http::Uri) -> Response {
+    respond(super::dead_letters(&node, &params(uri.query())).await.into())
 }
 
 async fn conflict_get(State(node): State<Arc<Node>>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {

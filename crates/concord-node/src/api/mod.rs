@@ -6,6 +6,7 @@
 //! [`limits`] (concurrency, timeout), each with its own budget.
 
 mod conflicts;
+mod dead_letters;
 pub mod http;
 pub mod limits;
 pub mod nats;
@@ -14,6 +15,7 @@ mod status;
 mod write;
 
 pub use conflicts::{conflict_get, conflict_resolve, conflicts_list};
+pub use dead_letters::dead_letters;
 pub use nats_op::Op;
 pub use status::{status, status_body};
 pub use write::{DURABILITY_WAIT_MS_MAX, Durability};
