@@ -12,10 +12,12 @@ use tracing::{error, info, warn};
 
 use crate::metrics::{self, Metrics};
 
-/// The engine's state as status shows it.
+/// The engine's state as status shows it: one consistent snapshot, taken after a step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineView {
     pub role: RoleView,
+    pub applied: VersionVector,
+    pub cursors: BTreeMap<String, u64>,
     pub parked: BTreeMap<String, Parked>,
     pub gaps: Vec<Gap>,
     pub waiting: usize,
@@ -27,6 +29,8 @@ impl EngineView {
     pub fn of(engine: &Engine) -> EngineView {
         EngineView {
             role: engine.role(),
+            applied: engine.applied().clone(),
+            cursors: engine.cursors().clone(),
             parked: engine.parked().clone(),
             gaps: engine.gaps(),
             waiting: engine.waiting_count(),

@@ -9,6 +9,7 @@ use concord_engine::RoleView;
 
 use super::{Reply, leader_address};
 use crate::Node;
+use crate::view::EngineView;
 
 pub async fn status(node: &Node) -> Reply {
     Reply::json(200, status_body(node).await)
@@ -27,33 +28,33 @@ fn role_of(node: &Node, role: &RoleView) -> (&'static str, &'static str, Origin)
 }
 
 /// Every stream this replica applies: its position, and whether it is parked.
-fn streams(node: &Node) -> BTreeMap<String, StreamState> {
-    let view = node.view.borrow();
-    let cursors = node.cursors.borrow();
+fn streams(node: &Node, view: &EngineView) -> BTreeMap<String, StreamState> {
     let names = std::iter::once(node.log.stream().to_string())
         .chain(node.cfg.remote_regions().into_iter().map(|r| concord_transport::nats::mirror_name(r.as_str())));
     names
         .map(|name| {
             let parked = view.parked.get(&name).map(|p| ParkedStatus { seq: p.stream_seq, reason: p.reason.clone() });
-            let cursor = cursors.get(&name).copied().unwrap_or(0);
+            let cursor = view.cursors.get(&name).copied().unwrap_or(0);
             (name, StreamState { cursor, parked })
         })
         .collect()
 }
 
+/// The body, from one snapshot of the engine (so it never shows a step's effects without
+/// those of the steps before it); the NATS measures are taken after it.
 pub async fn status_body(node: &Node) -> StatusBody {
     let view = node.view.borrow().clone();
-    let applied: BTreeMap<String, u64> = node.applied.borrow().iter().map(|(o, s)| (o.to_string(), s)).collect();
+    let applied: BTreeMap<String, u64> = view.applied.iter().map(|(o, s)| (o.to_string(), s)).collect();
     let (role, writer, origin) = role_of(node, &view.role);
     let mut lag = BTreeMap::new();
     for remote in node.cfg.remote_regions() {
         let mirror = concord_transport::nats::mirror_name(remote.as_str());
-        lag.insert(remote.to_string(), stream_lag(node, &mirror).await);
+        lag.insert(remote.to_string(), stream_lag(node, &view, &mirror).await);
     }
     let leading = node.cfg.role == crate::Role::Leader;
     if !leading {
         // A follower also lags behind its own region's log.
-        lag.insert(node.region.to_string(), stream_lag(node, node.log.stream()).await);
+        lag.insert(node.region.to_string(), stream_lag(node, &view, node.log.stream()).await);
     }
     let leader_name =
         if leading { node.cfg.node.clone() } else { leader_address(node).await.map(|(n, _)| n).unwrap_or_default() };
@@ -97,7 +98,7 @@ pub async fn status_body(node: &Node) -> StatusBody {
         serves_nats_reads: node.serves_nats_reads.load(std::sync::atomic::Ordering::Relaxed),
         remote_stored,
         writer: writer.to_string(),
-        streams: streams(node),
+        streams: streams(node, &view),
         gaps,
         waiting: view.waiting as u64,
         dead_letters: view.dead_letters,
@@ -108,9 +109,9 @@ pub async fn status_body(node: &Node) -> StatusBody {
 /// mirror holds but this replica has not applied, plus those the mirror has not yet
 /// copied), `ms` the age of the oldest unapplied message in the mirror, and the
 /// mirror's own view of its upstream (`mirror_active_ms` grows while it is cut off).
-async fn stream_lag(node: &Node, mirror: &str) -> StreamLag {
+async fn stream_lag(node: &Node, view: &EngineView, mirror: &str) -> StreamLag {
     let mirror = mirror.to_string();
-    let cursor = node.cursors.borrow().get(&mirror).copied().unwrap_or(0);
+    let cursor = view.cursors.get(&mirror).copied().unwrap_or(0);
     let failed = |error: String| StreamLag { applied_seq: cursor, error: Some(error), mirror: None };
     let pos = match tokio::time::timeout(Duration::from_secs(2), node.log.position(&mirror)).await {
         Ok(Ok(pos)) => pos,
