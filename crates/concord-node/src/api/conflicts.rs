@@ -6,7 +6,9 @@ use concord_core::conflict::ConflictRecord;
 use concord_core::doc;
 use serde_json::json;
 
-use super::{Params, Reply, await_session, page_limit, write_resolving};
+use super::session::await_session;
+use super::write::write_resolving;
+use super::{Params, Reply, page_limit};
 use crate::Node;
 use crate::error::NodeError;
 use concord_engine::WriteOp;

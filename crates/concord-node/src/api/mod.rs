@@ -7,34 +7,35 @@
 
 mod conflicts;
 mod dead_letters;
+mod docs;
 pub mod http;
+mod kv;
+mod leader;
 pub mod limits;
 pub mod nats;
 mod nats_op;
+mod session;
 mod status;
 mod write;
 
 pub use conflicts::{conflict_get, conflict_resolve, conflicts_list};
 pub use dead_letters::dead_letters;
+pub use docs::{doc_apply, doc_get};
+pub use kv::{kv_delete, kv_get, kv_list, kv_put};
+pub use leader::leader_address;
 pub use nats_op::Op;
+pub use session::{SESSION_WAIT_MS_MAX, current_token};
 pub use status::{status, status_body};
 pub use write::{DURABILITY_WAIT_MS_MAX, Durability};
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use bytes::Bytes;
-use concord_api::{Behind, ErrorCode, LeaderRecord};
-use concord_core::conflict::CompetingVersion;
-use concord_core::{doc, input, token};
+use concord_api::ErrorCode;
+use concord_core::input;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::Node;
 use crate::error::NodeError;
-use concord_engine::WriteOp;
-use limits::{Deadline, cap};
-use write::{write, write_resolving};
+use limits::Deadline;
 
 pub const JSON: &str = "application/json";
 pub const OCTETS: &str = "application/octet-stream";
@@ -118,60 +119,6 @@ fn value_fits(node: &Node, body: &Bytes) -> Result<(), NodeError> {
     Ok(())
 }
 
-pub async fn kv_put(
-    node: &Node,
-    bucket_raw: &str,
-    key_raw: &[u8],
-    body: Bytes,
-    p: &Params,
-) -> Result<Reply, NodeError> {
-    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
-    value_fits(node, &body)?;
-    write(node, WriteOp::Put { bucket, key, value: body }, p).await
-}
-
-pub async fn kv_delete(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
-    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
-    write(node, WriteOp::Delete { bucket, key }, p).await
-}
-
-pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
-    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
-    await_session(node, p).await?;
-    crate::metrics::inc(&node.metrics.reads_served_total);
-    let store = node.store.clone();
-    let (b, k) = (bucket.clone(), key.clone());
-    let found = tokio::task::spawn_blocking(move || store.get_kv(&b, &k))
-        .await
-        .map_err(|e| NodeError::Fatal(e.to_string()))??;
-    let Some(register) = found else {
-        return Err(NodeError::NotFound(format!("{bucket}/{key} does not exist")));
-    };
-    if register.is_conflicted() && node.cfg.manual_buckets.contains(&bucket) {
-        // A manual bucket shows every sibling until someone resolves them.
-        let store = node.store.clone();
-        let (b, k) = (bucket.clone(), key.clone());
-        let record = tokio::task::spawn_blocking(move || store.open_conflict(&b, &k, None))
-            .await
-            .map_err(|e| NodeError::Fatal(e.to_string()))??;
-        let siblings: Vec<CompetingVersion> = register.versions().iter().map(CompetingVersion::from_lww).collect();
-        return Ok(Reply::json(
-            300,
-            json!({
-                "conflict": record.map(|r| r.id),
-                "winner": register.winner().id(),
-                "siblings": siblings,
-            }),
-        ));
-    }
-    match &register.winner().value {
-        Some(value) => {
-            Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(value.clone()), location: None })
-        }
-        None => Err(NodeError::NotFound(format!("{bucket}/{key} does not exist"))),
-    }
-}
-
 /// The `limit` of a paged request: `default` when absent, else 1..=`max`.
 pub(crate) fn page_limit(p: &Params, default: usize, max: usize) -> Result<usize, NodeError> {
     match &p.limit {
@@ -184,91 +131,6 @@ pub(crate) fn page_limit(p: &Params, default: usize, max: usize) -> Result<usize
     }
 }
 
-pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply, NodeError> {
-    let bucket = bucket(bucket_raw)?;
-    await_session(node, p).await?;
-    crate::metrics::inc(&node.metrics.reads_served_total);
-    let limit = page_limit(p, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)?;
-    let prefix = p.prefix.clone().unwrap_or_default();
-    let after = p.after.clone();
-    let store = node.store.clone();
-    let keys = tokio::task::spawn_blocking(move || store.list_kv(&bucket, &prefix, after.as_deref(), limit + 1))
-        .await
-        .map_err(|e| NodeError::Fatal(e.to_string()))??;
-    let more = keys.len() > limit;
-    let keys: Vec<String> = keys.into_iter().take(limit).collect();
-    let next = if more { keys.last().cloned() } else { None };
-    Ok(Reply::json(200, json!({ "keys": keys, "next": next })))
-}
-
-pub async fn doc_apply(
-    node: &Node,
-    bucket_raw: &str,
-    key_raw: &[u8],
-    body: Bytes,
-    p: &Params,
-) -> Result<Reply, NodeError> {
-    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
-    value_fits(node, &body)?;
-    let ops = doc::parse_ops(&body)?;
-    write(node, WriteOp::Doc { bucket, key, ops }, p).await
-}
-
-pub async fn doc_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
-    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
-    await_session(node, p).await?;
-    crate::metrics::inc(&node.metrics.reads_served_total);
-    let binary = match p.format.as_deref() {
-        None | Some("json") => false,
-        Some("automerge") => true,
-        Some(other) => {
-            return Err(NodeError::bad(ErrorCode::BadFormat, format!("format {other:?}: use json or automerge")));
-        }
-    };
-    let store = node.store.clone();
-    let (b, k) = (bucket.clone(), key.clone());
-    tokio::task::spawn_blocking(move || -> Result<Reply, NodeError> {
-        let Some(bytes) = store.get_doc(&b, &k)? else {
-            return Err(NodeError::NotFound(format!("document {b}/{k} does not exist")));
-        };
-        if binary {
-            return Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(bytes), location: None });
-        }
-        let doc = doc::load_doc(&bytes).map_err(|e| NodeError::Fatal(e.to_string()))?;
-        Ok(Reply::json(200, doc::to_json(&doc)))
-    })
-    .await
-    .map_err(|e| NodeError::Fatal(e.to_string()))?
-}
-
-/// Where a write sent to a follower should go: 307 to the leader, same path and query.
-async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
-    match leader_address(node).await {
-        Some((leader, url)) => NodeError::Redirect {
-            message: format!("{} is a follower; writes go to the leader {leader}", node.cfg.node),
-            location: format!("{url}{}", p.path_and_query.clone().unwrap_or_default()),
-        },
-        None => NodeError::unavailable(
-            ErrorCode::NoLeader,
-            format!("{} is a follower and no leader of {} is known", node.cfg.node, node.region),
-        ),
-    }
-}
-
-/// The region's leader (node, URL), from `concord_leaders`, cached for two seconds.
-pub async fn leader_address(node: &Node) -> Option<(String, String)> {
-    if let Some((at, name, url)) = node.leader_cache.lock().expect("not poisoned").clone()
-        && at.elapsed() < Duration::from_secs(2)
-    {
-        return Some((name, url));
-    }
-    let record: LeaderRecord =
-        tokio::time::timeout(Duration::from_secs(2), node.log.leader_of(node.region.as_str())).await.ok()?.ok()??;
-    let LeaderRecord { node: name, http: url, .. } = record;
-    *node.leader_cache.lock().expect("not poisoned") = Some((std::time::Instant::now(), name.clone(), url.clone()));
-    Some((name, url))
-}
-
 /// `GET /v1/snapshot`: this replica's whole state, for a new replica to start from.
 pub async fn snapshot(node: &Node) -> Result<Reply, NodeError> {
     let store = node.store.clone();
@@ -276,50 +138,4 @@ pub async fn snapshot(node: &Node) -> Result<Reply, NodeError> {
         .await
         .map_err(|e| NodeError::Fatal(e.to_string()))??;
     Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(bytes), location: None })
-}
-
-/// Most a read may wait for its session token.
-pub const SESSION_WAIT_MS_MAX: u64 = 60_000;
-
-/// Session guarantees: a read carrying a token waits (bounded) until this replica has
-/// applied at least what the token names, so a client reads its own writes and never
-/// sees time go backwards, in any region. Past the wait: 503 `session_lag`, naming
-/// what is missing.
-async fn await_session(node: &Node, p: &Params) -> Result<(), NodeError> {
-    let Some(raw) = p.token.as_deref().filter(|t| !t.is_empty()) else { return Ok(()) };
-    let needed = token::decode(raw).map_err(|e| NodeError::bad(ErrorCode::BadToken, e.to_string()))?;
-    let asked = match &p.wait_ms {
-        None => Duration::from_millis(node.cfg.session_wait_ms),
-        Some(w) => {
-            Duration::from_millis(w.parse::<u64>().ok().filter(|ms| *ms <= SESSION_WAIT_MS_MAX).ok_or_else(|| {
-                NodeError::bad(ErrorCode::BadWait, format!("wait_ms {w:?}: use 0 to {SESSION_WAIT_MS_MAX}"))
-            })?)
-        }
-    };
-    let wait = cap(asked, p.deadline);
-    let mut applied = node.applied.clone();
-    let reached = tokio::time::timeout(wait, applied.wait_for(|vv| vv.dominates(&needed))).await;
-    if matches!(reached, Ok(Ok(_))) {
-        return Ok(());
-    }
-    let now = node.applied.borrow().clone();
-    let behind: BTreeMap<String, Behind> = needed
-        .iter()
-        .filter(|(o, seq)| now.get(o) < *seq)
-        .map(|(o, seq)| (o.to_string(), Behind { needed: seq, applied: now.get(o) }))
-        .collect();
-    let names: Vec<String> = behind.keys().cloned().collect();
-    Err(NodeError::SessionLag {
-        message: format!(
-            "this replica has not applied your session's writes from {} after waiting {} ms: retry, or read elsewhere",
-            names.join(", "),
-            wait.as_millis()
-        ),
-        behind,
-    })
-}
-
-/// The session token of this replica now.
-pub fn current_token(node: &Node) -> String {
-    token::encode(&node.applied.borrow())
 }

@@ -67,7 +67,21 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tick.tick(), if leading => {
+            _ = tick.tick() => {
+                // An endpoint whose task ended (its subscription closed, or it panicked)
+                // no longer serves: fail, and the supervisor starts the service again.
+                let dead = tasks.iter().chain(reads.iter().flat_map(|r| r.2.iter())).any(|t| t.is_finished());
+                if dead {
+                    if let Some(running) = reads.take() {
+                        stop(running).await;
+                    }
+                    stop((service, main_stop, tasks)).await;
+                    limits.drain(DRAIN_DEADLINE).await;
+                    return Err("an endpoint of the NATS service stopped".into());
+                }
+                if !leading {
+                    continue;
+                }
                 let followers = !node.followers.live().is_empty();
                 if followers && let Some(running) = reads.take() {
                     stop(running).await;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use concord_api::{ErrorCode, WriteAck};
 
+use super::leader::redirect_to_leader;
 use super::limits::cap;
-use super::{Params, Reply, redirect_to_leader};
+use super::{Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
 use crate::worker::WriteRequest;

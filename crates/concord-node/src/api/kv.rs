@@ -1,0 +1,83 @@
+//! The key/value operations: write (put, delete), read, list.
+
+use bytes::Bytes;
+use concord_core::conflict::CompetingVersion;
+use concord_engine::WriteOp;
+use serde_json::json;
+
+use super::session::await_session;
+use super::write::write;
+use super::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, OCTETS, Params, Reply, bucket, key, page_limit, value_fits};
+use crate::Node;
+use crate::error::NodeError;
+
+pub async fn kv_put(
+    node: &Node,
+    bucket_raw: &str,
+    key_raw: &[u8],
+    body: Bytes,
+    p: &Params,
+) -> Result<Reply, NodeError> {
+    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    value_fits(node, &body)?;
+    write(node, WriteOp::Put { bucket, key, value: body }, p).await
+}
+
+pub async fn kv_delete(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
+    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    write(node, WriteOp::Delete { bucket, key }, p).await
+}
+
+pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -> Result<Reply, NodeError> {
+    let (bucket, key) = (bucket(bucket_raw)?, key(key_raw)?);
+    await_session(node, p).await?;
+    crate::metrics::inc(&node.metrics.reads_served_total);
+    let store = node.store.clone();
+    let (b, k) = (bucket.clone(), key.clone());
+    let found = tokio::task::spawn_blocking(move || store.get_kv(&b, &k))
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))??;
+    let Some(register) = found else {
+        return Err(NodeError::NotFound(format!("{bucket}/{key} does not exist")));
+    };
+    if register.is_conflicted() && node.cfg.manual_buckets.contains(&bucket) {
+        // A manual bucket shows every sibling until someone resolves them.
+        let store = node.store.clone();
+        let (b, k) = (bucket.clone(), key.clone());
+        let record = tokio::task::spawn_blocking(move || store.open_conflict(&b, &k, None))
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))??;
+        let siblings: Vec<CompetingVersion> = register.versions().iter().map(CompetingVersion::from_lww).collect();
+        return Ok(Reply::json(
+            300,
+            json!({
+                "conflict": record.map(|r| r.id),
+                "winner": register.winner().id(),
+                "siblings": siblings,
+            }),
+        ));
+    }
+    match &register.winner().value {
+        Some(value) => {
+            Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(value.clone()), location: None })
+        }
+        None => Err(NodeError::NotFound(format!("{bucket}/{key} does not exist"))),
+    }
+}
+
+pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply, NodeError> {
+    let bucket = bucket(bucket_raw)?;
+    await_session(node, p).await?;
+    crate::metrics::inc(&node.metrics.reads_served_total);
+    let limit = page_limit(p, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)?;
+    let prefix = p.prefix.clone().unwrap_or_default();
+    let after = p.after.clone();
+    let store = node.store.clone();
+    let keys = tokio::task::spawn_blocking(move || store.list_kv(&bucket, &prefix, after.as_deref(), limit + 1))
+        .await
+        .map_err(|e| NodeError::Fatal(e.to_string()))??;
+    let more = keys.len() > limit;
+    let keys: Vec<String> = keys.into_iter().take(limit).collect();
+    let next = if more { keys.last().cloned() } else { None };
+    Ok(Reply::json(200, json!({ "keys": keys, "next": next })))
+}

@@ -1,0 +1,38 @@
+//! Finding the region's leader: where a write sent to a follower goes (307), from the
+//! leader record in `concord_leaders`, cached briefly.
+
+use std::time::Duration;
+
+use concord_api::{ErrorCode, LeaderRecord};
+
+use super::Params;
+use crate::Node;
+use crate::error::NodeError;
+
+/// Where a write sent to a follower should go: 307 to the leader, same path and query.
+pub(super) async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
+    match leader_address(node).await {
+        Some((leader, url)) => NodeError::Redirect {
+            message: format!("{} is a follower; writes go to the leader {leader}", node.cfg.node),
+            location: format!("{url}{}", p.path_and_query.clone().unwrap_or_default()),
+        },
+        None => NodeError::unavailable(
+            ErrorCode::NoLeader,
+            format!("{} is a follower and no leader of {} is known", node.cfg.node, node.region),
+        ),
+    }
+}
+
+/// The region's leader (node, URL), from `concord_leaders`, cached for two seconds.
+pub async fn leader_address(node: &Node) -> Option<(String, String)> {
+    if let Some((at, name, url)) = node.leader_cache.lock().expect("not poisoned").clone()
+        && at.elapsed() < Duration::from_secs(2)
+    {
+        return Some((name, url));
+    }
+    let record: LeaderRecord =
+        tokio::time::timeout(Duration::from_secs(2), node.log.leader_of(node.region.as_str())).await.ok()?.ok()??;
+    let LeaderRecord { node: name, http: url, .. } = record;
+    *node.leader_cache.lock().expect("not poisoned") = Some((std::time::Instant::now(), name.clone(), url.clone()));
+    Some((name, url))
+}
