@@ -19,6 +19,8 @@ pub enum Status {
 #[derive(Debug, Clone)]
 pub struct WriteRecord {
     pub op: WriteOp,
+    /// The conflict record the write resolves, if any.
+    pub resolves: Option<uuid::Uuid>,
     /// For a counter increment: by how much.
     pub inc: u64,
     pub status: Status,
@@ -33,14 +35,18 @@ pub struct Oracle {
 }
 
 impl Oracle {
-    pub fn new_write(&mut self, op: WriteOp, inc: u64) -> u64 {
+    pub fn new_write(&mut self, op: WriteOp, inc: u64, resolves: Option<uuid::Uuid>) -> u64 {
         self.next_id += 1;
-        self.writes.insert(self.next_id, WriteRecord { op, inc, status: Status::Open, landed: None });
+        self.writes.insert(self.next_id, WriteRecord { op, resolves, inc, status: Status::Open, landed: None });
         self.next_id
     }
 
     pub fn op(&self, id: u64) -> &WriteOp {
         &self.writes[&id].op
+    }
+
+    pub fn resolves(&self, id: u64) -> Option<uuid::Uuid> {
+        self.writes[&id].resolves
     }
 
     /// The log stored an append holding these writes' changes.

@@ -60,8 +60,10 @@ impl World {
     fn start_append(&mut self, n: usize) -> Result<(), String> {
         let take = self.nodes[n].queue.len().min(1 + self.rng.below(BATCH_WRITES_MAX));
         let ids: Vec<u64> = self.nodes[n].queue.drain(..take).collect();
-        let writes: Vec<WriteRequest> =
-            ids.iter().map(|id| WriteRequest { id: *id, op: self.oracle.op(*id).clone(), resolves: None }).collect();
+        let writes: Vec<WriteRequest> = ids
+            .iter()
+            .map(|id| WriteRequest { id: *id, op: self.oracle.op(*id).clone(), resolves: self.oracle.resolves(*id) })
+            .collect();
         let needs = self.nodes[n].engine.as_ref().expect("up").write_needs(&writes);
         let facts = self.load(n, &needs);
         let engine = self.nodes[n].engine.as_mut().expect("up");

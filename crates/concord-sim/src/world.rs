@@ -159,30 +159,45 @@ impl World {
         if src == region { self.logs[src].last_seq() } else { self.copied.get(&(region, src)).copied().unwrap_or(0) }
     }
 
-    /// A random write from a client.
-    pub fn random_op(&mut self) -> (WriteOp, u64) {
+    /// A random write from a client: LWW puts and deletes on a few shared keys (some
+    /// resolving the key's open conflict, as `POST /v1/conflicts/{id}/resolve` does),
+    /// counter increments, property sets and text edits of the shared document.
+    pub fn random_op(&mut self, region: usize) -> (WriteOp, u64, Option<uuid::Uuid>) {
         let key = format!("k{}", self.rng.below(KEYS));
-        match self.rng.below(10) {
+        match self.rng.below(12) {
             0..=4 => {
                 let value = format!("v{}", self.rng.next() % 1000).into_bytes().into();
-                (WriteOp::Put { bucket: BUCKET.into(), key, value }, 0)
+                let resolves = if self.rng.chance(30) { self.open_conflict(region, &key) } else { None };
+                (WriteOp::Put { bucket: BUCKET.into(), key, value }, 0, resolves)
             }
-            5 => (WriteOp::Delete { bucket: BUCKET.into(), key }, 0),
+            5 => (WriteOp::Delete { bucket: BUCKET.into(), key }, 0, None),
             6..=7 => {
                 let by = 1 + self.rng.below(5) as u64;
-                (doc_write(vec![DocOp::Inc { path: vec![PathElem::Key("count".into())], by: by as i64 }]), by)
+                (doc_write(vec![DocOp::Inc { path: vec![PathElem::Key("count".into())], by: by as i64 }]), by, None)
             }
-            _ => {
+            8..=9 => {
                 let path = vec![PathElem::Key(format!("p{}", self.rng.below(3)))];
                 let value = serde_json::json!(self.rng.next() % 100);
-                (doc_write(vec![DocOp::Set { path, value }]), 0)
+                (doc_write(vec![DocOp::Set { path, value }]), 0, None)
+            }
+            _ => {
+                let text = ["a", "b", "c"][self.rng.below(3)].to_string();
+                let path = vec![PathElem::Key("note".into())];
+                (doc_write(vec![DocOp::Splice { path, pos: 0, del: 0, text }]), 0, None)
             }
         }
     }
 
+    /// The open conflict of `key` as the region's leader knows it, if any.
+    fn open_conflict(&self, region: usize, key: &str) -> Option<uuid::Uuid> {
+        let store = &self.nodes[self.leader_of[region]].store;
+        let open_key = concord_engine::open_key(BUCKET, key, None);
+        store.open.get(&open_key).copied()
+    }
+
     /// A client sends a write to `region`: to the node it believes leads, mostly.
-    pub fn client_write(&mut self, region: usize, op: WriteOp, inc: u64) -> u64 {
-        let id = self.oracle.new_write(op, inc);
+    pub fn client_write(&mut self, region: usize, op: WriteOp, inc: u64, resolves: Option<uuid::Uuid>) -> u64 {
+        let id = self.oracle.new_write(op, inc, resolves);
         let in_region: Vec<usize> = (0..self.nodes.len()).filter(|n| self.nodes[*n].region == region).collect();
         let n = if self.rng.chance(85) { self.leader_of[region] } else { in_region[self.rng.below(in_region.len())] };
         let node = &mut self.nodes[n];
@@ -207,8 +222,8 @@ impl World {
         match self.rng.below(100) {
             0..=24 => {
                 let region = self.rng.below(self.regions.len());
-                let (op, inc) = self.random_op();
-                self.client_write(region, op, inc);
+                let (op, inc, resolves) = self.random_op(region);
+                self.client_write(region, op, inc, resolves);
                 Ok(())
             }
             25..=49 => self.activate(n),
