@@ -85,6 +85,46 @@ pub enum DocOp {
     },
 }
 
+impl DocOp {
+    /// Roughly how many bytes this op adds to an Automerge change: its path, its value
+    /// or text, and a fixed overhead (for batch limits, not an exact size).
+    pub fn bytes(&self) -> usize {
+        let path_bytes = |path: &[PathElem]| -> usize {
+            path.iter().map(|e| if let PathElem::Key(k) = e { k.len() } else { 8 }).sum()
+        };
+        64 + match self {
+            DocOp::Set { path, value }
+            | DocOp::SetImmutable { path, value }
+            | DocOp::Insert { path, value }
+            | DocOp::InsertImmutable { path, value } => path_bytes(path) + json_bytes(value),
+            DocOp::Splice { path, text, .. } => path_bytes(path) + text.len(),
+            DocOp::Inc { path, .. } | DocOp::Del { path } => path_bytes(path),
+        }
+    }
+}
+
+/// Roughly the encoded size of a JSON value (its text form, iteratively).
+fn json_bytes(value: &Json) -> usize {
+    let mut stack = vec![value];
+    let mut bytes = 0;
+    while let Some(v) = stack.pop() {
+        bytes += match v {
+            Json::Null | Json::Bool(_) => 4,
+            Json::Number(_) => 8,
+            Json::String(s) => s.len() + 2,
+            Json::Array(items) => {
+                stack.extend(items);
+                2
+            }
+            Json::Object(map) => {
+                stack.extend(map.values());
+                map.keys().map(|k| k.len() + 4).sum::<usize>() + 2
+            }
+        };
+    }
+    bytes
+}
+
 /// An op as JSON. Kept apart from [`DocOp`] so the flag stays a wire detail: code that
 /// builds ops (conflict resolution, the simulation) names the variant it means.
 #[derive(Deserialize)]

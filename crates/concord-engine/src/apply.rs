@@ -218,8 +218,29 @@ impl Engine {
         for origin in gaps_before.into_iter().filter(|o| !self.waiting.contains_key(o)) {
             out.alerts.push(Alert::GapClosed { applied: self.applied.get(&origin), origin });
         }
+        self.resume_for_room(&mut out);
         out.commit = (!batch.is_empty()).then_some(batch);
         out
+    }
+
+    /// Streams parked because the waiting table was full resume once it has room again
+    /// (gaps of other streams' origins closed): they are followed from their cursors.
+    fn resume_for_room(&mut self, out: &mut Output) {
+        if !self.waiting_has_room(self.waiting_count(), self.waiting_bytes, 0) {
+            return;
+        }
+        let resumed: Vec<String> = self.parked.iter().filter(|(_, p)| p.for_room).map(|(s, _)| s.clone()).collect();
+        for stream in resumed {
+            self.parked.remove(&stream);
+            out.alerts.push(Alert::Resumed { stream: stream.clone() });
+            if stream != self.cfg.own_stream || self.writer.follows_own_log() {
+                out.follow.push((stream.clone(), self.cursor(&stream) + 1));
+            }
+            if stream == self.cfg.own_stream && matches!(self.writer, crate::writer::Writer::Stuck { .. }) {
+                self.begin_catch_up(None);
+                out.catch_up = true;
+            }
+        }
     }
 
     fn take_item(&mut self, stream: &str, item: Item, batch: &mut Batch, out: &mut Output) {
@@ -242,16 +263,16 @@ impl Engine {
             }
             Item::Forget { origin, first_seq } => self.unwait(&origin, first_seq, batch),
             Item::Duplicate => out.stats.changesets_duplicate += 1,
-            Item::DeadLetter { letter, waited } => {
+            Item::DeadLetter { letter, waited, .. } => {
                 if let Some((origin, first_seq)) = waited {
                     self.unwait(&origin, first_seq, batch);
                 }
                 self.dead_letter(letter, batch, out);
             }
-            Item::Park { stream_seq, reason } => {
+            Item::Park { stream_seq, reason, for_room } => {
                 out.alerts.push(Alert::Parked { stream: stream.to_string(), stream_seq, reason: reason.clone() });
                 out.unfollow.push(stream.to_string());
-                self.parked.insert(stream.to_string(), Parked { stream_seq, reason });
+                self.parked.insert(stream.to_string(), Parked { stream_seq, reason, for_room });
             }
         }
     }

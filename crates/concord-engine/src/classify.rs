@@ -49,13 +49,19 @@ pub(crate) enum Item {
         first_seq: u64,
     },
     Duplicate,
+    /// `refusal`: a document refused it (found only now, so it is news even for an
+    /// entry delivered before).
     DeadLetter {
         letter: DeadLetter,
         waited: Option<(Origin, u64)>,
+        refusal: bool,
     },
+    /// `for_room`: parked because the waiting table is full (it resumes once there is
+    /// room), not for a newer format.
     Park {
         stream_seq: u64,
         reason: String,
+        for_room: bool,
     },
 }
 
@@ -129,9 +135,11 @@ pub(crate) fn classify(engine: &Engine, stream: &str, entries: &[Entry], refused
         let item = walk.entry(entry, region);
         let parks = matches!(item, Item::Park { .. });
         match item {
-            // Handled when it was first consumed; a redelivery only matters when it
-            // fills a gap.
-            Item::DeadLetter { .. } | Item::Park { .. } if seen_before => walk.plan.items.push(Item::Duplicate),
+            // Decided alike when it was first consumed; a redelivery only matters when
+            // it fills a gap (or a document refuses it now).
+            Item::DeadLetter { refusal: false, .. } | Item::Park { .. } if seen_before => {
+                walk.plan.items.push(Item::Duplicate)
+            }
             item => walk.plan.items.push(item),
         }
         if parks && !seen_before {
@@ -161,22 +169,24 @@ impl Walk<'_> {
     fn entry(&mut self, entry: &Entry, region: &RegionId) -> Item {
         let cs = match Changeset::decode(&entry.payload) {
             Ok(cs) => cs,
-            Err(CoreError::UnsupportedVersion { found, supported }) => {
+            // Only a newer format waits for a newer node; any other version is garbage.
+            Err(CoreError::UnsupportedVersion { found, supported }) if found > supported => {
                 let reason = format!("changeset format version {found}; this node reads up to {supported}: upgrade it");
-                return Item::Park { stream_seq: entry.seq, reason };
+                return Item::Park { stream_seq: entry.seq, reason, for_room: false };
             }
             Err(e) => {
                 let letter =
                     DeadLetter { payload: entry.payload.to_vec(), ..self.letter(entry.seq, None, e.to_string()) };
-                return Item::DeadLetter { letter, waited: None };
+                return Item::DeadLetter { letter, waited: None, refusal: false };
             }
         };
         let refused = self.refused.get(&(cs.origin.clone(), cs.first_seq)).cloned();
+        let refusal = refused.is_some();
         let docs = match (check(&cs, region), refused) {
             (Err(reason), _) | (Ok(_), Some(reason)) => {
                 let letter =
                     DeadLetter { payload: entry.payload.to_vec(), ..self.letter(entry.seq, Some(&cs), reason) };
-                return Item::DeadLetter { letter, waited: None };
+                return Item::DeadLetter { letter, waited: None, refusal };
             }
             (Ok(docs), None) => docs,
         };
@@ -221,12 +231,12 @@ impl Walk<'_> {
     /// Keep a changeset that follows a gap, or park the stream when too many wait.
     fn hold(&mut self, entry: &Entry, cs: Changeset, have: u64) -> Item {
         let (max, bytes_max) = (self.engine.cfg.waiting_max, self.engine.cfg.waiting_bytes_max);
-        if self.waiting_count + 1 > max || self.waiting_bytes + entry.payload.len() > bytes_max {
+        if !self.engine.waiting_has_room(self.waiting_count, self.waiting_bytes, entry.payload.len()) {
             let reason = format!(
                 "{} has a gap after sequence {have} and {} changesets ({} bytes) already wait (waiting_max {max}, waiting_bytes_max {bytes_max})",
                 cs.origin, self.waiting_count, self.waiting_bytes
             );
-            return Item::Park { stream_seq: entry.seq, reason };
+            return Item::Park { stream_seq: entry.seq, reason, for_room: true };
         }
         let meta = Waiting {
             origin: cs.origin.clone(),
@@ -287,7 +297,7 @@ impl Walk<'_> {
                 if let Some(reason) = self.refused.get(&key).cloned().or(docs.as_ref().err().cloned()) {
                     let mut letter = self.letter(held.meta.stream_seq, Some(&held.cs), reason);
                     letter.payload = held.meta.payload.to_vec();
-                    self.plan.items.push(Item::DeadLetter { letter, waited: Some(key) });
+                    self.plan.items.push(Item::DeadLetter { letter, waited: Some(key), refusal: true });
                     break;
                 }
                 let item = self.apply(held.cs, have + 1, docs.expect("checked above"), true);

@@ -67,11 +67,15 @@ pub enum AppendOutcome {
 /// Something an operator should see in logs, status and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Alert {
-    /// A stream stopped at a message this node cannot read.
+    /// A stream stopped at a message this node cannot read, or for want of room.
     Parked {
         stream: String,
         stream_seq: u64,
         reason: String,
+    },
+    /// A stream parked for want of room goes on.
+    Resumed {
+        stream: String,
     },
     /// An origin's changesets started waiting behind a gap.
     GapOpened {

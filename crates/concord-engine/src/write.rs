@@ -36,7 +36,7 @@ impl WriteOp {
         match self {
             WriteOp::Put { value, key, .. } => value.len() + key.len() + 64,
             WriteOp::Delete { key, .. } => key.len() + 64,
-            WriteOp::Doc { key, ops, .. } => key.len() + 64 * ops.len(),
+            WriteOp::Doc { key, ops, .. } => key.len() + 64 + ops.iter().map(DocOp::bytes).sum::<usize>(),
         }
     }
 

@@ -219,3 +219,98 @@ fn a_change_the_document_refuses_is_a_dead_letter_and_its_origin_waits_behind_it
     let saved = doc::load_doc(&r.store.docs[&("d".to_string(), "doc".to_string())]).unwrap();
     assert_eq!(doc::to_json(&saved), serde_json::json!({"x": 1}));
 }
+
+#[test]
+fn only_a_newer_format_parks_other_versions_are_garbage() {
+    let mut r = Replica::new(config());
+    let eu_log = written("eu-west", 2);
+    let delivered = vec![
+        Entry { seq: 1, payload: Bytes::from_static(b"CCS\x00") },
+        Entry { seq: 2, payload: eu_log[0].clone() },
+        Entry { seq: 3, payload: eu_log[1].clone() },
+    ];
+    r.deliver(MIRROR, delivered);
+    assert!(r.engine.parked().is_empty(), "no build ever wrote version 0: nothing to wait for");
+    assert_eq!(r.store.dead_letters.len(), 1);
+    assert_eq!(r.engine.applied().get(&eu(1)), 2, "the stream goes on");
+}
+
+#[test]
+fn a_forged_message_on_its_own_log_does_not_stop_a_leader() {
+    let mut store = MemStore::default();
+    let mut e = Engine::open(config(), store.durable(), StartAs::Leader).unwrap();
+    assert_eq!(e.catch_up_next(0, 100), CatchUp::Done);
+    assert_eq!(e.caught_up(0).0, CaughtUp::NeedEpoch);
+    e.start_writing(1);
+    let op = WriteOp::Put { bucket: "b".into(), key: "k".into(), value: Bytes::from_static(b"v") };
+    let writes = vec![WriteRequest { id: 1, op, resolves: None }];
+    let facts = store.load(&e.write_needs(&writes));
+    e.write(writes, &facts, 1_000).unwrap();
+    // Someone published garbage to the log first: the append is fenced.
+    assert!(e.append_done(AppendOutcome::Failed("wrong last sequence".into())).catch_up);
+    let prepared = e.prepare(OWN, vec![Entry { seq: 1, payload: Bytes::from_static(b"CCS\x00") }], 1_000);
+    let facts = store.load(prepared.needs());
+    let out = e.apply(prepared, &facts).unwrap();
+    store.commit(out.commit.as_ref().unwrap());
+    e.read_through(OWN, 1);
+    assert_eq!(e.catch_up_next(1, 100), CatchUp::Done);
+    assert_eq!(e.caught_up(1).0, CaughtUp::NeedEpoch, "the garbage is a dead letter; the leader writes on");
+    assert_eq!(store.dead_letters.len(), 1);
+}
+
+#[test]
+fn a_refusal_found_for_an_entry_below_the_cursor_is_still_a_dead_letter() {
+    let mut r = Replica::new(config());
+    let o = eu(2);
+    let mut third = Changeset::decode(&doc_changeset(&o, 3, doc_change(&o, 9))).unwrap();
+    third.changes[0].body = ChangeBody::Put { value: b"v".to_vec(), vv: [(o.clone(), 3)].into_iter().collect() };
+    let log =
+        [doc_changeset(&o, 1, doc_change(&o, 1)), doc_changeset(&o, 2, doc_change(&o, 2)), Bytes::from(third.encode())];
+    r.deliver(MIRROR, entries(&log, &[1, 3]));
+    assert_eq!(r.engine.cursor(MIRROR), 3);
+    // The missing one arrives late (a consumer rewind, a re-read): the document refuses it.
+    let out = r.deliver(MIRROR, entries(&log, &[2]));
+    assert!(out.alerts.iter().any(|a| matches!(a, Alert::DeadLettered { stream_seq: 2, .. })), "{:?}", out.alerts);
+    assert_eq!(r.store.dead_letters.len(), 1);
+    assert_eq!(r.engine.applied().get(&o), 1);
+    assert_eq!(r.engine.gaps().len(), 1, "the origin visibly waits behind it");
+}
+
+#[test]
+fn lowering_the_waiting_bound_keeps_what_waits_and_refuses_more() {
+    let mut r = Replica::new(config());
+    let eu_log = written("eu-west", 6);
+    r.deliver(MIRROR, entries(&eu_log, &[1, 3, 4, 5]));
+    assert_eq!(r.store.waiting.len(), 3);
+    r.cfg.waiting_max = 2;
+    r.restart();
+    assert_eq!(r.engine.waiting_count(), 3, "the node starts with what waits");
+    let out = r.deliver(MIRROR, entries(&eu_log, &[6]));
+    assert!(out.alerts.iter().any(|a| matches!(a, Alert::Parked { stream_seq: 6, .. })));
+}
+
+#[test]
+fn a_stream_parked_for_room_resumes_when_other_gaps_close() {
+    let mut cfg = config();
+    cfg.waiting_max = 2;
+    let mut r = Replica::new(cfg);
+    let (eu_log, us_log) = (written("eu-west", 4), written("us-east", 3));
+    r.deliver(MIRROR, entries(&eu_log, &[1, 3, 4]));
+    let out = r.deliver(OWN, entries(&us_log, &[1, 3]));
+    assert!(out.alerts.iter().any(|a| matches!(a, Alert::Parked { stream_seq: 3, .. })), "no room: {:?}", out.alerts);
+    // eu-west's gap closes: room again, and the region's log is followed again.
+    let out = r.deliver(MIRROR, entries(&eu_log, &[2]));
+    assert!(out.alerts.contains(&Alert::Resumed { stream: OWN.into() }));
+    assert!(out.follow.contains(&(OWN.to_string(), 2)));
+    assert!(r.engine.parked().is_empty());
+    r.deliver(OWN, entries(&us_log, &[2, 3]));
+    assert_eq!(r.engine.applied().get(&Origin::new(region("us-east"), 1)), 3);
+}
+
+#[test]
+fn a_document_write_counts_its_value_in_the_batch_limit() {
+    let big = "x".repeat(1 << 20);
+    let ops = vec![DocOp::Set { path: vec![PathElem::Key("t".into())], value: serde_json::json!(big) }];
+    let op = WriteOp::Doc { bucket: "d".into(), key: "doc".into(), ops };
+    assert!(op.bytes() > 1 << 20, "estimated at {} bytes", op.bytes());
+}

@@ -100,6 +100,7 @@ pub fn report(m: &Metrics, alerts: &[Alert], stats: &Stats) {
                     "stream parked: nothing from here on is applied until a node that reads it runs"
                 );
             }
+            Alert::Resumed { stream } => info!(stream, "stream resumed: the waiting table has room again"),
             Alert::GapOpened { origin, applied, first_seq } => {
                 metrics::inc(&m.log_gaps_total);
                 warn!(%origin, applied, first_seq, "gap in an origin's sequence: later changesets wait");
