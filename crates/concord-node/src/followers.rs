@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use concord_core::ids::RegionId;
+use concord_core::ids::{Origin, RegionId};
+use concord_core::vv::VersionVector;
 use concord_engine::RoleView;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -28,38 +29,51 @@ pub fn report_subject(region: &str, node: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub node: String,
-    /// The last sequence of the region's log this follower applied.
+    /// How far it read the region's log (its cursor: for lag in status).
     pub log_seq: u64,
     /// Its session token (applied vector).
     pub token: String,
 }
 
+/// One follower's last report, with its applied vector decoded.
+type Seen = (Report, VersionVector, Instant);
+
 /// A leader's view of its followers.
 #[derive(Clone)]
 pub struct Followers {
-    reports: Arc<Mutex<HashMap<String, (Report, Instant)>>>,
-    /// The highest log sequence any live follower applied.
-    best_tx: Arc<watch::Sender<u64>>,
+    reports: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Bumped at every report, to wake whoever waits for a follower to apply something.
+    reported_tx: Arc<watch::Sender<u64>>,
 }
 
 impl Default for Followers {
     fn default() -> Self {
-        Followers { reports: Default::default(), best_tx: Arc::new(watch::channel(0).0) }
+        Followers { reports: Default::default(), reported_tx: Arc::new(watch::channel(0).0) }
     }
 }
 
 impl Followers {
+    /// Take a report in; one whose token does not decode is ignored (and logged).
     pub fn record(&self, report: Report) {
-        let mut reports = self.reports.lock().expect("not poisoned");
-        reports.insert(report.node.clone(), (report, Instant::now()));
-        let best = reports.values().filter(|(_, at)| at.elapsed() < FOLLOWER_ALIVE).map(|(r, _)| r.log_seq).max();
-        if let Some(best) = best {
-            self.best_tx.send_if_modified(|v| {
-                let grew = best > *v;
-                *v = (*v).max(best);
-                grew
-            });
-        }
+        let applied = match concord_core::token::decode(&report.token) {
+            Ok(vv) => vv,
+            Err(e) => return warn!(node = %report.node, error = %e, "ignoring a follower report with a bad token"),
+        };
+        let node = report.node.clone();
+        self.reports.lock().expect("not poisoned").insert(node, (report, applied, Instant::now()));
+        self.reported_tx.send_modify(|n| *n += 1);
+    }
+
+    /// Whether a live follower has applied `origin`'s change `seq` (what `region`
+    /// durability waits for: applied, not merely read past).
+    pub fn applied_by_any(&self, origin: &Origin, seq: u64) -> bool {
+        let reports = self.reports.lock().expect("not poisoned");
+        reports.values().any(|(_, applied, at)| at.elapsed() < FOLLOWER_ALIVE && applied.get(origin) >= seq)
+    }
+
+    /// Changes at every report.
+    pub fn watch_reports(&self) -> watch::Receiver<u64> {
+        self.reported_tx.subscribe()
     }
 
     /// Live followers: (report, time since it arrived).
@@ -67,15 +81,11 @@ impl Followers {
         let reports = self.reports.lock().expect("not poisoned");
         let mut out: Vec<_> = reports
             .values()
-            .filter(|(_, at)| at.elapsed() < FOLLOWER_ALIVE)
-            .map(|(r, at)| (r.clone(), at.elapsed()))
+            .filter(|(_, _, at)| at.elapsed() < FOLLOWER_ALIVE)
+            .map(|(r, _, at)| (r.clone(), at.elapsed()))
             .collect();
         out.sort_by(|a, b| a.0.node.cmp(&b.0.node));
         out
-    }
-
-    pub fn watch_best(&self) -> watch::Receiver<u64> {
-        self.best_tx.subscribe()
     }
 }
 
@@ -136,5 +146,25 @@ pub async fn report_progress(
         if let Err(e) = client.publish(subject.clone(), body.into()).await {
             warn!(error = %e, "could not publish a progress report");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `region` durability needs a follower that applied the write: its cursor having
+    /// passed it (the changeset waits behind a gap, or was dead-lettered) is not enough.
+    #[test]
+    fn only_an_applied_write_counts() {
+        let followers = Followers::default();
+        let origin: Origin = "us-east.1".parse().unwrap();
+        followers.record(Report { node: "us-east-2".into(), log_seq: 10, token: "v1:us-east.1=3".into() });
+        assert!(followers.applied_by_any(&origin, 3));
+        assert!(!followers.applied_by_any(&origin, 5), "read past, not applied");
+        followers.record(Report { node: "us-east-3".into(), log_seq: 4, token: "v1:us-east.1=5".into() });
+        assert!(followers.applied_by_any(&origin, 5));
+        followers.record(Report { node: "us-east-4".into(), log_seq: 4, token: "garbage".into() });
+        assert_eq!(followers.live().len(), 2, "a report with a bad token is ignored");
     }
 }

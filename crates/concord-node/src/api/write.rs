@@ -111,9 +111,10 @@ pub(super) async fn write_resolving(
     if let (Some(log_seq), Durability::Remote | Durability::All) = (ack.log_seq, level) {
         confirmed = wait_remote(node, log_seq, level, wait).await?;
     }
-    if let (Some(log_seq), Durability::Region) = (ack.log_seq, level) {
-        let mut best = node.followers.watch_best();
-        let reached = tokio::time::timeout(wait, best.wait_for(|seq| *seq >= log_seq)).await;
+    if let (Some(seq), Durability::Region) = (ack.seq, level) {
+        let mut reports = node.followers.watch_reports();
+        let applied = reports.wait_for(|_| node.followers.applied_by_any(&ack.origin, seq));
+        let reached = tokio::time::timeout(wait, applied).await;
         if !matches!(reached, Ok(Ok(_))) {
             let name = format!("followers of {}", node.region);
             return Err(NodeError::DurabilityTimeout {
