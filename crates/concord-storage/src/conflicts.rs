@@ -3,7 +3,10 @@
 //!
 //! Records change in the same transaction as the state change that caused them
 //! ([`Batch::conflicts`](crate::Batch)); retention (by count and by age) runs in that
-//! transaction too, so the log is never unbounded.
+//! transaction too. Retention removes resolved records only: an unresolved record may
+//! hold the only copy of an acknowledged write's losing value, so it stays until the
+//! conflict is resolved (their number is bounded by the keys and document properties
+//! that are in conflict now).
 
 use concord_core::CoreError;
 use concord_core::conflict::ConflictRecord;
@@ -13,7 +16,9 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use crate::{StorageError, StorageResult, Store, db_err};
 
 pub(crate) const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
-/// (detected_at in ms, big-endian) ++ id → nothing: newest-first listing and retention.
+/// (detected_at in ms, big-endian) ++ id → `[1]` while the record is unresolved, `[0]`
+/// once resolved (empty in logs written before the flag: look the record up):
+/// newest-first listing and retention.
 pub(crate) const CONFLICTS_BY_TIME: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts_by_time");
 /// bucket NUL key NUL path → id of the open (unresolved) record there.
 pub(crate) const CONFLICTS_OPEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts_open");
@@ -196,7 +201,7 @@ pub(crate) fn write_conflicts(
         }
         let json = serde_json::to_vec(r).expect("a record serializes");
         records.insert(r.id.as_bytes().as_slice(), json.as_slice()).map_err(db_err)?;
-        by_time.insert(time_key(r).as_slice(), [].as_slice()).map_err(db_err)?;
+        by_time.insert(time_key(r).as_slice(), [u8::from(w.open)].as_slice()).map_err(db_err)?;
         if w.open {
             open.insert(ok.as_slice(), r.id.as_bytes().as_slice()).map_err(db_err)?;
         } else {
@@ -206,34 +211,57 @@ pub(crate) fn write_conflicts(
             }
         }
     }
-    // Retention: the oldest records leave first, by count and by age.
+    retain(&mut records, &mut by_time, &mut open, max, max_age)
+}
+
+/// Most records one retention pass looks at (it runs in every commit that writes
+/// conflict records; unresolved ones it must step over).
+const RETENTION_SCAN_MAX: usize = 10_000;
+
+/// Retention: the oldest resolved records leave first, by count and by age.
+fn retain(
+    records: &mut redb::Table<&[u8], &[u8]>,
+    by_time: &mut redb::Table<&[u8], &[u8]>,
+    open: &mut redb::Table<&[u8], &[u8]>,
+    max: u64,
+    max_age: std::time::Duration,
+) -> StorageResult<()> {
     let cutoff_ms = (chrono::Utc::now() - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX))
         .timestamp_millis()
         .max(0) as u64;
     let mut excess = records.len().map_err(db_err)?.saturating_sub(max);
     let mut doomed = Vec::new();
-    for entry in by_time.iter().map_err(db_err)? {
-        let (k, _) = entry.map_err(db_err)?;
+    for entry in by_time.iter().map_err(db_err)?.take(RETENTION_SCAN_MAX) {
+        let (k, flag) = entry.map_err(db_err)?;
         let k = k.value().to_vec();
         let ms = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
         if excess == 0 && ms >= cutoff_ms {
             break;
+        }
+        let unresolved = match flag.value() {
+            [flag] => *flag == 1,
+            _ => is_open(records, open, &k[8..])?,
+        };
+        if unresolved {
+            continue;
         }
         excess = excess.saturating_sub(1);
         doomed.push(k);
     }
     for k in doomed {
         by_time.remove(k.as_slice()).map_err(db_err)?;
-        if let Some(raw) = records.remove(&k[8..]).map_err(db_err)?.map(|v| v.value().to_vec()) {
-            let r = Store::decode_conflict(&raw)?;
-            let ok = open_key(&r.bucket, &r.key, r.path.as_deref());
-            let current = open.get(ok.as_slice()).map_err(db_err)?.map(|v| v.value().to_vec());
-            if current.as_deref() == Some(r.id.as_bytes().as_slice()) {
-                open.remove(ok.as_slice()).map_err(db_err)?;
-            }
-        }
+        records.remove(&k[8..]).map_err(db_err)?;
     }
     Ok(())
+}
+
+/// Whether the record `id` is the open record of its key (for entries written before
+/// the time index carried the flag).
+fn is_open(records: &redb::Table<&[u8], &[u8]>, open: &redb::Table<&[u8], &[u8]>, id: &[u8]) -> StorageResult<bool> {
+    let Some(raw) = records.get(id).map_err(db_err)?.map(|v| v.value().to_vec()) else { return Ok(false) };
+    let r = Store::decode_conflict(&raw)?;
+    let current = open.get(open_key(&r.bucket, &r.key, r.path.as_deref()).as_slice()).map_err(db_err)?;
+    Ok(current.is_some_and(|v| v.value() == id))
 }
 
 #[cfg(test)]
@@ -305,8 +333,9 @@ mod tests {
         assert_eq!(store.open_conflict("b", "k1", None).unwrap().unwrap().id, new.id);
         assert_eq!(store.conflict_count().unwrap(), 3);
 
-        // Resolving closes it; a fourth record pushes the oldest out (count bound 3);
-        // an old one is dropped by age.
+        // Resolving closes it; a fourth record pushes the oldest resolved one out (count
+        // bound 3); an old resolved one is dropped by age. Unresolved records stay,
+        // whatever their age or number: one may hold the only copy of a losing write.
         let mut batch = Batch::default();
         batch.conflicts.push(ConflictWrite { record: new, open: false, replaces: None });
         batch.conflicts.push(ConflictWrite {
@@ -316,14 +345,25 @@ mod tests {
         });
         batch.conflicts.push(ConflictWrite {
             record: record("ancient", now - 7_200_000, &["a:1", "b:1"]),
+            open: false,
+            replaces: None,
+        });
+        batch.conflicts.push(ConflictWrite {
+            record: record("ancient-open", now - 7_200_000, &["c:1", "d:1"]),
             open: true,
             replaces: None,
         });
         store.commit(&batch).unwrap();
         assert!(store.open_conflict("b", "k1", None).unwrap().is_none());
-        assert_eq!(store.conflict_count().unwrap(), 3);
+        assert_eq!(store.conflict_count().unwrap(), 4, "k2, k3, k4 and ancient-open are unresolved");
         let (all, _) = store.list_conflicts(&ConflictQuery { limit: 10, ..Default::default() }).unwrap();
-        assert_eq!(all.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["k4", "k3", "k2"]);
+        assert_eq!(all.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["k4", "k3", "k2", "ancient-open"]);
+        // Once resolved, the old one leaves too.
+        let mut batch = Batch::default();
+        let resolved = store.open_conflict("b", "ancient-open", None).unwrap().unwrap();
+        batch.conflicts.push(ConflictWrite { record: resolved, open: false, replaces: None });
+        store.commit(&batch).unwrap();
+        assert_eq!(store.conflict_count().unwrap(), 3);
         let (only, _) =
             store.list_conflicts(&ConflictQuery { key: Some("k3".into()), limit: 10, ..Default::default() }).unwrap();
         assert_eq!(only.len(), 1);
