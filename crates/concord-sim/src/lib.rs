@@ -4,12 +4,13 @@
 //! deduplication, expected-last-sequence fencing) and in-memory stores (the node
 //! store's semantics), it runs several regions, each with a leader and followers, all
 //! real [`concord_engine::Engine`]s, through random client writes and faults (see
-//! [`world`]), then settles (heals, restarts, delivers everything, and re-delivers every
+//! [`world`]; garbage published straight to a log among them), then settles (heals, restarts, delivers everything, and re-delivers every
 //! stream from its start, standing in for anti-entropy) and checks:
 //!
 //! - after every step of every node: the engine's invariants (`validate`), its store
-//!   agrees with it, and its applied vector never claims a sequence it was not given
-//!   contiguously (nothing applied past a gap);
+//!   agrees with it (applied vector, cursors, waiting changesets, dead letters), and its
+//!   applied vector never claims a sequence it was not given contiguously, dead letters
+//!   not counting as given (nothing applied past a gap or a dead letter);
 //! - every acknowledgement names the sequence at which the log stored the write;
 //! - at the end: every replica converged (applied vectors, LWW registers byte for byte,
 //!   the document's JSON and heads; nothing parked, waiting or pending), every

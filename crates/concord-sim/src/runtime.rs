@@ -202,8 +202,25 @@ impl World {
         if engine.applied() != &node.store.applied {
             return fail(format!("engine applied {:?} but the store holds {:?}", engine.applied(), node.store.applied));
         }
+        let durable = node.store.durable();
+        if engine.cursors() != &durable.cursors
+            || engine.waiting_count() != durable.waiting.len()
+            || engine.dead_letters() != durable.dead_letters
+        {
+            return fail("the engine and its store disagree on cursors, waiting changesets or dead letters".into());
+        }
+        // A dead-lettered changeset was given but must never count as applied.
+        let dead: BTreeSet<(String, u64, u64)> = node
+            .store
+            .dead_letters
+            .values()
+            .filter_map(|d| Some((d.origin.clone()?, d.first_seq?, d.last_seq?)))
+            .collect();
         for (origin, seq) in engine.applied().iter() {
-            let contiguous = contiguous(node.seen.get(origin));
+            let given = node.seen.get(origin).map(|ranges| {
+                ranges.iter().filter(|(f, l)| !dead.contains(&(origin.to_string(), *f, *l))).copied().collect()
+            });
+            let contiguous = contiguous(given.as_ref());
             if seq > contiguous {
                 return fail(format!("{origin} applied up to {seq}, but it was given only 1..={contiguous} in order"));
             }

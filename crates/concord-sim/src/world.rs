@@ -7,8 +7,9 @@
 //! streams progress independently), a dropped message (a consumer skips one entry), a
 //! partition of a region (its mirrors stop), a node crash (it loses everything but its
 //! committed store; in-flight writes end unanswered) and its restart, an append whose
-//! outcome is unknown (stored or not), and a follower promoted while the old leader
-//! still writes (a deposed leader).
+//! outcome is unknown (stored or not), a follower promoted while the old leader still
+//! writes (a deposed leader), and garbage published straight to a region's log (dead
+//! letters everywhere; the leader's next append is fenced).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -250,7 +251,8 @@ impl World {
     fn fault(&mut self) -> Result<(), String> {
         let n = self.rng.below(self.nodes.len());
         match self.rng.below(100) {
-            0..=24 => self.crash(n),
+            0..=21 => self.crash(n),
+            22..=24 => self.publish_garbage(),
             25..=59 => {
                 let r = self.rng.below(self.regions.len());
                 if self.cut.insert(r) {
@@ -261,6 +263,16 @@ impl World {
             _ => return self.promote(n),
         }
         Ok(())
+    }
+
+    /// Someone publishes garbage straight to a region's log (no expected sequence):
+    /// bytes that are no changeset, or a changeset header of a version no build wrote.
+    fn publish_garbage(&mut self) {
+        let r = self.rng.below(self.regions.len());
+        let payload: &'static [u8] = if self.rng.chance(50) { b"not a changeset" } else { b"CCS\x00" };
+        let last = self.logs[r].last_seq();
+        self.logs[r].append(bytes::Bytes::from_static(payload), &format!("garbage-{}", self.steps), last);
+        self.count("garbage published");
     }
 
     /// Open a node's engine from its committed store, in the role it had.
