@@ -53,11 +53,16 @@ pub fn render_gauges(out: &mut String, labels: &str, view: &crate::view::EngineV
         ("changesets_waiting", "Changesets waiting behind gaps now.", view.waiting as u64),
         ("dead_letters", "Dead letters ever recorded by this replica (see /v1/dead-letters).", view.dead_letters),
     ];
-    for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP concord_{name} {help}");
-        let _ = writeln!(out, "# TYPE concord_{name} gauge");
-        let _ = writeln!(out, "concord_{name}{{{labels}}} {value}");
+    for gauge in gauges {
+        render_gauge(out, labels, gauge);
     }
+}
+
+/// One gauge: (name, help, value).
+pub fn render_gauge(out: &mut String, labels: &str, (name, help, value): (&str, &str, u64)) {
+    let _ = writeln!(out, "# HELP concord_{name} {help}");
+    let _ = writeln!(out, "# TYPE concord_{name} gauge");
+    let _ = writeln!(out, "concord_{name}{{{labels}}} {value}");
 }
 
 pub fn inc(c: &AtomicU64) {

@@ -92,6 +92,14 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let labels = format!("region=\"{}\",node=\"{}\"", node.region, node.cfg.node);
     let mut body = node.metrics.render(&labels);
     crate::metrics::render_gauges(&mut body, &labels, &node.view.borrow());
+    let store = node.store.clone();
+    if let Ok(Ok(docs)) = tokio::task::spawn_blocking(move || store.pending_docs()).await {
+        crate::metrics::render_gauge(
+            &mut body,
+            &labels,
+            ("documents_waiting", "Documents holding changes that wait for a dependency from another origin.", docs),
+        );
+    }
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
