@@ -104,6 +104,10 @@ pub enum Alert {
         origin: Origin,
         by: Origin,
     },
+    /// The writer gave up its lease: it follows its region's log now.
+    SteppedDown {
+        origin: Option<Origin>,
+    },
     /// This replica writes now.
     Leading {
         origin: Origin,

@@ -134,6 +134,12 @@ impl Engine {
         }
     }
 
+    /// Whether this replica follows its region's log (a follower, or deposed): it may be
+    /// promoted.
+    pub fn role_follows(&self) -> bool {
+        self.writer.follows_own_log()
+    }
+
     /// A timer fired; `log_last` is the region log's last sequence now. A writer that
     /// finds the log longer than what it wrote knows another writer appended: it reads
     /// the log to the end (and so learns whether it was deposed) before writing again.
@@ -216,6 +222,26 @@ impl Engine {
         assert!(self.writer.follows_own_log(), "promote while {:?}", self.writer);
         self.begin_catch_up(None);
         Output { unfollow: vec![self.cfg.own_stream.clone()], catch_up: true, ..Output::default() }
+    }
+
+    /// The writer lost its lease (or could not renew it in time): it stops writing at
+    /// once and follows its region's log, so whoever takes the lease over finds what it
+    /// acknowledged there. Called between steps (never with an append in flight).
+    pub fn step_down(&mut self) -> Output {
+        assert!(!self.append_in_flight(), "step_down with an append in flight");
+        let origin = match &self.writer {
+            Writer::Writing { origin, .. } => Some(origin.clone()),
+            Writer::CatchingUp { previous, .. } => previous.clone(),
+            Writer::Follower | Writer::Deposed { .. } => return Output::default(),
+            Writer::Stuck { .. } => None,
+        };
+        self.writer = Writer::Follower;
+        let own = self.cfg.own_stream.clone();
+        let mut out = Output { alerts: vec![Alert::SteppedDown { origin }], ..Output::default() };
+        if !self.parked.contains_key(&own) {
+            out.follow.push((own.clone(), self.cursor(&own) + 1));
+        }
+        out
     }
 
     /// Write as `epoch` from now on: an epoch never used before in this region (the

@@ -116,6 +116,9 @@ pub fn report(m: &Metrics, alerts: &[Alert], stats: &Stats) {
             }
             Alert::Deposed { origin, by } => error!(%origin, %by, "deposed: another origin of this region wrote later"),
             Alert::Leading { origin } => info!(%origin, "writing as a new origin"),
+            Alert::SteppedDown { origin } => {
+                warn!(origin = ?origin.as_ref().map(ToString::to_string), "stepped down: no lease; following the region's log")
+            }
         }
     }
 }

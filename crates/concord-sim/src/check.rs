@@ -45,6 +45,7 @@ impl World {
             }
         }
         for _ in 0..QUIESCE_ROUNDS_MAX {
+            self.elect_where_none()?;
             let before = self.fingerprint();
             for n in 0..self.nodes.len() {
                 for _ in 0..64 {

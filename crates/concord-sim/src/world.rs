@@ -8,8 +8,9 @@
 //! partition of a region (its mirrors stop), a node crash (it loses everything but its
 //! committed store; in-flight writes end unanswered) and its restart, an append whose
 //! outcome is unknown (stored or not), a follower promoted while the old leader still
-//! writes (a deposed leader), and garbage published straight to a region's log (dead
-//! letters everywhere; the leader's next append is fenced).
+//! writes (a deposed leader), a leader losing its lease (it steps down; a follower is
+//! promoted), and garbage published straight to a region's log (dead letters
+//! everywhere; the leader's next append is fenced).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -259,7 +260,8 @@ impl World {
                     self.count("partitions");
                 }
             }
-            60..=84 => self.cut.clear(),
+            60..=79 => self.cut.clear(),
+            80..=89 => return self.step_down(n),
             _ => return self.promote(n),
         }
         Ok(())
@@ -310,11 +312,43 @@ impl World {
         }
     }
 
+    /// A writer loses its lease (it could not renew it in time): it steps down and
+    /// follows. Clients keep sending writes to it (refused) until a follower is
+    /// promoted.
+    fn step_down(&mut self, n: usize) -> Result<(), String> {
+        let node = &mut self.nodes[n];
+        let Some(engine) = node.engine.as_mut() else { return Ok(()) };
+        if node.inflight.is_some() || matches!(engine.role(), concord_engine::RoleView::Follower) {
+            return Ok(());
+        }
+        let out = engine.step_down();
+        node.leads = false;
+        self.count("leases lost");
+        self.execute(n, out)
+    }
+
+    /// Promote a follower of every region that has no writer (what the lease's
+    /// election does once the lease of a dead or stepped-down leader lapses).
+    pub fn elect_where_none(&mut self) -> Result<(), String> {
+        for r in 0..self.regions.len() {
+            let leads = |n: &SimNode| n.region == r && n.engine.as_ref().is_some_and(|e| !e.role_follows());
+            if self.nodes.iter().any(leads) {
+                continue;
+            }
+            if let Some(n) =
+                (0..self.nodes.len()).find(|n| self.nodes[*n].region == r && self.nodes[*n].engine.is_some())
+            {
+                self.promote(n)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Promote a follower while its region's leader still runs (it is deposed once the
     /// new leader wrote and it tries to write again).
     fn promote(&mut self, n: usize) -> Result<(), String> {
         let Some(engine) = self.nodes[n].engine.as_mut() else { return Ok(()) };
-        if !matches!(engine.role(), concord_engine::RoleView::Follower) {
+        if !engine.role_follows() {
             return Ok(());
         }
         let out = engine.promote();
