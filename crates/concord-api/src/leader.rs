@@ -1,6 +1,6 @@
 //! The leader record: what a region's leader writes under its region's key in the NATS
 //! KV bucket `concord_leaders`, and followers read to find it (to send writers there,
-//! or to fetch a snapshot).
+//! or to fetch a snapshot); and the lease record that decides who leads.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,16 @@ pub struct LeaderRecord {
     pub http: String,
     /// The epoch the leader took.
     pub epoch: u64,
+}
+
+/// The writer lease of a region: what the holder writes under its region's key in the
+/// NATS KV bucket `concord_leases`, renewed by compare-and-set on the key's revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The holder's node name.
+    pub node: String,
+    /// The holder's advertised HTTP URL.
+    pub http: String,
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ mod readme;
 
 pub use cluster::{ClusterJson, ClusterNode, ClusterRegion, Role};
 pub use error::{Behind, ErrorBody, ErrorCode, UnknownErrorCode};
-pub use leader::LeaderRecord;
+pub use leader::{LeaderRecord, LeaseRecord};
 pub use status::{
     DeadLetterEntry, DeadLettersBody, FollowerStatus, GapStatus, MirrorLag, ParkedStatus, StatusBody, StreamLag,
     StreamState,

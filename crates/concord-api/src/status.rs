@@ -19,6 +19,9 @@ pub struct StatusBody {
     pub origin: String,
     /// The region's leader (node name); empty when a follower knows none.
     pub leader: String,
+    /// The leader's epoch (from its leader record, on a follower).
+    #[serde(default)]
+    pub leader_epoch: u64,
     /// The applied vector: per origin, the highest contiguous sequence applied.
     pub applied: BTreeMap<String, u64>,
     /// Per region this node reads a log of (the other regions' mirrors; for a

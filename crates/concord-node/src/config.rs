@@ -83,6 +83,13 @@ pub struct NodeConfig {
     pub waiting_changesets_max: usize,
     /// ...and most bytes they may hold.
     pub waiting_bytes_max: usize,
+    /// The region's writer lease: a follower claims it once it has seen it unchanged
+    /// this long (the leader is dead, frozen or cut off), so writes resume about this
+    /// long after a leader's death. The holder stops writing after two thirds of it
+    /// without a successful renewal, before anyone may claim it.
+    pub lease_ttl_ms: u64,
+    /// How often the holder renews the lease (at most half of `lease_ttl_ms`).
+    pub lease_renew_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -115,6 +122,8 @@ impl Default for NodeConfig {
             apply_batch_bytes_max: 16 << 20,
             waiting_changesets_max: concord_engine::WAITING_MAX_DEFAULT,
             waiting_bytes_max: concord_engine::WAITING_BYTES_MAX_DEFAULT,
+            lease_ttl_ms: 3_000,
+            lease_renew_ms: 750,
         }
     }
 }
@@ -199,6 +208,11 @@ impl NodeConfig {
         }
         if self.apply_batch_max == 0 || self.apply_batch_bytes_max == 0 {
             return Err(ConfigError::Invalid("apply_batch_max and apply_batch_bytes_max must be positive".into()));
+        }
+        if self.lease_ttl_ms < 300 || self.lease_renew_ms == 0 || self.lease_renew_ms * 2 > self.lease_ttl_ms {
+            return Err(ConfigError::Invalid(
+                "lease_ttl_ms must be at least 300, and lease_renew_ms between 1 and half of it".into(),
+            ));
         }
         if self.waiting_changesets_max == 0 || self.waiting_bytes_max == 0 {
             return Err(ConfigError::Invalid("waiting_changesets_max and waiting_bytes_max must be positive".into()));

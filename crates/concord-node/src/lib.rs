@@ -13,6 +13,8 @@
 //! - [`followers`], [`remote`], [`publish`], [`bootstrap`]: follower progress, other
 //!   regions' copies of the log, what a node announces on NATS, starting from a snapshot;
 //! - [`api`]: the HTTP API and the NATS micro service, under concurrency limits;
+//! - [`lease`]: the region's writer lease; a follower takes over when the leader dies,
+//!   freezes or is cut off, and a leader that cannot renew stops writing first;
 //! - [`supervisor`]: every long-running task is owned, obeys one shutdown signal, and
 //!   is restarted after a failure or stops the node visibly.
 //!
@@ -25,6 +27,7 @@ mod catch_up;
 pub mod config;
 pub mod error;
 pub mod followers;
+pub mod lease;
 pub mod metrics;
 pub mod publish;
 pub mod remote;
@@ -38,10 +41,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_api::LeaderRecord;
+use concord_api::{LeaderRecord, LeaseRecord};
 use concord_core::ids::RegionId;
 use concord_core::vv::VersionVector;
-use concord_engine::RoleView;
+use concord_engine::{RoleView, StartAs};
 use concord_storage::Store;
 use concord_transport::nats::NatsLog;
 use tokio::sync::{mpsc, watch};
@@ -70,11 +73,19 @@ pub struct Node {
     pub remote_stored: Vec<(RegionId, watch::Receiver<u64>)>,
     /// A leader's view of its region's followers (from their reports).
     pub followers: followers::Followers,
-    /// A follower's last look-up of its region's leader: (when, node, URL).
-    pub leader_cache: std::sync::Mutex<Option<(Instant, String, String)>>,
+    /// A follower's last look-up of its region's leader: (when, the record).
+    pub leader_cache: std::sync::Mutex<Option<(Instant, LeaderRecord)>>,
     /// Whether this node answers reads over NATS now (a follower always; a leader only
     /// while no follower is alive).
     pub serves_nats_reads: std::sync::atomic::AtomicBool,
+}
+
+impl Node {
+    /// Whether this node takes writes now (it holds the lease: writing, catching up, or
+    /// unable to read its log); otherwise writes go to the region's leader.
+    pub fn writes_here(&self) -> bool {
+        matches!(self.view.borrow().role, RoleView::Leader { .. } | RoleView::CatchingUp | RoleView::Stuck { .. })
+    }
 }
 
 /// How long shutdown waits for queued writes and open requests.
@@ -105,22 +116,43 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     if cfg.role == Role::Follower {
         bootstrap::bootstrap_if_needed(&cfg, &store, &log, &mirrors).await?;
     }
-    let engine = start::open_engine(&cfg, &region, &store, log.stream(), &mirrors)?;
+    let leases = Arc::new(log.leases().await?);
+    let me = LeaseRecord { node: cfg.node.clone(), http: cfg.advertised_url() };
+    // A configured leader takes the lease if it is free (or was its own); otherwise it
+    // starts as a follower, and the lease decides who leads from then on.
+    let held = match cfg.role {
+        Role::Leader => lease::claim_at_start(&leases, region.as_str(), &me).await,
+        Role::Follower => None,
+    };
+    let start_as = if held.is_some() { StartAs::Leader } else { StartAs::Follower };
+    let engine = start::open_engine(&cfg, &region, &store, log.stream(), &mirrors, start_as)?;
     let metrics = Arc::new(Metrics::default());
     let (sup, mut fatal) = Supervisor::new(stop.clone(), metrics.clone());
     let (watches, views) = Watches::new(&engine);
     let (writes_tx, writes_rx) = mpsc::channel(cfg.write_queue_max);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (lease_tx, lease_rx) = mpsc::channel(4);
     let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone());
     let limits = start::limits(&cfg, max_payload);
-    let mut worker = Worker::new(engine, store.clone(), log.clone(), streams, metrics.clone(), watches, limits);
-    if cfg.role == Role::Leader {
-        worker = worker.with_conflict_publisher(spawn_conflict_publisher(&sup, &client, &region));
-    }
+    let worker = Worker::new(engine, store.clone(), log.clone(), streams, metrics.clone(), watches, limits)
+        .with_conflict_publisher(spawn_conflict_publisher(&sup, &client, &region))
+        .with_lease_events(lease_rx);
     sup.spawn_once("worker", async move { worker.run(writes_rx, inbound_rx, stop).await.map_err(|e| e.to_string()) });
+    let followers = followers::Followers::default();
+    let task = lease::LeaseTask {
+        leases,
+        region: region.to_string(),
+        me,
+        timing: lease::Timing::of(&cfg),
+        followers: followers.clone(),
+        views: views.clone(),
+        events: lease_tx,
+    };
+    // Critical: a lease task that failed while holding could not stop the writer in time.
+    sup.spawn_once("lease", task.run(held, sup.shutdown()));
     let node = Arc::new(Node {
         remote_stored: spawn_region_tasks(&sup, &cfg, &region, &client, &log, &views),
-        followers: followers::Followers::default(),
+        followers,
         cfg,
         region,
         store,
@@ -152,7 +184,7 @@ async fn serve(
     };
     if failure.is_none() {
         spawn_node_tasks(&sup, &node, client).await?;
-        info!(node = %node.cfg.node, role = %node.cfg.role, "serving");
+        info!(node = %node.cfg.node, leads = node.writes_here(), "serving");
     }
     let failure = match failure {
         Some(why) => Some(why),
@@ -211,9 +243,6 @@ fn spawn_region_tasks(
     sup.spawn("progress reports", Policy::Restart, move || {
         followers::report_progress(c.clone(), r.clone(), n.clone(), v.clone(), s.clone())
     });
-    if cfg.role != Role::Leader {
-        return Vec::new();
-    }
     let record = LeaderRecord { node: cfg.node.clone(), http: cfg.advertised_url(), epoch: 0 };
     let (l, r, v, s) = (log.clone(), region.to_string(), views.clone(), stop.clone());
     sup.spawn("leader record", Policy::Restart, move || {
@@ -223,9 +252,9 @@ fn spawn_region_tasks(
     for remote in cfg.remote_regions() {
         let (tx, rx) = watch::channel(0);
         let tx = Arc::new(tx);
-        let (l, r, rr, s) = (log.clone(), region.clone(), remote.clone(), stop.clone());
+        let (l, r, rr, v, s) = (log.clone(), region.clone(), remote.clone(), views.clone(), stop.clone());
         sup.spawn(format!("stored by {remote}"), Policy::Restart, move || {
-            remote::poll_remote_stored(l.clone(), r.clone(), rr.clone(), tx.clone(), s.clone())
+            remote::poll_remote_stored(l.clone(), r.clone(), rr.clone(), tx.clone(), v.clone(), s.clone())
         });
         remote_stored.push((remote, rx));
     }
@@ -239,13 +268,12 @@ async fn spawn_node_tasks(
     client: &async_nats::Client,
 ) -> Result<(), start::StartError> {
     let stop = sup.shutdown();
-    node.serves_nats_reads.store(node.cfg.role == Role::Follower, std::sync::atomic::Ordering::Relaxed);
-    if node.cfg.role == Role::Leader {
-        let (c, r, f, s) = (client.clone(), node.region.clone(), node.followers.clone(), stop.clone());
-        sup.spawn("follower reports", Policy::Restart, move || {
-            followers::track_followers(c.clone(), r.clone(), f.clone(), s.clone())
-        });
-    }
+    // Every node collects its region's progress reports: a leader for `region`
+    // durability and lag, a follower to know where it ranks for the lease.
+    let (c, r, f, s) = (client.clone(), node.region.clone(), node.followers.clone(), stop.clone());
+    sup.spawn("follower reports", Policy::Restart, move || {
+        followers::track_followers(c.clone(), r.clone(), f.clone(), s.clone())
+    });
     let listener = tokio::net::TcpListener::bind(&node.cfg.http_listen).await?;
     info!(addr = %listener.local_addr()?, "HTTP API listening");
     let mut http_stop = stop.clone();

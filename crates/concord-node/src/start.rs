@@ -13,8 +13,8 @@ use concord_transport::backoff::{Backoff, GaveUp, retry};
 use concord_transport::nats::NatsLog;
 use tokio::sync::watch;
 
+use crate::NodeConfig;
 use crate::worker::Limits;
-use crate::{NodeConfig, Role};
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,8 +57,8 @@ pub fn check_max_payload(cfg: &NodeConfig, client: &async_nats::Client) -> Resul
     Ok(max_payload)
 }
 
-/// The region's log and one local mirror per other region (a leader also keeps, on its
-/// log, the durable consumer that feeds each other region's mirror of it). Returns the
+/// The region's log and one local mirror per other region, and, on the log, the
+/// durable consumer that feeds each other region's mirror of it. Returns the
 /// mirrors by stream name, with the region whose log each holds.
 pub async fn open_streams(
     cfg: &NodeConfig,
@@ -68,9 +68,8 @@ pub async fn open_streams(
     let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.log_max_msgs).await?);
     let mut mirrors = BTreeMap::new();
     for remote in cfg.remote_regions() {
-        if cfg.role == Role::Leader {
-            log.ensure_mirror_consumer(region.as_str(), remote.as_str()).await?;
-        }
+        // Whoever leads later needs it; creating it is idempotent.
+        log.ensure_mirror_consumer(region.as_str(), remote.as_str()).await?;
         let name = log.ensure_mirror(region.as_str(), remote.as_str()).await?;
         mirrors.insert(name, remote);
     }
@@ -84,6 +83,7 @@ pub fn open_engine(
     store: &Store,
     own_stream: &str,
     mirrors: &BTreeMap<String, RegionId>,
+    start: StartAs,
 ) -> Result<Engine, StartError> {
     let mut streams = mirrors.clone();
     streams.insert(own_stream.to_string(), region.clone());
@@ -91,7 +91,6 @@ pub fn open_engine(
     engine_cfg.manual_buckets = cfg.manual_buckets.iter().cloned().collect();
     engine_cfg.waiting_max = cfg.waiting_changesets_max;
     engine_cfg.waiting_bytes_max = cfg.waiting_bytes_max;
-    let start = if cfg.role == Role::Leader { StartAs::Leader } else { StartAs::Follower };
     Ok(Engine::open(engine_cfg, store.durable()?, start)?)
 }
 

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use crate::error::NodeError;
+use crate::lease::LeaseEvent;
 use crate::metrics::{self, Metrics};
 use crate::streams::StreamControl;
 use crate::view::{self, Watches};
@@ -66,6 +67,8 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     pending: BTreeMap<u64, oneshot::Sender<Result<Ack, NodeError>>>,
     next_id: u64,
     followed: BTreeSet<String>,
+    /// From the lease task: promote when acquired, step down when lost.
+    lease: Option<mpsc::Receiver<LeaseEvent>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -94,6 +97,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             pending: BTreeMap::new(),
             next_id: 0,
             followed: BTreeSet::new(),
+            lease: None,
         };
         for (stream, from) in worker.engine().streams_to_follow() {
             worker.streams.follow(&stream, from);
@@ -105,6 +109,11 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
 
     pub fn with_conflict_publisher(mut self, tx: mpsc::Sender<ConflictRecord>) -> Self {
         self.conflicts = Some(tx);
+        self
+    }
+
+    pub fn with_lease_events(mut self, rx: mpsc::Receiver<LeaseEvent>) -> Self {
+        self.lease = Some(rx);
         self
     }
 
@@ -136,6 +145,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                     None => break,
                 },
                 Some(first) = inbound.recv() => self.apply_inbound(first, &mut inbound).await?,
+                Some(event) = next_lease_event(&mut self.lease) => self.on_lease(event).await?,
                 _ = tick.tick() => self.tick().await?,
             }
         }
@@ -253,6 +263,19 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         Ok(())
     }
 
+    /// The lease task's news: promote (the catch-up follows at the top of the loop), or
+    /// stop writing now.
+    async fn on_lease(&mut self, event: LeaseEvent) -> Result<(), NodeError> {
+        let out = match event {
+            LeaseEvent::Acquired if self.engine().role_follows() => self.step(|e, _| Ok(e.promote())).await?,
+            LeaseEvent::Acquired => return Ok(()),
+            LeaseEvent::Lost => self.step(|e, _| Ok(e.step_down())).await?,
+        };
+        info!(?event, "lease");
+        self.after(out);
+        Ok(())
+    }
+
     /// A leader checks whether its region's log grew under it (a deposed leader learns
     /// it this way even when it takes no writes).
     async fn tick(&mut self) -> Result<(), NodeError> {
@@ -294,7 +317,8 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     pub(crate) fn after(&mut self, out: Output) {
         if let Some(batch) = &out.commit {
             metrics::add(&self.metrics.conflict_records_written_total, batch.conflicts.len() as u64);
-            if let Some(tx) = &self.conflicts {
+            let writing = matches!(self.engine().role(), concord_engine::RoleView::Leader { .. });
+            if let Some(tx) = self.conflicts.as_ref().filter(|_| writing) {
                 for w in &batch.conflicts {
                     if tx.try_send(w.record.clone()).is_err() {
                         metrics::inc(&self.metrics.conflicts_unpublished_total);
@@ -321,6 +345,13 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
 
     fn publish(&self) {
         self.watches.publish(self.engine());
+    }
+}
+
+async fn next_lease_event(lease: &mut Option<mpsc::Receiver<LeaseEvent>>) -> Option<LeaseEvent> {
+    match lease {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -121,7 +121,7 @@ impl NatsLog {
     }
 
     /// A key/value bucket (file storage, one revision kept), created on first use.
-    async fn bucket(&self, name: &str) -> LogResult<jetstream::kv::Store> {
+    pub(crate) async fn bucket(&self, name: &str) -> LogResult<jetstream::kv::Store> {
         match self.js.get_key_value(name).await {
             Ok(kv) => Ok(kv),
             Err(_) => self

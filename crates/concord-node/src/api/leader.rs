@@ -6,13 +6,16 @@ use std::time::Duration;
 use concord_api::{ErrorCode, LeaderRecord};
 
 use super::Params;
+
+/// How long a look-up of the leader record is reused (a failover moves it).
+const LEADER_CACHE: Duration = Duration::from_secs(1);
 use crate::Node;
 use crate::error::NodeError;
 
 /// Where a write sent to a follower should go: 307 to the leader, same path and query.
 pub(super) async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
     match leader_address(node).await {
-        Some((leader, url)) => NodeError::Redirect {
+        Some((leader, url, _)) => NodeError::Redirect {
             message: format!("{} is a follower; writes go to the leader {leader}", node.cfg.node),
             location: format!("{url}{}", p.path_and_query.clone().unwrap_or_default()),
         },
@@ -24,15 +27,14 @@ pub(super) async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
 }
 
 /// The region's leader (node, URL), from `concord_leaders`, cached for two seconds.
-pub async fn leader_address(node: &Node) -> Option<(String, String)> {
-    if let Some((at, name, url)) = node.leader_cache.lock().expect("not poisoned").clone()
-        && at.elapsed() < Duration::from_secs(2)
+pub async fn leader_address(node: &Node) -> Option<(String, String, u64)> {
+    if let Some((at, r)) = node.leader_cache.lock().expect("not poisoned").clone()
+        && at.elapsed() < LEADER_CACHE
     {
-        return Some((name, url));
+        return Some((r.node, r.http, r.epoch));
     }
     let record: LeaderRecord =
         tokio::time::timeout(Duration::from_secs(2), node.log.leader_of(node.region.as_str())).await.ok()?.ok()??;
-    let LeaderRecord { node: name, http: url, .. } = record;
-    *node.leader_cache.lock().expect("not poisoned") = Some((std::time::Instant::now(), name.clone(), url.clone()));
-    Some((name, url))
+    *node.leader_cache.lock().expect("not poisoned") = Some((std::time::Instant::now(), record.clone()));
+    Some((record.node, record.http, record.epoch))
 }

@@ -48,60 +48,66 @@ pub fn group(region: &str) -> String {
 }
 
 /// Start the service and serve requests until `shutdown`. Every node of a region joins
-/// the same queue group per endpoint, so NATS spreads requests over them: a follower
-/// serves reads and status; the leader serves writes and status, and reads only while
-/// no follower is alive (it starts and stops a read service as followers come and go).
+/// the same queue group per endpoint, so NATS spreads requests over them. Every node
+/// serves status; the node that leads now serves writes (it starts and stops them as it
+/// gains and loses the lease); followers serve reads, and the leader serves them too
+/// while no follower is alive.
 pub async fn serve(
     node: Arc<Node>,
     client: async_nats::Client,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), async_nats::Error> {
-    let leading = node.cfg.role == crate::Role::Leader;
     let timeout = Duration::from_millis(node.cfg.request_timeout_ms);
     let limits = Arc::new(Limits::new(node.cfg.nats_concurrency_max, timeout, node.metrics.clone()));
-    let mut ops = vec![Op::Status];
-    ops.extend(if leading { WRITE_OPS.as_slice() } else { READ_OPS.as_slice() });
-    let (service, main_stop, mut tasks) = start(&node, &client, &ops, &limits).await?;
-    let mut reads: Option<Running> = None;
+    let main = start(&node, &client, &[Op::Status], &limits).await?;
+    let (mut writes, mut reads): (Option<Running>, Option<Running>) = (None, None);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
+    let mut view = node.view.clone();
+    let failed = loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = tick.tick() => {
-                // An endpoint whose task ended (its subscription closed, or it panicked)
-                // no longer serves: fail, and the supervisor starts the service again.
-                let dead = tasks.iter().chain(reads.iter().flat_map(|r| r.2.iter())).any(|t| t.is_finished());
-                if dead {
-                    if let Some(running) = reads.take() {
-                        stop(running).await;
-                    }
-                    stop((service, main_stop, tasks)).await;
-                    limits.drain(DRAIN_DEADLINE).await;
-                    return Err("an endpoint of the NATS service stopped".into());
-                }
-                if !leading {
-                    continue;
-                }
-                let followers = !node.followers.live().is_empty();
-                if followers && let Some(running) = reads.take() {
-                    stop(running).await;
-                    node.serves_nats_reads.store(false, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!("followers serve reads: the leader stopped serving them over NATS");
-                } else if !followers && reads.is_none() {
-                    reads = Some(start(&node, &client, &READ_OPS, &limits).await?);
-                    node.serves_nats_reads.store(true, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!("no live follower: the leader serves reads over NATS");
-                }
-            }
+            _ = shutdown.changed() => break None,
+            _ = view.changed() => {}
+            _ = tick.tick() => {}
         }
-    }
-    if let Some(running) = reads.take() {
+        // An endpoint whose task ended (its subscription closed, or it panicked) no
+        // longer serves: fail, and the supervisor starts the service again.
+        let running = [Some(&main), writes.as_ref(), reads.as_ref()];
+        if running.into_iter().flatten().flat_map(|r| r.2.iter()).any(|t| t.is_finished()) {
+            break Some("an endpoint of the NATS service stopped");
+        }
+        let leading = node.writes_here();
+        let want_reads = !leading || node.followers.live().is_empty();
+        toggle(&node, &client, &limits, &mut writes, leading, &WRITE_OPS).await?;
+        if toggle(&node, &client, &limits, &mut reads, want_reads, &READ_OPS).await? {
+            node.serves_nats_reads.store(want_reads, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(serves_reads = want_reads, leading, "NATS endpoints follow the node's role");
+        }
+    };
+    for running in [writes.take(), reads.take(), Some(main)].into_iter().flatten() {
         stop(running).await;
     }
-    tasks.retain(|t| !t.is_finished());
-    stop((service, main_stop, tasks)).await;
     limits.drain(DRAIN_DEADLINE).await;
-    Ok(())
+    match failed {
+        Some(why) => Err(why.into()),
+        None => Ok(()),
+    }
+}
+
+/// Start or stop a set of endpoints to match `wanted`; true when it changed.
+async fn toggle(
+    node: &Arc<Node>,
+    client: &async_nats::Client,
+    limits: &Arc<Limits>,
+    running: &mut Option<Running>,
+    wanted: bool,
+    ops: &[Op],
+) -> Result<bool, async_nats::Error> {
+    match (wanted, running.is_some()) {
+        (true, false) => *running = Some(start(node, client, ops, limits).await?),
+        (false, true) => stop(running.take().expect("running")).await,
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// A running service: the service, the signal that stops its endpoints, their tasks.
@@ -126,7 +132,7 @@ async fn start(
     let metadata = std::collections::HashMap::from([
         ("region".to_string(), node.region.to_string()),
         ("node".to_string(), node.cfg.node.clone()),
-        ("role".to_string(), node.cfg.role.to_string()),
+        ("role".to_string(), if node.writes_here() { "leader" } else { "follower" }.to_string()),
     ]);
     let service = client
         .service_builder()

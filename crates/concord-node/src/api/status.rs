@@ -51,18 +51,21 @@ pub async fn status_body(node: &Node) -> StatusBody {
         let mirror = concord_transport::nats::mirror_name(remote.as_str());
         lag.insert(remote.to_string(), stream_lag(node, &view, &mirror).await);
     }
-    let leading = node.cfg.role == crate::Role::Leader;
+    let leading = node.writes_here();
     if !leading {
         // A follower also lags behind its own region's log.
         lag.insert(node.region.to_string(), stream_lag(node, &view, node.log.stream()).await);
     }
-    let leader_name =
-        if leading { node.cfg.node.clone() } else { leader_address(node).await.map(|(n, _)| n).unwrap_or_default() };
+    let (leader_name, leader_epoch) = if leading {
+        (node.cfg.node.clone(), origin.epoch)
+    } else {
+        leader_address(node).await.map(|(n, _, epoch)| (n, epoch)).unwrap_or_default()
+    };
     let log_last =
         if leading { node.log.position(node.log.stream()).await.map(|p| p.last_seq).unwrap_or(0) } else { 0 };
-    let followers = node
-        .followers
-        .live()
+    // Every node collects its region's reports; only a leader lists them as its followers.
+    let reports = if leading { node.followers.live() } else { Vec::new() };
+    let followers = reports
         .into_iter()
         .map(|(r, age)| {
             let info = FollowerStatus {
@@ -92,6 +95,7 @@ pub async fn status_body(node: &Node) -> StatusBody {
         epoch: origin.epoch,
         origin: origin.to_string(),
         leader: leader_name,
+        leader_epoch,
         applied,
         lag,
         followers,

@@ -63,7 +63,7 @@ pub(super) async fn write_resolving(
     resolves: Option<uuid::Uuid>,
     p: &Params,
 ) -> Result<WriteAck, NodeError> {
-    if node.cfg.role == crate::Role::Follower {
+    if !node.writes_here() {
         return Err(redirect_to_leader(node, p).await);
     }
     let level = durability(p)?;
