@@ -295,7 +295,7 @@ fn free_cluster_offset(regions: usize) -> u16 {
         for i in 0..regions as u16 {
             ports.extend((0..4).map(|k| 4301 + 10 * i + k + offset));
             ports.extend((1..=4).map(|k| 8300 + 10 * i + k + offset));
-            ports.extend((2..=4).map(|j| 6000 + 100 * i + j + offset));
+            ports.extend((1..=4).map(|j| 6000 + 100 * i + j + offset));
             for j in 0..regions as u16 {
                 ports.extend([5001 + 100 * i + 10 * j + offset, 5002 + 100 * i + 10 * j + offset]);
             }

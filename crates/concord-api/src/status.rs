@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct StatusBody {
     pub region: String,
     pub node: String,
-    /// The current role: `leader`, `follower`, or `fenced` (a leader that lost its
-    /// lease). A string, not an enum, so a role added later still parses.
+    /// The current role: `leader` (it holds the region's lease) or `follower` (`writer`
+    /// says more: a leader fenced by its log follows as `deposed`). A string, not an
+    /// enum, so a role added later still parses.
     pub role: String,
     /// The epoch of this node's origin (0 for a follower).
     pub epoch: u64,

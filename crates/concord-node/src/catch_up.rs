@@ -40,13 +40,12 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 CatchUp::Idle => return Ok(true),
                 CatchUp::Read { from, to } => {
                     let bytes_max = self.limits.read_bytes_max;
-                    let read = retry("reading the log", Backoff::network(), shutdown, retryable, || {
-                        log.read(from, to, bytes_max)
-                    });
+                    let backoff = self.catch_up_backoff();
+                    let read = retry("reading the log", backoff, shutdown, retryable, || log.read(from, to, bytes_max));
                     let chunk = match read.await {
                         Ok(chunk) => chunk,
                         Err(GaveUp::Stopped) => return Ok(false),
-                        Err(GaveUp::Failed(e)) => return Err(e.into()),
+                        Err(GaveUp::Failed(e)) => return self.catch_up_failed(e).await,
                     };
                     let own = self.engine().config().own_stream.clone();
                     let entries: Vec<Entry> =
@@ -60,6 +59,27 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 CatchUp::Done => return self.decide(last, shutdown).await,
             }
         }
+    }
+
+    /// Retries of a catch-up end at the lease's deadline, if this node holds one.
+    fn catch_up_backoff(&self) -> Backoff {
+        match self.lease_deadline_at() {
+            Some(deadline) => Backoff::network().until(deadline),
+            None => Backoff::network(),
+        }
+    }
+
+    /// The log could not be read before the lease's deadline (as it stood when the
+    /// catch-up began): step down if the lease has lapsed (whoever takes it over reads
+    /// the log); else it was renewed meanwhile, and the catch-up starts again shortly.
+    async fn catch_up_failed(&mut self, e: LogError) -> Result<bool, NodeError> {
+        if self.lease_expired() {
+            warn!(error = %e, "the region's log stayed unreachable past the lease: stepping down");
+            self.on_lease(crate::lease::LeaseEvent::Lost).await?;
+        } else {
+            warn!(error = %e, "reading the region's log failed; the catch-up starts again");
+        }
+        Ok(true)
     }
 
     /// Read to the end: write in a new epoch, follow (deposed), or stay stuck (parked).
@@ -99,7 +119,12 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     /// Append with retries until the deadline. Retrying an append whose outcome is
     /// unknown is safe: the message id dedupes it, and the expected sequence fences it.
     pub(crate) async fn append(&self, a: &Append) -> AppendOutcome {
-        let deadline = Instant::now() + self.limits.append_deadline;
+        // Not past the lease: a writer that cannot renew stops retrying when it must stop
+        // writing (the log would refuse it after a takeover anyway).
+        let mut deadline = Instant::now() + self.limits.append_deadline;
+        if let Some(lease) = self.lease_deadline_at() {
+            deadline = deadline.min(lease);
+        }
         let mut backoff =
             Backoff::new(std::time::Duration::from_millis(20), std::time::Duration::from_secs(1)).until(deadline);
         loop {

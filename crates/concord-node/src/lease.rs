@@ -93,6 +93,11 @@ fn encode(me: &LeaseRecord) -> bytes::Bytes {
     serde_json::to_vec(me).expect("a lease record serializes").into()
 }
 
+/// Until when this node may write, as its lease task last knew (`None`: it holds no
+/// lease). The worker checks it before every write batch, so a node that was frozen past
+/// its deadline refuses writes as soon as it runs again, before the lease task has run.
+pub type Deadline = watch::Receiver<Option<Instant>>;
+
 /// The lease task's world.
 pub struct LeaseTask {
     pub leases: Arc<Leases>,
@@ -102,6 +107,7 @@ pub struct LeaseTask {
     pub followers: Followers,
     pub views: Views,
     pub events: mpsc::Sender<LeaseEvent>,
+    pub deadline: watch::Sender<Option<Instant>>,
 }
 
 impl LeaseTask {
@@ -115,16 +121,19 @@ impl LeaseTask {
         loop {
             held = match held {
                 Some((revision, sent)) => {
-                    if !self.hold(revision, sent, &mut shutdown).await {
+                    let holding = self.hold(revision, sent, &mut shutdown).await;
+                    self.deadline.send_replace(None);
+                    if !holding {
                         return Ok(());
                     }
                     self.events.send(LeaseEvent::Lost).await.map_err(|_| "the worker stopped".to_string())?;
                     None
                 }
                 None => {
-                    let Some(won) = self.watch(&mut shutdown).await else { return Ok(()) };
+                    let Some((revision, sent)) = self.watch(&mut shutdown).await else { return Ok(()) };
+                    self.deadline.send_replace(Some(sent + self.timing.deadline));
                     self.events.send(LeaseEvent::Acquired).await.map_err(|_| "the worker stopped".to_string())?;
-                    Some(won)
+                    Some((revision, sent))
                 }
             };
         }
@@ -148,6 +157,7 @@ impl LeaseTask {
                 Ok(Claim::Won(r)) => {
                     (revision, sent) = (r, attempt);
                     next = sent + self.timing.renew;
+                    self.deadline.send_replace(Some(sent + self.timing.deadline));
                 }
                 Ok(Claim::Lost) => {
                     warn!(region = %self.region, "another node claimed the lease");

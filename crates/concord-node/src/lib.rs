@@ -132,21 +132,24 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let (writes_tx, writes_rx) = mpsc::channel(cfg.write_queue_max);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let (lease_tx, lease_rx) = mpsc::channel(4);
+    let timing = lease::Timing::of(&cfg);
+    let (deadline_tx, deadline_rx) = watch::channel(held.map(|(_, sent)| sent + timing.deadline));
     let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone());
     let limits = start::limits(&cfg, max_payload);
     let worker = Worker::new(engine, store.clone(), log.clone(), streams, metrics.clone(), watches, limits)
         .with_conflict_publisher(spawn_conflict_publisher(&sup, &client, &region))
-        .with_lease_events(lease_rx);
+        .with_lease(lease_rx, deadline_rx);
     sup.spawn_once("worker", async move { worker.run(writes_rx, inbound_rx, stop).await.map_err(|e| e.to_string()) });
     let followers = followers::Followers::default();
     let task = lease::LeaseTask {
         leases,
         region: region.to_string(),
         me,
-        timing: lease::Timing::of(&cfg),
+        timing,
         followers: followers.clone(),
         views: views.clone(),
         events: lease_tx,
+        deadline: deadline_tx,
     };
     // Critical: a lease task that failed while holding could not stop the writer in time.
     sup.spawn_once("lease", task.run(held, sup.shutdown()));

@@ -69,6 +69,8 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     followed: BTreeSet<String>,
     /// From the lease task: promote when acquired, step down when lost.
     lease: Option<mpsc::Receiver<LeaseEvent>>,
+    /// Until when the lease lets this node write (checked before every write batch).
+    lease_deadline: Option<crate::lease::Deadline>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -98,6 +100,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             next_id: 0,
             followed: BTreeSet::new(),
             lease: None,
+            lease_deadline: None,
         };
         for (stream, from) in worker.engine().streams_to_follow() {
             worker.streams.follow(&stream, from);
@@ -112,8 +115,9 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         self
     }
 
-    pub fn with_lease_events(mut self, rx: mpsc::Receiver<LeaseEvent>) -> Self {
-        self.lease = Some(rx);
+    pub fn with_lease(mut self, events: mpsc::Receiver<LeaseEvent>, deadline: crate::lease::Deadline) -> Self {
+        self.lease = Some(events);
+        self.lease_deadline = Some(deadline);
         self
     }
 
@@ -194,6 +198,9 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     }
 
     async fn write(&mut self, batch: Vec<WriteRequest>) -> Result<(), NodeError> {
+        if self.lease_expired() && !self.engine().role_follows() {
+            self.on_lease(LeaseEvent::Lost).await?;
+        }
         let mut writes = Vec::with_capacity(batch.len());
         for r in batch {
             self.next_id += 1;
@@ -263,9 +270,21 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         Ok(())
     }
 
+    /// The lease's deadline passed (or this node holds none) while it still writes.
+    pub(crate) fn lease_expired(&self) -> bool {
+        let Some(deadline) = &self.lease_deadline else { return false };
+        deadline.borrow().is_none_or(|d| tokio::time::Instant::now() >= d)
+    }
+
+    /// Until when this node may write, if it runs under a lease (`now` when it holds none).
+    pub(crate) fn lease_deadline_at(&self) -> Option<tokio::time::Instant> {
+        let deadline = self.lease_deadline.as_ref()?;
+        Some(deadline.borrow().unwrap_or_else(tokio::time::Instant::now))
+    }
+
     /// The lease task's news: promote (the catch-up follows at the top of the loop), or
     /// stop writing now.
-    async fn on_lease(&mut self, event: LeaseEvent) -> Result<(), NodeError> {
+    pub(crate) async fn on_lease(&mut self, event: LeaseEvent) -> Result<(), NodeError> {
         let out = match event {
             LeaseEvent::Acquired if self.engine().role_follows() => self.step(|e, _| Ok(e.promote())).await?,
             LeaseEvent::Acquired => return Ok(()),

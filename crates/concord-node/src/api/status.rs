@@ -22,7 +22,8 @@ fn role_of(node: &Node, role: &RoleView) -> (&'static str, &'static str, Origin)
         RoleView::Follower => ("follower", "following", none),
         RoleView::CatchingUp => ("leader", "catching_up", none),
         RoleView::Leader { origin } => ("leader", "writing", origin.clone()),
-        RoleView::Deposed { origin, .. } => ("fenced", "deposed", origin.clone()),
+        // Fenced by the log (another origin wrote later): it follows its log now.
+        RoleView::Deposed { origin, .. } => ("follower", "deposed", origin.clone()),
         RoleView::Stuck { .. } => ("leader", "parked", none),
     }
 }

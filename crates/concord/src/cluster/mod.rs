@@ -46,9 +46,8 @@ pub enum ClusterCommand {
         dir: PathBuf,
         node: String,
     },
-    /// Cut every link between REGION and the other regions, or a follower NODE's link
-    /// to its region's NATS (for real: the proxies close the connections and refuse
-    /// new ones).
+    /// Cut every link between REGION and the other regions, or a NODE's link to its
+    /// region's NATS (for real: the proxies close the connections and refuse new ones).
     Partition {
         #[arg(long)]
         dir: PathBuf,
@@ -66,6 +65,18 @@ pub enum ClusterCommand {
         dir: PathBuf,
         region: String,
         ms: u64,
+    },
+    /// Freeze a node (SIGSTOP): it holds its connections but does nothing.
+    Pause {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+    },
+    /// Let a frozen node run again (SIGCONT).
+    Resume {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
     },
 }
 
@@ -102,6 +113,16 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             println!("healed {}", region.as_deref().unwrap_or("every region"));
             Ok(())
         }
+        ClusterCommand::Pause { dir, node } => {
+            procs::signal_node(&dir, &node, libc::SIGSTOP)?;
+            println!("paused {node}");
+            Ok(())
+        }
+        ClusterCommand::Resume { dir, node } => {
+            procs::signal_node(&dir, &node, libc::SIGCONT)?;
+            println!("resumed {node}");
+            Ok(())
+        }
         ClusterCommand::Delay { dir, region, ms } => {
             let mut f = running_faults(&dir, Some(&region))?;
             if ms == 0 {
@@ -124,12 +145,11 @@ fn running_faults(dir: &Path, region: Option<&str>) -> anyhow::Result<Faults> {
             .with_context(|| format!("no running deployment in {} (cluster.json is missing)", dir.display()))?,
     )
     .with_context(|| format!("reading {}", path.display()))?;
-    let is_follower = |name: &str| cluster.node(name).is_some_and(|(_, n)| n.role == Role::Follower);
     if let Some(r) = region
         && !cluster.regions.contains_key(r)
-        && !is_follower(r)
+        && cluster.node(r).is_none()
     {
-        bail!("no region (or follower) {r:?} in {}", dir.join("cluster.json").display());
+        bail!("no region (or node) {r:?} in {}", dir.join("cluster.json").display());
     }
     Ok(Faults::load(dir))
 }
@@ -208,9 +228,10 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
         let p = nats_conf::ports(i, port_offset);
         let mut ports =
             vec![p.client, p.backbone_client, p.backbone_cluster, p.backbone_leaf, 8301 + 10 * i as u16 + port_offset];
+        ports.push(nats_conf::node_port(i, 1, port_offset));
         for j in 2..=1 + followers {
             ports.push(8300 + 10 * i as u16 + j + port_offset);
-            ports.push(nats_conf::follower_port(i, j, port_offset));
+            ports.push(nats_conf::node_port(i, j, port_offset));
         }
         ports.extend(
             (0..n).filter(|&j| j != i).flat_map(|j| [1, 2].map(|k| nats_conf::proxy_port(i, j, k, port_offset))),
@@ -279,29 +300,19 @@ async fn up(dir: &Path, regions: &str, followers: u16, port_offset: u16) -> anyh
             }
         }
 
-        // The leader, then the followers. A follower reaches its region's NATS through
-        // a proxy link of its own, so `partition NODE` can cut it off its region's log.
+        // The leader, then the followers. Each node reaches its region's NATS through a
+        // proxy link of its own, so `partition NODE` can cut it off its region's NATS.
         let config = region_config(&dir, region, &regions)?;
         let mut nodes = Vec::new();
         for j in 1..=1 + followers {
             let node = format!("{region}-{j}");
             let role = if j == 1 { Role::Leader } else { Role::Follower };
             let http_port = 8300 + 10 * i as u16 + j + port_offset;
-            let nats_url = if j == 1 {
-                format!("nats://127.0.0.1:{nats_port}")
-            } else {
-                let link_port = nats_conf::follower_port(i, j, port_offset);
-                let link = proxy::Link {
-                    from: node.clone(),
-                    to: node.clone(),
-                    listen_port: link_port,
-                    target_port: nats_port,
-                };
-                proxy::serve(link, faults_rx.clone())
-                    .await
-                    .with_context(|| format!("proxy port {link_port} ({node})"))?;
-                format!("nats://127.0.0.1:{link_port}")
-            };
+            let link_port = nats_conf::node_port(i, j, port_offset);
+            let link =
+                proxy::Link { from: node.clone(), to: node.clone(), listen_port: link_port, target_port: nats_port };
+            proxy::serve(link, faults_rx.clone()).await.with_context(|| format!("proxy port {link_port} ({node})"))?;
+            let nats_url = format!("nats://127.0.0.1:{link_port}");
             let spec = procs::ProcSpec {
                 name: node.clone(),
                 program: concord_bin.clone(),

@@ -26,9 +26,9 @@ pub fn proxy_port(i: usize, j: usize, kind: u16, offset: u16) -> u16 {
     5000 + 100 * i as u16 + 10 * j as u16 + kind + offset
 }
 
-/// The proxy port between follower number `j` (2, 3, ...) of region `i` and its
-/// region's NATS server.
-pub fn follower_port(i: usize, j: u16, offset: u16) -> u16 {
+/// The proxy port between node number `j` (1 the configured leader, 2, 3, ... the
+/// followers) of region `i` and its region's NATS server.
+pub fn node_port(i: usize, j: u16, offset: u16) -> u16 {
     6000 + 100 * i as u16 + j + offset
 }
 

@@ -91,6 +91,14 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
+/// Send `sig` to the running process `name`.
+pub fn signal_node(dir: &Path, name: &str, sig: i32) -> anyhow::Result<()> {
+    let spec = load(dir, name)?;
+    let pid = spec.pid.filter(|p| alive(*p)).with_context(|| format!("{name} is not running"))?;
+    signal(pid, sig);
+    Ok(())
+}
+
 /// SIGKILL a recorded process and wait until it is gone.
 pub fn kill(dir: &Path, name: &str) -> anyhow::Result<()> {
     let spec = load(dir, name)?;

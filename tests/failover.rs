@@ -1,0 +1,231 @@
+//! Leader failover inside a region, with fencing (issue 9): us-east runs a leader and
+//! two followers, eu-west a leader; writers keep writing to us-east (to any of its
+//! nodes, following redirects) while the leader is killed, frozen, or cut off from its
+//! region's NATS. Each test checks:
+//!
+//! - a follower leads within the bound (the test prints the measured time) and writes
+//!   resume;
+//! - no acknowledged write is lost: each reads back with its value from the new leader
+//!   and from eu-west;
+//! - the old leader accepts no more writes and rejoins as a follower;
+//! - the region's log never interleaves epochs: once a newer epoch has appended, no
+//!   older epoch's changeset follows it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use concord_core::changeset::Changeset;
+use concord_tests::{Cluster, http, status};
+use futures::StreamExt;
+
+/// Writes resume this soon after a leader dies (the lease: 3 s by default, plus the
+/// election's waits and the new leader's catch-up; generous for a loaded CI machine).
+const FAILOVER_BOUND: Duration = Duration::from_secs(12);
+
+/// Acknowledged writes: key → value.
+type Acked = Arc<Mutex<BTreeMap<String, String>>>;
+
+struct Load {
+    acked: Acked,
+    /// When each acknowledged write was answered.
+    times: Arc<Mutex<Vec<Instant>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// `writers` clients writing unique keys to random us-east nodes (redirects followed).
+fn start_load(cluster: &Cluster, writers: usize) -> Load {
+    let urls: Vec<String> =
+        cluster.nodes.iter().filter(|(n, _)| n.starts_with("us-east")).map(|(_, u)| u.clone()).collect();
+    let load =
+        Load { acked: Default::default(), times: Default::default(), stop: Default::default(), tasks: Vec::new() };
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (urls, acked, times, stop) = (urls.clone(), load.acked.clone(), load.times.clone(), load.stop.clone());
+        tasks.push(tokio::spawn(async move {
+            // A client gives up on a silent node quickly and tries another.
+            let client = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let (key, value) = (format!("w{w}-{n}"), format!("{w}:{n}"));
+                let url = &urls[(n as usize + w) % urls.len()];
+                let sent = client.put(format!("{url}/v1/kv/load/{key}")).body(value.clone()).send().await;
+                if sent.is_ok_and(|r| r.status() == 200) {
+                    acked.lock().unwrap().insert(key, value);
+                    times.lock().unwrap().push(Instant::now());
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    Load { tasks, ..load }
+}
+
+impl Load {
+    async fn stop(self) -> BTreeMap<String, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// The first acknowledgement after `t`.
+    fn first_ack_after(&self, t: Instant) -> Option<Instant> {
+        self.times.lock().unwrap().iter().copied().filter(|a| *a > t).min()
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+/// Wait until a us-east node other than `old` leads; returns it and how long it took.
+async fn wait_new_leader(cluster: &Cluster, old: &str, since: Instant) -> (String, Duration) {
+    let client = http();
+    loop {
+        for (name, url) in cluster.nodes.iter().filter(|(n, _)| n.starts_with("us-east") && *n != old) {
+            if let Ok(r) = client.get(format!("{url}/v1/status")).send().await
+                && let Ok(s) = r.json::<concord_api::StatusBody>().await
+                && s.writer == "writing"
+            {
+                return (name.clone(), since.elapsed());
+            }
+        }
+        assert!(since.elapsed() < FAILOVER_BOUND * 2, "no follower of us-east leads after {:?}", since.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until writes are acknowledged again after `since`.
+async fn wait_writes_resume(load: &Load, since: Instant) -> Duration {
+    loop {
+        if let Some(at) = load.first_ack_after(since) {
+            return at - since;
+        }
+        assert!(since.elapsed() < FAILOVER_BOUND * 2, "no write acknowledged {:?} after the fault", since.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every acknowledged write reads back at `url` (waiting for the session token).
+async fn check_acked(url: &str, token: &str, acked: &BTreeMap<String, String>) {
+    let client = http();
+    for (key, value) in acked {
+        let r = client
+            .get(format!("{url}/v1/kv/load/{key}?wait_ms=20000"))
+            .header("concord-token", token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{url}: acknowledged {key} is missing");
+        assert_eq!(&r.text().await.unwrap(), value, "{url}: {key}");
+    }
+}
+
+/// A write sent straight to `url`, redirects not followed: the status.
+async fn direct_write(url: &str, key: &str) -> reqwest::StatusCode {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    match client.put(format!("{url}/v1/kv/load/{key}")).body("late").send().await {
+        Ok(r) => r.status(),
+        Err(_) => reqwest::StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The epochs of us-east's origins in the order its log holds them never go back.
+async fn check_epochs_never_interleave(cluster: &Cluster) {
+    let nc = async_nats::connect(cluster.nats("us-east")).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    let stream = js.get_stream("CONCORD_LOG_US_EAST").await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let consumer =
+        stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let (mut highest, mut epochs) = (0u64, Vec::new());
+    while let Some(msg) = messages.next().await {
+        let msg = msg.unwrap();
+        let seq = msg.info().unwrap().stream_sequence;
+        let cs = Changeset::decode(&msg.payload).expect("the log holds changesets");
+        assert!(
+            cs.origin.epoch >= highest,
+            "log sequence {seq}: epoch {} appended after epoch {highest} had appended (epochs so far {epochs:?})",
+            cs.origin.epoch
+        );
+        if cs.origin.epoch > highest {
+            epochs.push(cs.origin.epoch);
+        }
+        highest = highest.max(cs.origin.epoch);
+        if seq >= last {
+            break;
+        }
+    }
+    assert!(epochs.len() >= 2, "the log shows the failover: epochs {epochs:?}");
+    println!("us-east's log: epochs {epochs:?} in order, never interleaved ({last} changesets)");
+}
+
+/// The fault, the failover, and every check. `fault` breaks us-east-1; `repair` undoes it.
+async fn failover(name: &str, fault: impl Fn(&Cluster), repair: impl Fn(&Cluster)) {
+    let cluster = Cluster::start_full(&["us-east", "eu-west"], 2, &[]);
+    let load = start_load(&cluster, 4);
+    while load.acked_count() < 50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = cluster.nodes["us-east-1"].clone();
+    let before = status(&http(), &old).await;
+    assert_eq!((before.writer.as_str(), before.leader.as_str()), ("writing", "us-east-1"));
+    let at = Instant::now();
+    fault(&cluster);
+    let (leader, led_after) = wait_new_leader(&cluster, "us-east-1", at).await;
+    let resumed_after = wait_writes_resume(&load, at + led_after).await + led_after;
+    println!("{name}: {leader} leads {led_after:?} after the fault; writes resumed after {resumed_after:?}");
+    assert!(resumed_after < FAILOVER_BOUND, "{name}: writes resumed only after {resumed_after:?}");
+    while load.first_ack_after(at + resumed_after + Duration::from_millis(500)).is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    repair(&cluster);
+    // The old leader rejoins as a follower and takes no writes itself.
+    cluster.wait_ready(&old, Duration::from_secs(60)).await;
+    let rejoined = loop {
+        let s = status(&http(), &old).await;
+        // It follows its region's log: stepped down (lease lost), or deposed (fenced by
+        // the log, which showed a later origin).
+        if s.writer == "following" || s.writer == "deposed" {
+            break s;
+        }
+        assert!(at.elapsed() < Duration::from_secs(60), "{name}: the old leader never steps down: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((rejoined.role.as_str(), rejoined.leader.as_str()), ("follower", leader.as_str()));
+    let late = direct_write(&old, "to-the-old-leader").await;
+    assert_ne!(late, reqwest::StatusCode::OK, "{name}: the old leader accepted a write");
+    let acked = load.stop().await;
+    let token = status(&http(), &cluster.nodes[&leader]).await.applied;
+    let token = format!("v1:{}", token.iter().map(|(o, s)| format!("{o}={s}")).collect::<Vec<_>>().join(","));
+    check_acked(&cluster.nodes[&leader], &token, &acked).await;
+    check_acked(&cluster.url("eu-west"), &token, &acked).await;
+    check_acked(&old, &token, &acked).await;
+    println!("{name}: {} acknowledged writes, none lost (new leader, eu-west, old leader)", acked.len());
+    check_epochs_never_interleave(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leader_is_replaced_and_rejoins_as_a_follower() {
+    failover("SIGKILL", |c| c.kill("us-east-1"), |c| c.start_again("us-east-1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_leader_steps_down_when_it_runs_again() {
+    failover("SIGSTOP", |c| c.ctl("pause", &["us-east-1"]), |c| c.ctl("resume", &["us-east-1"])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_nats_stops_and_a_follower_takes_over() {
+    failover("isolated", |c| c.partition("us-east-1"), |c| c.ctl("heal", &["us-east-1"])).await;
+}
