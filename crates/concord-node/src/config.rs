@@ -19,8 +19,12 @@ pub struct NodeConfig {
     pub node: String,
     /// The role the node starts with.
     pub role: Role,
-    /// The region's NATS server.
+    /// The region's NATS: one URL, or several separated by commas (the servers of the
+    /// region's JetStream cluster; the client moves to another when one dies).
     pub nats_url: String,
+    /// Copies of the region's log, the mirrors and the key/value buckets this node
+    /// creates: 1 on a single server, 3 on a region's three-server JetStream cluster.
+    pub nats_replicas: usize,
     /// Where the HTTP API listens.
     pub http_listen: String,
     /// Where local state lives.
@@ -99,6 +103,7 @@ impl Default for NodeConfig {
             node: "us-east-1".into(),
             role: Role::Leader,
             nats_url: "nats://127.0.0.1:4301".into(),
+            nats_replicas: 1,
             http_listen: "127.0.0.1:8301".into(),
             data_dir: PathBuf::from("data/us-east-1"),
             value_bytes_max: concord_core::input::VALUE_BYTES_MAX_DEFAULT,
@@ -209,6 +214,9 @@ impl NodeConfig {
         if self.apply_batch_max == 0 || self.apply_batch_bytes_max == 0 {
             return Err(ConfigError::Invalid("apply_batch_max and apply_batch_bytes_max must be positive".into()));
         }
+        if !matches!(self.nats_replicas, 1 | 3 | 5) {
+            return Err(ConfigError::Invalid("nats_replicas must be 1, 3 or 5".into()));
+        }
         if self.lease_ttl_ms < 300 || self.lease_renew_ms == 0 || self.lease_renew_ms * 2 > self.lease_ttl_ms {
             return Err(ConfigError::Invalid(
                 "lease_ttl_ms must be at least 300, and lease_renew_ms between 1 and half of it".into(),
@@ -238,6 +246,11 @@ impl NodeConfig {
             )));
         }
         Ok(region)
+    }
+
+    /// The region's NATS servers.
+    pub fn nats_urls(&self) -> Vec<String> {
+        self.nats_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
     }
 
     /// The URL other nodes use to reach this node's HTTP API.

@@ -112,7 +112,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     });
     let client = start::connect(&cfg, &mut stop.clone()).await?;
     let max_payload = start::check_max_payload(&cfg, &client)?;
-    let (log, mirrors) = start::open_streams(&cfg, &region, &client).await?;
+    let (log, mirrors) = start::open_streams(&cfg, &region, &client, &mut stop.clone()).await?;
     if cfg.role == Role::Follower {
         bootstrap::bootstrap_if_needed(&cfg, &store, &log, &mirrors).await?;
     }

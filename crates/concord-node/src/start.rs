@@ -30,7 +30,7 @@ pub async fn connect(cfg: &NodeConfig, shutdown: &mut watch::Receiver<bool>) -> 
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(10)))
-            .connect(&cfg.nats_url);
+            .connect(cfg.nats_urls());
         match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(format!("connecting to {}: {e}", cfg.nats_url)),
@@ -58,14 +58,37 @@ pub fn check_max_payload(cfg: &NodeConfig, client: &async_nats::Client) -> Resul
 }
 
 /// The region's log and one local mirror per other region, and, on the log, the
-/// durable consumer that feeds each other region's mirror of it. Returns the
-/// mirrors by stream name, with the region whose log each holds.
+/// durable consumer that feeds each other region's mirror of it. Returns the mirrors by
+/// stream name, with the region whose log each holds. Retried until
+/// `nats_connect_timeout_ms`: a JetStream cluster that just started takes a moment to
+/// elect its leader before it creates streams.
 pub async fn open_streams(
     cfg: &NodeConfig,
     region: &RegionId,
     client: &async_nats::Client,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(Arc<NatsLog>, BTreeMap<String, RegionId>), StartError> {
-    let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.log_max_msgs).await?);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.nats_connect_timeout_ms);
+    let opened = retry(
+        "opening the region's streams",
+        Backoff::network().until(deadline),
+        shutdown,
+        |_| true,
+        || open_streams_once(cfg, region, client),
+    );
+    match opened.await {
+        Ok(opened) => Ok(opened),
+        Err(GaveUp::Failed(e)) => Err(e.into()),
+        Err(GaveUp::Stopped) => Err("stopped while opening the region's streams".into()),
+    }
+}
+
+async fn open_streams_once(
+    cfg: &NodeConfig,
+    region: &RegionId,
+    client: &async_nats::Client,
+) -> Result<(Arc<NatsLog>, BTreeMap<String, RegionId>), concord_transport::LogError> {
+    let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.log_max_msgs, cfg.nats_replicas).await?);
     let mut mirrors = BTreeMap::new();
     for remote in cfg.remote_regions() {
         // Whoever leads later needs it; creating it is idempotent.

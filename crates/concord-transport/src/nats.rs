@@ -68,13 +68,16 @@ pub struct NatsLog {
     js: jetstream::Context,
     stream: String,
     subject: String,
+    /// Copies of every stream and bucket this node creates (1, or 3 on a region's
+    /// three-server JetStream cluster).
+    replicas: usize,
 }
 
 impl NatsLog {
     /// Create (or open) the region's stream, keeping at most `max_msgs` messages
-    /// (0: no limit). Replicas that fall behind the oldest kept message start from a
-    /// peer's snapshot.
-    pub async fn open(client: async_nats::Client, region: &str, max_msgs: i64) -> LogResult<NatsLog> {
+    /// (0: no limit), in `replicas` copies. Replicas that fall behind the oldest kept
+    /// message start from a peer's snapshot.
+    pub async fn open(client: async_nats::Client, region: &str, max_msgs: i64, replicas: usize) -> LogResult<NatsLog> {
         let js = jetstream::new(client);
         let name = stream_name(region);
         js.get_or_create_stream(stream::Config {
@@ -84,11 +87,12 @@ impl NatsLog {
             duplicate_window: Duration::from_secs(120),
             allow_direct: true,
             max_messages: if max_msgs > 0 { max_msgs } else { -1 },
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
         .map_err(unavailable)?;
-        Ok(NatsLog { js, stream: name, subject: subject(region) })
+        Ok(NatsLog { js, stream: name, subject: subject(region), replicas })
     }
 
     /// Record this node as its region's leader (`concord_leaders`, key = region, the
@@ -129,6 +133,7 @@ impl NatsLog {
                 .create_key_value(jetstream::kv::Config {
                     bucket: name.into(),
                     history: 1,
+                    num_replicas: self.replicas,
                     storage: stream::StorageType::File,
                     ..Default::default()
                 })
@@ -177,6 +182,7 @@ impl NatsLog {
                 name: name.clone(),
                 storage: stream::StorageType::File,
                 allow_direct: true,
+                num_replicas: self.replicas,
                 mirror: Some(stream::Source {
                     name: stream_name(remote_region),
                     external: Some(stream::External {

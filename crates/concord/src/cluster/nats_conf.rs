@@ -6,7 +6,21 @@ use std::path::Path;
 /// batching room. NATS warns above 8 MiB.
 pub const MAX_PAYLOAD_BYTES: usize = 8 << 20;
 
-/// The ports of region number `i` (in `--regions` order), shifted by `offset`.
+/// The shape of a local deployment, and every port it uses (all shifted by `offset`).
+/// Region number `i` (in `--regions` order) has its NATS server on 4301 + 10i and its
+/// backbone server on the next three ports; its nodes' HTTP on 8301 + 10i, 8302 + 10i,
+/// ...; each node's link to its NATS on 6001 + 100i, 6002 + 100i, ...; and the proxy of
+/// the link from region i to region j on 5001 + 100i + 10j (routes) and 5002 + 100i + 10j
+/// (leaf connections).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub regions: Vec<String>,
+    /// Followers per region.
+    pub followers: u16,
+    pub offset: u16,
+}
+
+/// The NATS ports of one region.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
     pub client: u16,
@@ -15,30 +29,73 @@ pub struct Ports {
     pub backbone_leaf: u16,
 }
 
-pub fn ports(i: usize, offset: u16) -> Ports {
-    let base = 4301 + 10 * i as u16 + offset;
-    Ports { client: base, backbone_client: base + 1, backbone_cluster: base + 2, backbone_leaf: base + 3 }
-}
+impl Layout {
+    /// Whether the port layout has room for this deployment.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.followers > 8 {
+            anyhow::bail!("--followers: at most 8 per region (the port layout has room for no more)");
+        }
+        if self.regions.len() > 9 {
+            anyhow::bail!("--regions: at most 9 regions (the port layout has room for no more)");
+        }
+        for r in &self.regions {
+            concord_core::ids::RegionId::new(r.as_str()).map_err(|e| anyhow::anyhow!("--regions: {e}"))?;
+        }
+        Ok(())
+    }
 
-/// The proxy port of the link from region `i` to region `j`: `kind` 1 for the backbone
-/// route, 2 for the region server's fallback leaf connection.
-pub fn proxy_port(i: usize, j: usize, kind: u16, offset: u16) -> u16 {
-    5000 + 100 * i as u16 + 10 * j as u16 + kind + offset
-}
+    pub fn ports(&self, i: usize) -> Ports {
+        let base = 4301 + 10 * i as u16 + self.offset;
+        Ports { client: base, backbone_client: base + 1, backbone_cluster: base + 2, backbone_leaf: base + 3 }
+    }
 
-/// The proxy port between node number `j` (1 the configured leader, 2, 3, ... the
-/// followers) of region `i` and its region's NATS server.
-pub fn node_port(i: usize, j: u16, offset: u16) -> u16 {
-    6000 + 100 * i as u16 + j + offset
+    /// The HTTP port of node number `j` (1 the configured leader) of region `i`.
+    pub fn http_port(&self, i: usize, j: u16) -> u16 {
+        8300 + 10 * i as u16 + j + self.offset
+    }
+
+    /// The proxy port between node number `j` of region `i` and its region's NATS.
+    pub fn node_port(&self, i: usize, j: u16) -> u16 {
+        6000 + 100 * i as u16 + j + self.offset
+    }
+
+    /// The proxy port of the link from region `i` to region `j`: `kind` 1 for the
+    /// backbone route, 2 for the region server's fallback leaf connection.
+    pub fn proxy_port(&self, i: usize, j: usize, kind: u16) -> u16 {
+        5000 + 100 * i as u16 + 10 * j as u16 + kind + self.offset
+    }
+
+    /// Where such a proxy forwards to: region `j`'s backbone route or leaf port.
+    pub fn proxy_target(&self, j: usize, kind: u16) -> u16 {
+        let p = self.ports(j);
+        if kind == 1 { p.backbone_cluster } else { p.backbone_leaf }
+    }
+
+    /// Every port of the deployment, with its region.
+    pub fn all_ports(&self) -> Vec<(&str, u16)> {
+        let n = self.regions.len();
+        let mut out = Vec::new();
+        for (i, region) in self.regions.iter().enumerate() {
+            let p = self.ports(i);
+            let mut ports = vec![p.client, p.backbone_client, p.backbone_cluster, p.backbone_leaf];
+            for j in 1..=1 + self.followers {
+                ports.extend([self.http_port(i, j), self.node_port(i, j)]);
+            }
+            ports.extend((0..n).filter(|&j| j != i).flat_map(|j| [1, 2].map(|k| self.proxy_port(i, j, k))));
+            out.extend(ports.into_iter().map(|port| (region.as_str(), port)));
+        }
+        out
+    }
 }
 
 /// The backbone server of region `i`: core NATS only, one per region, all in one
 /// cluster whose routes to other regions pass through the proxies.
-pub fn backbone_server(region: &str, i: usize, n: usize, offset: u16) -> String {
-    let p = ports(i, offset);
-    let routes: Vec<String> = (0..n)
+pub fn backbone_server(layout: &Layout, i: usize) -> String {
+    let region = &layout.regions[i];
+    let p = layout.ports(i);
+    let routes: Vec<String> = (0..layout.regions.len())
         .filter(|&j| j != i)
-        .map(|j| format!("    \"nats-route://127.0.0.1:{}\"", proxy_port(i, j, 1, offset)))
+        .map(|j| format!("    \"nats-route://127.0.0.1:{}\"", layout.proxy_port(i, j, 1)))
         .collect();
     format!(
         r#"# Generated by `concord cluster up`: the backbone server of region {region}.
@@ -70,11 +127,14 @@ leafnodes {{
 
 /// The region's own server: JetStream in the region's domain, a leaf node of its own
 /// backbone server first, then (through the proxies) of the others.
-pub fn region_server(region: &str, i: usize, n: usize, offset: u16, store_dir: &Path) -> String {
-    let p = ports(i, offset);
+pub fn region_server(layout: &Layout, i: usize, store_dir: &Path) -> String {
+    let region = &layout.regions[i];
+    let p = layout.ports(i);
     let mut urls = vec![format!("\"nats-leaf://127.0.0.1:{}\"", p.backbone_leaf)];
     urls.extend(
-        (0..n).filter(|&j| j != i).map(|j| format!("\"nats-leaf://127.0.0.1:{}\"", proxy_port(i, j, 2, offset))),
+        (0..layout.regions.len())
+            .filter(|&j| j != i)
+            .map(|j| format!("\"nats-leaf://127.0.0.1:{}\"", layout.proxy_port(i, j, 2))),
     );
     let client_port = p.client;
     let leaf = format!(
