@@ -14,8 +14,11 @@ pub struct ClusterJson {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRegion {
-    /// The region's NATS server (`nats://127.0.0.1:4301`).
+    /// The region's NATS server (`nats://127.0.0.1:4301`); with several, the first.
     pub nats: String,
+    /// Every NATS server of the region (one, or the three of its JetStream cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nats_servers: Vec<String>,
     /// The leader first, then the followers.
     pub nodes: Vec<ClusterNode>,
 }

@@ -16,6 +16,10 @@ use crate::worker::Worker;
 
 /// Most log messages one catch-up read asks for (bytes are bounded too).
 pub const CATCH_UP_CHUNK: u64 = 1000;
+/// How long one question about the log's end may take. Short: while a JetStream
+/// cluster elects a new leader for the log, a request waits for the client's whole
+/// request timeout (10 s) unanswered; asking again soon notices the new leader sooner.
+const LOG_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn retryable(e: &LogError) -> bool {
     !matches!(e, LogError::TooLarge(_))
@@ -29,12 +33,17 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             return Ok(true);
         }
         let log = self.log.clone();
-        let last =
-            match retry("reading the log's end", Backoff::network(), shutdown, retryable, || log.last_seq()).await {
-                Ok(last) => last,
-                Err(GaveUp::Stopped) => return Ok(false),
-                Err(GaveUp::Failed(e)) => return Err(e.into()),
-            };
+        let last_seq = || async {
+            tokio::time::timeout(LOG_END_TIMEOUT, log.last_seq())
+                .await
+                .unwrap_or_else(|_| Err(LogError::Unavailable("the log's end: no answer within 2 s".into())))
+        };
+        let backoff = self.catch_up_backoff();
+        let last = match retry("reading the log's end", backoff, shutdown, retryable, last_seq).await {
+            Ok(last) => last,
+            Err(GaveUp::Stopped) => return Ok(false),
+            Err(GaveUp::Failed(e)) => return self.catch_up_failed(e).await,
+        };
         loop {
             match self.engine().catch_up_next(last, CATCH_UP_CHUNK) {
                 CatchUp::Idle => return Ok(true),

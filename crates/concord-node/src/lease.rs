@@ -31,6 +31,9 @@ use crate::NodeConfig;
 use crate::followers::Followers;
 use crate::view::Views;
 
+/// How long a configured leader tries to read the lease at start.
+const START_CLAIM_PATIENCE: Duration = Duration::from_secs(10);
+
 /// What the lease task tells the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEvent {
@@ -75,9 +78,18 @@ pub fn rank(followers: &Followers, me: &str) -> usize {
 }
 
 /// Claim the lease at start if it is free or was this node's own (a restart): the
-/// revision it now holds, and when the claim was sent. `None`: another node holds it.
+/// revision it now holds, and when the claim was sent. `None`: another node holds it
+/// (or the bucket did not answer within a few seconds: the lease task takes it later).
 pub async fn claim_at_start(leases: &Leases, region: &str, me: &LeaseRecord) -> Option<(u64, Instant)> {
-    let observed = leases.read(region).await.ok()?;
+    // A JetStream cluster that just started may take a moment to answer.
+    let deadline = Instant::now() + START_CLAIM_PATIENCE;
+    let observed = loop {
+        match tokio::time::timeout(Duration::from_secs(2), leases.read(region)).await {
+            Ok(Ok(observed)) => break observed,
+            _ if Instant::now() >= deadline => return None,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     let holder: Option<LeaseRecord> = observed.value.as_ref().and_then(|v| serde_json::from_slice(v).ok());
     if holder.is_some_and(|h| h.node != me.node) {
         return None;

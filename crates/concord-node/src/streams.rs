@@ -51,6 +51,7 @@ impl StreamSet {
 
 impl StreamControl for StreamSet {
     fn follow(&mut self, stream: &str, from: u64) {
+        tracing::info!(stream, from, "following the stream");
         self.unfollow(stream);
         let (stop_tx, stop_rx) = watch::channel(false);
         self.running.insert(stream.to_string(), stop_tx);
@@ -73,6 +74,7 @@ impl StreamControl for StreamSet {
 
     fn unfollow(&mut self, stream: &str) {
         if let Some(stop) = self.running.remove(stream) {
+            tracing::info!(stream, "no longer following the stream");
             let _ = stop.send(true);
         }
     }

@@ -270,7 +270,10 @@ impl NatsLog {
                 // than was delivered, recreate the consumer at once.
                 let msg = match tokio::time::timeout(FOLLOW_STALL_CHECK, messages.next()).await {
                     Ok(Some(msg)) => msg,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        warn!(stream = %stream_name, next, "the stream's consumer ended; recreating it");
+                        break;
+                    }
                     Err(_) => {
                         let behind = match self.js.get_stream(&stream_name).await {
                             Ok(mut s) => s.info().await.map(|i| i.state.last_sequence >= next).unwrap_or(true),

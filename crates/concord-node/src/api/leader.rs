@@ -15,6 +15,12 @@ use crate::error::NodeError;
 /// Where a write sent to a follower should go: 307 to the leader, same path and query.
 pub(super) async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
     match leader_address(node).await {
+        // The record still names this node: it stepped down and no new leader has
+        // announced itself yet. Never redirect to itself.
+        Some((leader, _, _)) if leader == node.cfg.node => NodeError::unavailable(
+            ErrorCode::NoLeader,
+            format!("{} no longer leads {} and no new leader is known yet: retry shortly", node.cfg.node, node.region),
+        ),
         Some((leader, url, _)) => NodeError::Redirect {
             message: format!("{} is a follower; writes go to the leader {leader}", node.cfg.node),
             location: format!("{url}{}", p.path_and_query.clone().unwrap_or_default()),
@@ -26,7 +32,7 @@ pub(super) async fn redirect_to_leader(node: &Node, p: &Params) -> NodeError {
     }
 }
 
-/// The region's leader (node, URL), from `concord_leaders`, cached for two seconds.
+/// The region's leader (node, URL, epoch), from `concord_leaders`, cached briefly.
 pub async fn leader_address(node: &Node) -> Option<(String, String, u64)> {
     if let Some((at, r)) = node.leader_cache.lock().expect("not poisoned").clone()
         && at.elapsed() < LEADER_CACHE

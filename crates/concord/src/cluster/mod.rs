@@ -32,8 +32,13 @@ pub enum ClusterCommand {
         /// Added to every port (NATS 4301 + 10 × region, HTTP 8300 + 10 × region + node).
         #[arg(long, default_value_t = 0)]
         port_offset: u16,
+        /// NATS servers per region: 1, or 3 (a JetStream cluster: the region's log, mirrors
+        /// and buckets in three copies; any one server may die).
+        #[arg(long, default_value_t = 1)]
+        nats_servers: u16,
     },
-    /// SIGKILL one node, or a region's NATS server (`nats-REGION`).
+    /// SIGKILL one node, or a region's NATS server (`nats-REGION`, or `nats-REGION-K`
+    /// with three servers per region).
     Kill {
         #[arg(long)]
         dir: PathBuf,
@@ -81,9 +86,9 @@ pub enum ClusterCommand {
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
-        ClusterCommand::Up { dir, regions, followers, port_offset } => {
+        ClusterCommand::Up { dir, regions, followers, port_offset, nats_servers } => {
             let regions = regions.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            up::up(&dir, nats_conf::Layout { regions, followers, offset: port_offset }).await
+            up::up(&dir, nats_conf::Layout { regions, followers, servers: nats_servers, offset: port_offset }).await
         }
         ClusterCommand::Kill { dir, node } => {
             procs::kill(&dir, &node)?;

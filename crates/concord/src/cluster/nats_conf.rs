@@ -7,16 +7,20 @@ use std::path::Path;
 pub const MAX_PAYLOAD_BYTES: usize = 8 << 20;
 
 /// The shape of a local deployment, and every port it uses (all shifted by `offset`).
-/// Region number `i` (in `--regions` order) has its NATS server on 4301 + 10i and its
-/// backbone server on the next three ports; its nodes' HTTP on 8301 + 10i, 8302 + 10i,
-/// ...; each node's link to its NATS on 6001 + 100i, 6002 + 100i, ...; and the proxy of
-/// the link from region i to region j on 5001 + 100i + 10j (routes) and 5002 + 100i + 10j
-/// (leaf connections).
+/// Region number `i` (in `--regions` order) has its NATS server on 4301 + 10i (with
+/// three servers, the others on 4305 + 10i and 4306 + 10i, and their cluster routes on
+/// 4307..4309 + 10i) and its backbone server on 4302..4304 + 10i; its nodes' HTTP on
+/// 8301 + 10i, 8302 + 10i, ...; node j's link to server k of its region on
+/// 6000 + 100i + 10(k - 1) + j; and the proxy of the link from region i to region j on
+/// 5001 + 100i + 10j (routes) and 5002 + 100i + 10j (leaf connections).
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub regions: Vec<String>,
     /// Followers per region.
     pub followers: u16,
+    /// NATS servers per region: 1, or 3 (a JetStream cluster; streams and buckets in
+    /// three copies).
+    pub servers: u16,
     pub offset: u16,
 }
 
@@ -34,6 +38,9 @@ impl Layout {
     pub fn check(&self) -> anyhow::Result<()> {
         if self.followers > 8 {
             anyhow::bail!("--followers: at most 8 per region (the port layout has room for no more)");
+        }
+        if !matches!(self.servers, 1 | 3) {
+            anyhow::bail!("--nats-servers: 1 or 3");
         }
         if self.regions.len() > 9 {
             anyhow::bail!("--regions: at most 9 regions (the port layout has room for no more)");
@@ -54,9 +61,27 @@ impl Layout {
         8300 + 10 * i as u16 + j + self.offset
     }
 
-    /// The proxy port between node number `j` of region `i` and its region's NATS.
-    pub fn node_port(&self, i: usize, j: u16) -> u16 {
-        6000 + 100 * i as u16 + j + self.offset
+    /// The client port of NATS server `k` (1, 2, 3) of region `i`.
+    pub fn server_port(&self, i: usize, k: u16) -> u16 {
+        let p = self.ports(i);
+        if k == 1 { p.client } else { p.client + 2 + k }
+    }
+
+    /// The cluster-route port of NATS server `k` of region `i` (three servers only).
+    pub fn server_route_port(&self, i: usize, k: u16) -> u16 {
+        self.ports(i).client + 5 + k
+    }
+
+    /// The name of NATS server `k` of `region`: `nats-REGION`, or with three servers
+    /// `nats-REGION-1`, `-2`, `-3`.
+    pub fn server_name(&self, region: &str, k: u16) -> String {
+        if self.servers == 1 { format!("nats-{region}") } else { format!("nats-{region}-{k}") }
+    }
+
+    /// The proxy port between node number `j` of region `i` and its region's NATS
+    /// server `k`.
+    pub fn node_port(&self, i: usize, j: u16, k: u16) -> u16 {
+        6000 + 100 * i as u16 + 10 * (k - 1) + j + self.offset
     }
 
     /// The proxy port of the link from region `i` to region `j`: `kind` 1 for the
@@ -77,9 +102,16 @@ impl Layout {
         let mut out = Vec::new();
         for (i, region) in self.regions.iter().enumerate() {
             let p = self.ports(i);
-            let mut ports = vec![p.client, p.backbone_client, p.backbone_cluster, p.backbone_leaf];
+            let mut ports = vec![p.backbone_client, p.backbone_cluster, p.backbone_leaf];
+            for k in 1..=self.servers {
+                ports.push(self.server_port(i, k));
+                if self.servers > 1 {
+                    ports.push(self.server_route_port(i, k));
+                }
+            }
             for j in 1..=1 + self.followers {
-                ports.extend([self.http_port(i, j), self.node_port(i, j)]);
+                ports.push(self.http_port(i, j));
+                ports.extend((1..=self.servers).map(|k| self.node_port(i, j, k)));
             }
             ports.extend((0..n).filter(|&j| j != i).flat_map(|j| [1, 2].map(|k| self.proxy_port(i, j, k))));
             out.extend(ports.into_iter().map(|port| (region.as_str(), port)));
@@ -125,9 +157,10 @@ leafnodes {{
     )
 }
 
-/// The region's own server: JetStream in the region's domain, a leaf node of its own
-/// backbone server first, then (through the proxies) of the others.
-pub fn region_server(layout: &Layout, i: usize, store_dir: &Path) -> String {
+/// Region `i`'s NATS server `k`: JetStream in the region's domain (with three servers,
+/// one JetStream cluster of them), a leaf node of its own backbone server first, then
+/// (through the proxies) of the others.
+pub fn region_server(layout: &Layout, i: usize, k: u16, store_dir: &Path) -> String {
     let region = &layout.regions[i];
     let p = layout.ports(i);
     let mut urls = vec![format!("\"nats-leaf://127.0.0.1:{}\"", p.backbone_leaf)];
@@ -136,14 +169,15 @@ pub fn region_server(layout: &Layout, i: usize, store_dir: &Path) -> String {
             .filter(|&j| j != i)
             .map(|j| format!("\"nats-leaf://127.0.0.1:{}\"", layout.proxy_port(i, j, 2))),
     );
-    let client_port = p.client;
+    let client_port = layout.server_port(i, k);
+    let name = layout.server_name(region, k);
     let leaf = format!(
         "leafnodes {{\n  remotes: [{{ urls: [{}], dont_randomize: true, ignore_discovered_servers: true }}]\n}}\n",
         urls.join(", ")
     );
     let text = format!(
-        r#"# Generated by `concord cluster up`: the NATS server of region {region}.
-server_name: "nats-{region}"
+        r#"# Generated by `concord cluster up`: a NATS server of region {region}.
+server_name: "{name}"
 listen: "127.0.0.1:{client_port}"
 max_payload: {MAX_PAYLOAD_BYTES}
 # Notice a silent partition quickly (the default is 2 minutes).
@@ -157,5 +191,24 @@ jetstream {{
 "#,
         store = store_dir.display()
     );
-    text + &leaf
+    text + &leaf + &region_cluster(layout, i, k)
+}
+
+/// With three servers: the region's JetStream cluster. Its servers do not advertise
+/// their client addresses, so a node reaches them only through its own proxied links
+/// (and `partition NODE` cannot be bypassed).
+fn region_cluster(layout: &Layout, i: usize, k: u16) -> String {
+    if layout.servers == 1 {
+        return String::new();
+    }
+    let routes: Vec<String> = (1..=layout.servers)
+        .filter(|&o| o != k)
+        .map(|o| format!("\"nats-route://127.0.0.1:{}\"", layout.server_route_port(i, o)))
+        .collect();
+    format!(
+        "cluster {{\n  name: \"concord-{region}\"\n  listen: \"127.0.0.1:{port}\"\n  no_advertise: true\n  routes: [{routes}]\n}}\n",
+        region = layout.regions[i],
+        port = layout.server_route_port(i, k),
+        routes = routes.join(", ")
+    )
 }

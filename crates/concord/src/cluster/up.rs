@@ -94,7 +94,8 @@ async fn start_proxies(
     Ok((faults_tx, faults_rx))
 }
 
-/// Start the NATS servers of region `i`: its backbone server, then its region server.
+/// Start the NATS servers of region `i`: its backbone server, then its region server
+/// (or the three servers of its JetStream cluster).
 fn start_region_nats(d: &mut Deployment, i: usize) -> anyhow::Result<()> {
     let region = d.layout.regions[i].clone();
     let nats_bin = nats_server_binary()?;
@@ -103,11 +104,14 @@ fn start_region_nats(d: &mut Deployment, i: usize) -> anyhow::Result<()> {
         nats_conf::backbone_server(&d.layout, i),
         d.layout.ports(i).backbone_client,
     )];
-    servers.push((
-        format!("nats-{region}"),
-        nats_conf::region_server(&d.layout, i, &d.dir.join("nats").join(&region)),
-        d.layout.ports(i).client,
-    ));
+    for k in 1..=d.layout.servers {
+        let store = match d.layout.servers {
+            1 => d.dir.join("nats").join(&region),
+            _ => d.dir.join("nats").join(&region).join(k.to_string()),
+        };
+        let conf = nats_conf::region_server(&d.layout, i, k, &store);
+        servers.push((d.layout.server_name(&region, k), conf, d.layout.server_port(i, k)));
+    }
     for (name, conf, port) in servers {
         let conf_path = d.dir.join(format!("{name}.conf"));
         std::fs::write(&conf_path, conf)?;
@@ -130,17 +134,20 @@ fn start_region_nats(d: &mut Deployment, i: usize) -> anyhow::Result<()> {
 /// NATS through a proxy link of its own, so `partition NODE` can cut it off.
 async fn start_nodes(d: &mut Deployment, i: usize) -> anyhow::Result<ClusterRegion> {
     let region = d.layout.regions[i].clone();
-    let config = region_config(&d.dir, &region, &d.layout.regions)?;
+    let config = region_config(&d.dir, &region, &d.layout)?;
     let concord_bin = std::env::current_exe()?;
-    let nats_port = d.layout.ports(i).client;
     let mut nodes = Vec::new();
     for j in 1..=1 + d.layout.followers {
         let node = format!("{region}-{j}");
         let role = if j == 1 { Role::Leader } else { Role::Follower };
         let http_port = d.layout.http_port(i, j);
-        let link_port = d.layout.node_port(i, j);
-        let link = proxy::Link { from: node.clone(), to: node.clone(), listen_port: link_port, target_port: nats_port };
-        proxy::serve(link, d.faults.clone()).await.with_context(|| format!("proxy port {link_port} ({node})"))?;
+        let mut links = Vec::new();
+        for k in 1..=d.layout.servers {
+            let (listen_port, target_port) = (d.layout.node_port(i, j, k), d.layout.server_port(i, k));
+            let link = proxy::Link { from: node.clone(), to: node.clone(), listen_port, target_port };
+            proxy::serve(link, d.faults.clone()).await.with_context(|| format!("proxy port {listen_port} ({node})"))?;
+            links.push(format!("nats://127.0.0.1:{listen_port}"));
+        }
         let args = vec![
             "serve".into(),
             "--config".into(),
@@ -152,7 +159,7 @@ async fn start_nodes(d: &mut Deployment, i: usize) -> anyhow::Result<ClusterRegi
             "--http".into(),
             format!("127.0.0.1:{http_port}"),
             "--nats".into(),
-            format!("nats://127.0.0.1:{link_port}"),
+            links.join(","),
             "--data-dir".into(),
             d.dir.join("data").join(&node).display().to_string(),
         ];
@@ -160,7 +167,9 @@ async fn start_nodes(d: &mut Deployment, i: usize) -> anyhow::Result<ClusterRegi
         d.children.push(procs::spawn(&d.dir, spec)?);
         nodes.push(ClusterNode { name: node, role, http: format!("http://127.0.0.1:{http_port}") });
     }
-    Ok(ClusterRegion { nats: format!("nats://127.0.0.1:{nats_port}"), nodes })
+    let servers: Vec<String> =
+        (1..=d.layout.servers).map(|k| format!("nats://127.0.0.1:{}", d.layout.server_port(i, k))).collect();
+    Ok(ClusterRegion { nats: servers[0].clone(), nats_servers: servers, nodes })
 }
 
 /// Wait until every node answers its status, or fail naming the one that did not.
@@ -299,8 +308,10 @@ pub fn stop_all(dir: &Path) {
 
 /// A node configuration for `region` under `DIR/config/`: the repository's
 /// `regions/<region>.toml` when it exists (so its limits apply), else the defaults, with
-/// the deployment's region list.
-fn region_config(dir: &Path, region: &str, regions: &[String]) -> anyhow::Result<PathBuf> {
+/// the deployment's region list and as many copies of streams as the region has NATS
+/// servers.
+fn region_config(dir: &Path, region: &str, layout: &Layout) -> anyhow::Result<PathBuf> {
+    let regions = &layout.regions;
     let path = dir.join("config").join(format!("{region}.toml"));
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
     let base = PathBuf::from("regions").join(format!("{region}.toml"));
@@ -309,6 +320,7 @@ fn region_config(dir: &Path, region: &str, regions: &[String]) -> anyhow::Result
     table.insert("region".into(), toml::Value::String(region.into()));
     table
         .insert("regions".into(), toml::Value::Array(regions.iter().map(|r| toml::Value::String(r.clone())).collect()));
+    table.insert("nats_replicas".into(), toml::Value::Integer(i64::from(layout.servers)));
     std::fs::write(&path, toml::to_string(&table)?)?;
     Ok(path)
 }
