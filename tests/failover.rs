@@ -11,11 +11,10 @@
 //! - the region's log never interleaves epochs: once a newer epoch has appended, no
 //!   older epoch's changeset follows it.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use concord_core::changeset::Changeset;
+use concord_tests::load::{Load, applied_token, check_acked, start_load, writing_node};
 use concord_tests::{Cluster, http, status};
 use futures::StreamExt;
 
@@ -23,81 +22,10 @@ use futures::StreamExt;
 /// election's waits and the new leader's catch-up; generous for a loaded CI machine).
 const FAILOVER_BOUND: Duration = Duration::from_secs(12);
 
-/// Acknowledged writes: key → value.
-type Acked = Arc<Mutex<BTreeMap<String, String>>>;
-
-struct Load {
-    acked: Acked,
-    /// When each acknowledged write was answered.
-    times: Arc<Mutex<Vec<Instant>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// `writers` clients writing unique keys to random us-east nodes (redirects followed).
-fn start_load(cluster: &Cluster, writers: usize) -> Load {
-    let urls: Vec<String> =
-        cluster.nodes.iter().filter(|(n, _)| n.starts_with("us-east")).map(|(_, u)| u.clone()).collect();
-    let load =
-        Load { acked: Default::default(), times: Default::default(), stop: Default::default(), tasks: Vec::new() };
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (urls, acked, times, stop) = (urls.clone(), load.acked.clone(), load.times.clone(), load.stop.clone());
-        tasks.push(tokio::spawn(async move {
-            // A client gives up on a silent node quickly and tries another.
-            let client = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                let (key, value) = (format!("w{w}-{n}"), format!("{w}:{n}"));
-                let url = &urls[(n as usize + w) % urls.len()];
-                let sent = client.put(format!("{url}/v1/kv/load/{key}")).body(value.clone()).send().await;
-                if sent.is_ok_and(|r| r.status() == 200) {
-                    acked.lock().unwrap().insert(key, value);
-                    times.lock().unwrap().push(Instant::now());
-                } else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }));
-    }
-    Load { tasks, ..load }
-}
-
-impl Load {
-    async fn stop(self) -> BTreeMap<String, String> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        self.acked.lock().unwrap().clone()
-    }
-
-    /// The first acknowledgement after `t`.
-    fn first_ack_after(&self, t: Instant) -> Option<Instant> {
-        self.times.lock().unwrap().iter().copied().filter(|a| *a > t).min()
-    }
-
-    fn acked_count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-}
-
 /// Wait until a us-east node other than `old` leads; returns it and how long it took.
 async fn wait_new_leader(cluster: &Cluster, old: &str, since: Instant) -> (String, Duration) {
-    let client = http();
-    loop {
-        for (name, url) in cluster.nodes.iter().filter(|(n, _)| n.starts_with("us-east") && *n != old) {
-            if let Ok(r) = client.get(format!("{url}/v1/status")).send().await
-                && let Ok(s) = r.json::<concord_api::StatusBody>().await
-                && s.writer == "writing"
-            {
-                return (name.clone(), since.elapsed());
-            }
-        }
-        assert!(since.elapsed() < FAILOVER_BOUND * 2, "no follower of us-east leads after {:?}", since.elapsed());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let leader = writing_node(cluster, "us-east", old, FAILOVER_BOUND * 2).await;
+    (leader, since.elapsed())
 }
 
 /// Wait until writes are acknowledged again after `since`.
@@ -108,21 +36,6 @@ async fn wait_writes_resume(load: &Load, since: Instant) -> Duration {
         }
         assert!(since.elapsed() < FAILOVER_BOUND * 2, "no write acknowledged {:?} after the fault", since.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every acknowledged write reads back at `url` (waiting for the session token).
-async fn check_acked(url: &str, token: &str, acked: &BTreeMap<String, String>) {
-    let client = http();
-    for (key, value) in acked {
-        let r = client
-            .get(format!("{url}/v1/kv/load/{key}?wait_ms=20000"))
-            .header("concord-token", token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{url}: acknowledged {key} is missing");
-        assert_eq!(&r.text().await.unwrap(), value, "{url}: {key}");
     }
 }
 
@@ -173,7 +86,7 @@ async fn check_epochs_never_interleave(cluster: &Cluster) {
 /// The fault, the failover, and every check. `fault` breaks us-east-1; `repair` undoes it.
 async fn failover(name: &str, fault: impl Fn(&Cluster), repair: impl Fn(&Cluster)) {
     let cluster = Cluster::start_full(&["us-east", "eu-west"], 2, &[]);
-    let load = start_load(&cluster, 4);
+    let load = start_load(&cluster, "us-east", 4);
     while load.acked_count() < 50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -206,8 +119,7 @@ async fn failover(name: &str, fault: impl Fn(&Cluster), repair: impl Fn(&Cluster
     let late = direct_write(&old, "to-the-old-leader").await;
     assert_ne!(late, reqwest::StatusCode::OK, "{name}: the old leader accepted a write");
     let acked = load.stop().await;
-    let token = status(&http(), &cluster.nodes[&leader]).await.applied;
-    let token = format!("v1:{}", token.iter().map(|(o, s)| format!("{o}={s}")).collect::<Vec<_>>().join(","));
+    let token = applied_token(&cluster.nodes[&leader]).await;
     check_acked(&cluster.nodes[&leader], &token, &acked).await;
     check_acked(&cluster.url("eu-west"), &token, &acked).await;
     check_acked(&old, &token, &acked).await;

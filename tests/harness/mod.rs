@@ -6,6 +6,8 @@
 //! `$CONCORD_NATS_SERVER`, else `nats-server` on `PATH`, else `.tools/venv/bin/nats-server`
 //! (installed by `.ci/setup.sh`).
 
+pub mod load;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -290,17 +292,21 @@ fn free_cluster_offset(regions: usize) -> u16 {
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     loop {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let offset = 1000 + (seed >> 33) as u16 % 50_000;
+        // Below the kernel's ephemeral range (32768..61000 on Linux): there, a port found
+        // free may be handed to an outgoing connection before a server binds it.
+        let offset = 1000 + (seed >> 33) as u16 % 22_000;
         let mut ports: Vec<u16> = Vec::new();
         for i in 0..regions as u16 {
-            ports.extend((0..4).map(|k| 4301 + 10 * i + k + offset));
+            // NATS (up to three servers and their routes) and the backbone; HTTP; the
+            // nodes' links to each server (see `concord cluster up`'s port layout).
+            ports.extend((0..9).map(|k| 4301 + 10 * i + k + offset));
             ports.extend((1..=4).map(|k| 8300 + 10 * i + k + offset));
-            ports.extend((1..=4).map(|j| 6000 + 100 * i + j + offset));
+            ports.extend((0..3).flat_map(|k| (1..=4).map(move |j| 6000 + 100 * i + 10 * k + j + offset)));
             for j in 0..regions as u16 {
                 ports.extend([5001 + 100 * i + 10 * j + offset, 5002 + 100 * i + 10 * j + offset]);
             }
         }
-        if ports.iter().all(|&p| p < 65000 && TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if ports.iter().all(|&p| p < 32768 && TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return offset;
         }
     }
@@ -318,6 +324,11 @@ impl Cluster {
 
     /// Start with `followers` followers per region (named REGION-2, REGION-3, ...).
     pub fn start_full(regions: &[&str], followers: u16, env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with_servers(regions, followers, 1, env)
+    }
+
+    /// Start with `servers` NATS servers per region (1, or 3: a JetStream cluster).
+    pub fn start_with_servers(regions: &[&str], followers: u16, servers: u16, env: &[(&str, &str)]) -> Cluster {
         let dir = TempDir::new("cluster");
         let offset = free_cluster_offset(regions.len());
         let log = std::fs::File::create(dir.0.join("up.log")).unwrap();
@@ -325,7 +336,7 @@ impl Cluster {
             .args(["cluster", "up", "--dir"])
             .arg(&dir.0)
             .args(["--regions", &regions.join(","), "--port-offset", &offset.to_string()])
-            .args(["--followers", &followers.to_string()])
+            .args(["--followers", &followers.to_string(), "--nats-servers", &servers.to_string()])
             .current_dir(repo_root())
             .env("CONCORD_NATS_SERVER", nats_bin())
             .envs(env.iter().copied())
