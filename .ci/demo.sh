@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README's first command: installs what is missing, builds Concord, starts a local
 # deployment of three regions (`concord cluster up`: each region with its own NATS
-# server and leader, linked through a fault-injecting proxy), and walks through writes
+# server, a leader and a follower, linked through a fault-injecting proxy), and walks through writes
 # in every region, a partition with concurrent writes to one key, heal and convergence,
-# durability levels, the conflict log and a resolution, and a leader crash (SIGKILL)
-# and its recovery.
+# durability levels, the conflict log and a resolution, and a leader failover: us-east's
+# leader is SIGKILLed, its follower takes the lease and leads, and the old leader,
+# started again, rejoins as a follower.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,12 +19,12 @@ rm -rf "$DIR"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-$C cluster up --dir "$DIR" &
+$C cluster up --dir "$DIR" --followers 1 &
 UP=$!
 trap 'kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do [ -f "$DIR/cluster.json" ] && break; sleep 0.1; done
 [ -f "$DIR/cluster.json" ] || { echo "the cluster did not come up; see $DIR/logs" >&2; exit 1; }
-US=http://127.0.0.1:8301 EU=http://127.0.0.1:8311 AP=http://127.0.0.1:8321
+US=http://127.0.0.1:8301 US2=http://127.0.0.1:8302 EU=http://127.0.0.1:8311 AP=http://127.0.0.1:8321
 
 say "cluster.json: what runs where"
 cat "$DIR/cluster.json"
@@ -97,17 +98,37 @@ say "Bad input is refused with a clear error, and nothing changes"
 run curl -s -X PUT "$US/v1/kv/users/" -d x; echo
 run curl -s -X POST "$US/v1/docs/docs/cart" -d '{"ops":[{"op":"inc","path":["owner"],"by":1}]}'; echo
 
-say "Crash: SIGKILL the us-east leader, start it again on the same data"
+say "Failover: SIGKILL the us-east leader under its lease; its follower takes over"
+role() {  # one line of a node's status: who it is, its role, whom it follows
+  curl -s --max-time 2 "$1/v1/status" | python3 -c "import json,sys; s=json.load(sys.stdin); print(f\"{s['node']}: role {s['role']} ({s['writer']}), region leader {s['leader'] or '-'} epoch {s['leader_epoch']}\")" \
+    || echo "$1: not answering"
+}
+role $US; role $US2
 run $C cluster kill --dir "$DIR" us-east-1
-run $C put --endpoint $EU users gita '{"name":"Gita"}'
+START=$(date +%s%N)
+for _ in $(seq 1 300); do
+  [ "$(curl -s --max-time 1 $US2/v1/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["writer"])' 2>/dev/null)" = writing ] && break
+  sleep 0.1
+done
+echo "us-east-2 writes as us-east $(( ($(date +%s%N) - START) / 1000000 )) ms after the kill (a lease lasts lease_ttl_ms = 3000 from its last renewal)"
+role $US2
+echo "us-east keeps taking writes, now at us-east-2:"
+run $C put --endpoint $US2 users gita '{"name":"Gita"}'
+run $C put --endpoint $EU users hana '{"name":"Hana"}'
+echo "The old leader, started again on its data, rejoins as a follower of the new one:"
 run $C cluster start --dir "$DIR" us-east-1
-for _ in $(seq 1 300); do $C status --endpoint $US >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 300); do curl -s --max-time 1 $US/v1/status >/dev/null 2>&1 && break; sleep 0.1; done
+role $US
+echo "A write sent to it is redirected to the leader (the CLI follows; curl shows the 307):"
+run curl -s -o /dev/null -w '%{http_code} -> %{redirect_url}\n' -X PUT "$US/v1/kv/users/ivan" -d '{"name":"Ivan"}'
+run $C put --endpoint $US users ivan '{"name":"Ivan"}'
 wait_converged
-run $C get --endpoint $US users alice
-run $C get --endpoint $US users gita
-run $C status --endpoint $US
+run $C get --endpoint $AP users gita
+run $C get --endpoint $US users hana
+run $C get --endpoint $EU users ivan
 
 say "Done"
 echo "Run a deployment yourself with:"
 echo "  (and watch its conflict log live with: $C conflicts --follow)"
 echo "  $C cluster up --dir .cluster     (Ctrl-C stops it; partition/heal/kill/start from another shell)"
+echo "  $C cluster up --dir .cluster --followers 1 --nats-servers 3     (a follower per region and a three-server JetStream cluster per region)"

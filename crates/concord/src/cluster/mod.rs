@@ -44,7 +44,8 @@ pub enum ClusterCommand {
         dir: PathBuf,
         node: String,
     },
-    /// Start a killed node (or `nats-REGION`, `backbone-REGION`) again on the same data.
+    /// Start a killed node (or `nats-REGION`, `nats-REGION-K`, `backbone-REGION`) again on
+    /// the same data.
     Start {
         #[arg(long)]
         dir: PathBuf,
