@@ -4,7 +4,8 @@
 //!
 //! - writes continue after a short pause (the test prints it);
 //! - no acknowledged write is lost: each reads back at us-east's leader and at eu-west;
-//! - eu-west keeps receiving us-east's changes (a write made after the kill arrives).
+//! - eu-west keeps receiving us-east's changes: a write made after the kill with
+//!   `durability=all` is confirmed by eu-west and reads back there.
 
 use std::time::{Duration, Instant};
 
@@ -52,8 +53,9 @@ async fn killing_the_server_that_leads_the_log_loses_nothing() {
         load.longest_pause()
     );
 
-    // eu-west still receives us-east's changes, through another server of us-east.
-    let token = write_retrying(&cluster, "after-the-kill", "still here").await;
+    // eu-west still receives us-east's changes, through another server of us-east, and
+    // the durability check still works: the write waits until eu-west stored it.
+    let token = write_stored_everywhere(&cluster, "after-the-kill", "still here").await;
     let client = http();
     let read = client
         .get(format!("{}/v1/kv/load/after-the-kill?wait_ms=20000", cluster.url("eu-west")))
@@ -76,16 +78,22 @@ async fn killing_the_server_that_leads_the_log_loses_nothing() {
     println!("{} acknowledged writes, none lost ({writer}, eu-west); {new_leader} leads the log now", acked.len());
 }
 
-/// Write `key` to us-east as a client would: to any of its nodes, retrying while the
-/// region answers 503 (between two leaders, or while its NATS elects). The session token.
-async fn write_retrying(cluster: &Cluster, key: &str, value: &str) -> String {
+/// Write `key` to us-east with `durability=all` as a client would: to any of its nodes,
+/// retrying while the region answers 503 (between two leaders, or while its NATS
+/// elects). Checks that eu-west confirmed it; the session token.
+async fn write_stored_everywhere(cluster: &Cluster, key: &str, value: &str) -> String {
     let client = http();
     let urls: Vec<&String> = cluster.nodes.iter().filter(|(n, _)| n.starts_with("us-east")).map(|(_, u)| u).collect();
     let since = Instant::now();
     for attempt in 0usize.. {
         let url = urls[attempt % urls.len()];
-        match client.put(format!("{url}/v1/kv/load/{key}")).body(value.to_string()).send().await {
-            Ok(r) if r.status() == 200 => return r.headers()["concord-token"].to_str().unwrap().to_string(),
+        match client.put(format!("{url}/v1/kv/load/{key}?durability=all")).body(value.to_string()).send().await {
+            Ok(r) if r.status() == 200 => {
+                let token = r.headers()["concord-token"].to_str().unwrap().to_string();
+                let ack: concord_api::WriteAck = r.json().await.unwrap();
+                assert_eq!(ack.confirmed_by, ["eu-west"], "{ack:?}");
+                return token;
+            }
             Ok(r) => println!("write to {url}: {} {}; retrying", r.status(), r.text().await.unwrap_or_default()),
             Err(e) => println!("write to {url}: {e}; retrying"),
         }
