@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use concord_tests::load::{applied_token, check_acked, start_load, writing_node};
 use concord_tests::{Cluster, http};
 
-/// Writes continue this soon after the server dies. Measured here: 5–10.4 s (NATS's own
+/// Writes continue this soon after the server dies. Measured here: 5–15.6 s (NATS's own
 /// Raft elects a new leader for the log and for the lease bucket, 4–9 s by its timers;
 /// the region's writer may lose its lease meanwhile and another node take over). Generous
 /// for a loaded CI machine.
