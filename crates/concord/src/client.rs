@@ -53,6 +53,13 @@ pub async fn put(
     Ok(())
 }
 
+/// `GET url`: fine when it answers 2xx within `timeout_ms`.
+pub async fn probe(url: &str, timeout_ms: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_millis(timeout_ms)).build()?;
+    send(client.get(url)).await.with_context(|| format!("probing {url}"))?;
+    Ok(())
+}
+
 pub async fn get(ep: &Endpoint, bucket: &str, key: &str) -> anyhow::Result<()> {
     let url = format!("{}/v1/kv/{}/{}", ep.endpoint, encode_segment(bucket), encode_segment(key));
     let body = send(http().get(url)).await?;

@@ -108,6 +108,13 @@ enum Command {
         #[command(flatten)]
         ep: client::Endpoint,
     },
+    /// Exit 0 if `URL` answers 2xx within `--timeout-ms`, else 1: a container health
+    /// check (the images hold no shell and no curl).
+    Probe {
+        url: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Run and control a local deployment.
     Cluster {
         #[command(subcommand)]
@@ -174,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 conflicts::show(&ep, conflicts::Filter { bucket, key, since, limit }, json, follow).await
             }
             Command::Resolve { ep, id, value, pick } => conflicts::resolve(&ep, &id, value, pick).await,
+            Command::Probe { url, timeout_ms } => client::probe(&url, timeout_ms).await,
             Command::Cluster { command } => cluster::run(command).await,
         }
     })
