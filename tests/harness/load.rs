@@ -22,8 +22,15 @@ pub struct Load {
 /// `writers` clients writing unique keys to `region`'s nodes in turn (redirects
 /// followed).
 pub fn start_load(cluster: &Cluster, region: &str, writers: usize) -> Load {
-    let urls: Vec<String> =
-        cluster.nodes.iter().filter(|(n, _)| n.starts_with(region)).map(|(_, u)| u.clone()).collect();
+    start_load_at(
+        cluster.nodes.iter().filter(|(n, _)| n.starts_with(region)).map(|(_, u)| u.clone()).collect(),
+        writers,
+    )
+}
+
+/// `writers` clients writing unique keys to the nodes at `urls` in turn (redirects
+/// followed).
+pub fn start_load_at(urls: Vec<String>, writers: usize) -> Load {
     let load =
         Load { acked: Default::default(), times: Default::default(), stop: Default::default(), tasks: Vec::new() };
     let mut tasks = Vec::new();
@@ -105,10 +112,18 @@ pub async fn applied_token(url: &str) -> String {
 /// The node of `region` other than `except` that writes as the region now, waiting up
 /// to `within`.
 pub async fn writing_node(cluster: &Cluster, region: &str, except: &str, within: Duration) -> String {
+    let nodes: Vec<(String, String)> =
+        cluster.nodes.iter().filter(|(n, _)| n.starts_with(region)).map(|(n, u)| (n.clone(), u.clone())).collect();
+    writing_node_among(&nodes, except, within).await
+}
+
+/// Of `nodes` (name, URL), the one other than `except` that writes as its region now,
+/// waiting up to `within`.
+pub async fn writing_node_among(nodes: &[(String, String)], except: &str, within: Duration) -> String {
     let client = http();
     let since = Instant::now();
     loop {
-        for (name, url) in cluster.nodes.iter().filter(|(n, _)| n.starts_with(region) && *n != except) {
+        for (name, url) in nodes.iter().filter(|(n, _)| n != except) {
             if let Ok(r) = client.get(format!("{url}/v1/status")).send().await
                 && let Ok(s) = r.json::<concord_api::StatusBody>().await
                 && s.writer == "writing"
@@ -116,7 +131,7 @@ pub async fn writing_node(cluster: &Cluster, region: &str, except: &str, within:
                 return name.clone();
             }
         }
-        assert!(since.elapsed() < within, "no node of {region} writes after {within:?}");
+        assert!(since.elapsed() < within, "none of {nodes:?} writes after {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
