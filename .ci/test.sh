@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (NATS 2.15.1),
 # builds once, checks formatting and lints, then runs every test (unit, property and
-# integration tests with real nats-server processes and real concord nodes).
+# integration tests with real nats-server processes and real concord nodes, and, where
+# Docker is available, the per-region containers of compose/ end to end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,6 +6,7 @@
 //! `$CONCORD_NATS_SERVER`, else `nats-server` on `PATH`, else `.tools/venv/bin/nats-server`
 //! (installed by `.ci/setup.sh`).
 
+pub mod docker;
 pub mod load;
 
 use std::net::{TcpListener, TcpStream};
