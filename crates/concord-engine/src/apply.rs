@@ -111,6 +111,10 @@ impl Engine {
         let mut docs: BTreeMap<DocKey, Vec<(ChangesetRef, automerge::Change)>> = BTreeMap::new();
         for item in &plan.items {
             let Item::Apply { cs, from_seq, docs: decoded, .. } = item else { continue };
+            if self.drops(cs) {
+                stats.changesets_applied += 1;
+                continue;
+            }
             for (i, change) in cs.changes.iter().enumerate() {
                 if cs.first_seq + i as u64 >= *from_seq {
                     hlc_max = hlc_max.max(change.hlc);
@@ -183,6 +187,20 @@ impl Engine {
         }
         *register = Register::new(incoming);
         Inserted { changed: true, cut: Vec::new() }
+    }
+
+    #[cfg(feature = "mutations")]
+    fn drops(&self, cs: &concord_core::changeset::Changeset) -> bool {
+        let seq = crate::engine::DROPPED_SEQ;
+        self.cfg.mutated(crate::engine::Mutation::DropChangeset)
+            && cs.origin.region != self.cfg.region
+            && cs.first_seq <= seq
+            && seq < cs.first_seq + cs.changes.len() as u64
+    }
+
+    #[cfg(not(feature = "mutations"))]
+    fn drops(&self, _cs: &concord_core::changeset::Changeset) -> bool {
+        false
     }
 
     #[cfg(not(feature = "mutations"))]

@@ -34,7 +34,15 @@ pub enum Mutation {
     IgnoreVersionVector,
     /// A changeset after a gap is applied at once, and the applied vector jumps the gap.
     ApplyPastGaps,
+    /// The changeset of another region that holds its origin's change number
+    /// [`DROPPED_SEQ`] is counted as applied, but none of its changes is: a replica
+    /// silently loses one changeset of every other origin.
+    DropChangeset,
 }
+
+/// The origin sequence whose changeset [`Mutation::DropChangeset`] drops.
+#[cfg(feature = "mutations")]
+pub const DROPPED_SEQ: u64 = 3;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

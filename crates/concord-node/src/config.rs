@@ -94,6 +94,13 @@ pub struct NodeConfig {
     pub lease_ttl_ms: u64,
     /// How often the holder renews the lease (at most half of `lease_ttl_ms`).
     pub lease_renew_ms: u64,
+    /// Test only: a file holding a skew in milliseconds added to this node's wall clock
+    /// (the time its writes carry), read again while the node runs. Empty: none.
+    pub test_clock_skew_file: String,
+    /// Test only: a deliberately broken rule (`drop-changeset`), accepted only by a
+    /// binary built with the `mutations` feature, so fault tests can prove their
+    /// checker catches such a bug. Empty: none.
+    pub test_mutation: String,
 }
 
 impl Default for NodeConfig {
@@ -129,6 +136,8 @@ impl Default for NodeConfig {
             waiting_bytes_max: concord_engine::WAITING_BYTES_MAX_DEFAULT,
             lease_ttl_ms: 3_000,
             lease_renew_ms: 750,
+            test_clock_skew_file: String::new(),
+            test_mutation: String::new(),
         }
     }
 }

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod bootstrap;
 mod catch_up;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod followers;
@@ -136,9 +137,19 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let (deadline_tx, deadline_rx) = watch::channel(held.map(|(_, sent)| sent + timing.deadline));
     let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone());
     let limits = start::limits(&cfg, max_payload);
+    let clock = clock::WallClock::default();
+    if !cfg.test_clock_skew_file.is_empty() {
+        let path = std::path::PathBuf::from(&cfg.test_clock_skew_file);
+        let follow = clock.clone().follow_skew_file(path, stop.clone());
+        sup.spawn_once("clock skew (test only)", async move {
+            follow.await;
+            Ok(())
+        });
+    }
     let worker = Worker::new(engine, store.clone(), log.clone(), streams, metrics.clone(), watches, limits)
         .with_conflict_publisher(spawn_conflict_publisher(&sup, &client, &region))
-        .with_lease(lease_rx, deadline_rx);
+        .with_lease(lease_rx, deadline_rx)
+        .with_clock(clock);
     sup.spawn_once("worker", async move { worker.run(writes_rx, inbound_rx, stop).await.map_err(|e| e.to_string()) });
     let followers = followers::Followers::default();
     let task = lease::LeaseTask {

@@ -114,6 +114,21 @@ pub fn open_engine(
     engine_cfg.manual_buckets = cfg.manual_buckets.iter().cloned().collect();
     engine_cfg.waiting_max = cfg.waiting_changesets_max;
     engine_cfg.waiting_bytes_max = cfg.waiting_bytes_max;
+    #[cfg(feature = "mutations")]
+    {
+        engine_cfg.mutation = match cfg.test_mutation.as_str() {
+            "" => None,
+            "drop-changeset" => Some(concord_engine::Mutation::DropChangeset),
+            other => return Err(format!("test_mutation: unknown mutation {other:?} (known: drop-changeset)").into()),
+        };
+        if engine_cfg.mutation.is_some() {
+            tracing::warn!(mutation = %cfg.test_mutation, "THIS NODE RUNS A DELIBERATELY BROKEN RULE (test only)");
+        }
+    }
+    #[cfg(not(feature = "mutations"))]
+    if !cfg.test_mutation.is_empty() {
+        return Err("test_mutation is set, but this binary was built without the `mutations` feature".into());
+    }
     Ok(Engine::open(engine_cfg, store.durable()?, start)?)
 }
 

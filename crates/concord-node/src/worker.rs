@@ -24,6 +24,7 @@ use concord_transport::{LogEntry, RegionLog};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
+use crate::clock::WallClock;
 use crate::error::NodeError;
 use crate::lease::LeaseEvent;
 use crate::metrics::{self, Metrics};
@@ -71,10 +72,8 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     lease: Option<mpsc::Receiver<LeaseEvent>>,
     /// Until when the lease lets this node write (checked before every write batch).
     lease_deadline: Option<crate::lease::Deadline>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    chrono::Utc::now().timestamp_millis().max(0) as u64
+    /// The time written into versions.
+    clock: WallClock,
 }
 
 impl<L: RegionLog, S: StreamControl> Worker<L, S> {
@@ -101,6 +100,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             followed: BTreeSet::new(),
             lease: None,
             lease_deadline: None,
+            clock: WallClock::default(),
         };
         for (stream, from) in worker.engine().streams_to_follow() {
             worker.streams.follow(&stream, from);
@@ -118,6 +118,12 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     pub fn with_lease(mut self, events: mpsc::Receiver<LeaseEvent>, deadline: crate::lease::Deadline) -> Self {
         self.lease = Some(events);
         self.lease_deadline = Some(deadline);
+        self
+    }
+
+    /// Stamp versions with `clock` (a skewed one in fault tests).
+    pub fn with_clock(mut self, clock: WallClock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -207,7 +213,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             self.pending.insert(self.next_id, r.reply);
             writes.push(concord_engine::WriteRequest { id: self.next_id, op: r.op, resolves: r.resolves });
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut out = self
             .step(move |e, s| {
                 let facts = s.load(&e.write_needs(&writes))?;
@@ -258,7 +264,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     }
 
     pub(crate) async fn apply(&mut self, stream: String, entries: Vec<Entry>) -> Result<(), NodeError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let out = self
             .step(move |e, s| {
                 let prepared = e.prepare(&stream, entries, now);

@@ -40,6 +40,9 @@ pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -
     let Some(register) = found else {
         return Err(NodeError::NotFound(format!("{bucket}/{key} does not exist")));
     };
+    if p.format.as_deref() == Some("versions") {
+        return Ok(Reply::json(200, versions_body(&register)));
+    }
     if register.is_conflicted() && node.cfg.manual_buckets.contains(&bucket) {
         // A manual bucket shows every sibling until someone resolves them.
         let store = node.store.clone();
@@ -63,6 +66,22 @@ pub async fn kv_get(node: &Node, bucket_raw: &str, key_raw: &[u8], p: &Params) -
         }
         None => Err(NodeError::NotFound(format!("{bucket}/{key} does not exist"))),
     }
+}
+
+/// `?format=versions`: every version the register keeps (the winner first; a delete
+/// shows as `deleted`), each with the version vector it was written with, for tools
+/// that check causality (the fault suite's checker).
+fn versions_body(register: &concord_core::lww::Register) -> serde_json::Value {
+    let versions: Vec<serde_json::Value> = register
+        .versions()
+        .iter()
+        .map(|v| {
+            let mut shown = serde_json::to_value(CompetingVersion::from_lww(v)).expect("serializable");
+            shown["vv"] = serde_json::to_value(&v.vv).expect("serializable");
+            shown
+        })
+        .collect();
+    json!({ "winner": register.winner().id(), "versions": versions })
 }
 
 pub async fn kv_list(node: &Node, bucket_raw: &str, p: &Params) -> Result<Reply, NodeError> {

@@ -83,6 +83,15 @@ pub enum ClusterCommand {
         dir: PathBuf,
         node: String,
     },
+    /// Test only: skew NODE's clock (the time its writes carry) by MS milliseconds,
+    /// negative for behind; 0 removes it. Takes effect within a second, while it runs.
+    Skew {
+        #[arg(long)]
+        dir: PathBuf,
+        node: String,
+        #[arg(allow_negative_numbers = true)]
+        ms: i64,
+    },
 }
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
@@ -129,6 +138,16 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Resume { dir, node } => {
             procs::signal_node(&dir, &node, libc::SIGCONT)?;
             println!("resumed {node}");
+            Ok(())
+        }
+        ClusterCommand::Skew { dir, node, ms } => {
+            procs::load(&dir, &node)?;
+            let path = up::skew_path(&dir, &node);
+            std::fs::create_dir_all(path.parent().expect("in DIR/skew"))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, ms.to_string())?;
+            std::fs::rename(&tmp, &path)?;
+            println!("clock skew of {node}: {ms} ms");
             Ok(())
         }
         ClusterCommand::Delay { dir, region, ms } => {

@@ -13,6 +13,10 @@ pub struct ProcSpec {
     pub name: String,
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// Environment set on top of the caller's, recorded so that `cluster start` from
+    /// another shell starts the process as `up` did.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
     pub pid: Option<u32>,
 }
 
@@ -65,6 +69,7 @@ pub fn spawn(dir: &Path, mut spec: ProcSpec) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(dir, &spec.name))?;
     let child = Command::new(&spec.program)
         .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -116,8 +116,10 @@ fn start_region_nats(d: &mut Deployment, i: usize) -> anyhow::Result<()> {
         let conf_path = d.dir.join(format!("{name}.conf"));
         std::fs::write(&conf_path, conf)?;
         let args = vec!["-c".into(), conf_path.display().to_string()];
-        let child =
-            procs::spawn(&d.dir, procs::ProcSpec { name: name.clone(), program: nats_bin.clone(), args, pid: None })?;
+        let child = procs::spawn(
+            &d.dir,
+            procs::ProcSpec { name: name.clone(), program: nats_bin.clone(), args, env: Vec::new(), pid: None },
+        )?;
         let pid = child.id();
         d.children.push(child);
         if let Err(e) = wait_tcp(&format!("127.0.0.1:{port}"), Some(pid), Duration::from_secs(20)) {
@@ -163,7 +165,12 @@ async fn start_nodes(d: &mut Deployment, i: usize) -> anyhow::Result<ClusterRegi
             "--data-dir".into(),
             d.dir.join("data").join(&node).display().to_string(),
         ];
-        let spec = procs::ProcSpec { name: node.clone(), program: concord_bin.clone(), args, pid: None };
+        // The node's configuration from this environment (CONCORD_*), kept for restarts,
+        // and its test-only clock skew file (`concord cluster skew`).
+        let mut env: Vec<(String, String)> =
+            std::env::vars().filter(|(k, _)| k.starts_with("CONCORD_") && k != "CONCORD_NATS_SERVER").collect();
+        env.push(("CONCORD_TEST_CLOCK_SKEW_FILE".into(), skew_path(&d.dir, &node).display().to_string()));
+        let spec = procs::ProcSpec { name: node.clone(), program: concord_bin.clone(), args, env, pid: None };
         d.children.push(procs::spawn(&d.dir, spec)?);
         nodes.push(ClusterNode { name: node, role, http: format!("http://127.0.0.1:{http_port}") });
     }
@@ -323,4 +330,9 @@ fn region_config(dir: &Path, region: &str, layout: &Layout) -> anyhow::Result<Pa
     table.insert("nats_replicas".into(), toml::Value::Integer(i64::from(layout.servers)));
     std::fs::write(&path, toml::to_string(&table)?)?;
     Ok(path)
+}
+
+/// The file holding `node`'s test-only clock skew (written by `concord cluster skew`).
+pub fn skew_path(dir: &Path, node: &str) -> PathBuf {
+    dir.join("skew").join(node)
 }
