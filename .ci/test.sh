@@ -12,7 +12,11 @@ export CONCORD_NATS_SERVER="$PWD/.tools/venv/bin/nats-server"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== build (the concord binary the integration tests start)"
+echo "== build (the concord binary the integration tests start, and a deliberately broken one)"
+# The fault suite proves its checker catches a build whose engine drops a changeset
+# (`mutations` feature); only the crates that feature touches are compiled twice.
+cargo build --locked -p concord --features concord/mutations
+cp target/debug/concord target/debug/concord-mutant
 cargo build --locked -p concord
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -6,6 +6,7 @@
 //! `$CONCORD_NATS_SERVER`, else `nats-server` on `PATH`, else `.tools/venv/bin/nats-server`
 //! (installed by `.ci/setup.sh`).
 
+pub mod chaos;
 pub mod docker;
 pub mod load;
 
@@ -280,6 +281,8 @@ pub async fn status(client: &reqwest::Client, url: &str) -> StatusBody {
 /// leaf-node backbone and the fault-injecting proxy), stopped on drop.
 pub struct Cluster {
     pub dir: TempDir,
+    /// The `concord` binary it runs.
+    pub bin: PathBuf,
     up: Option<Child>,
     /// region -> (NATS URL, leader HTTP URL)
     pub regions: std::collections::BTreeMap<String, (String, String)>,
@@ -330,10 +333,15 @@ impl Cluster {
 
     /// Start with `servers` NATS servers per region (1, or 3: a JetStream cluster).
     pub fn start_with_servers(regions: &[&str], followers: u16, servers: u16, env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_using(&concord_bin(), regions, followers, servers, env)
+    }
+
+    /// Start with the `concord` binary at `bin` (a deliberately broken build, say).
+    pub fn start_using(bin: &Path, regions: &[&str], followers: u16, servers: u16, env: &[(&str, &str)]) -> Cluster {
         let dir = TempDir::new("cluster");
         let offset = free_cluster_offset(regions.len());
         let log = std::fs::File::create(dir.0.join("up.log")).unwrap();
-        let up = Command::new(concord_bin())
+        let up = Command::new(bin)
             .args(["cluster", "up", "--dir"])
             .arg(&dir.0)
             .args(["--regions", &regions.join(","), "--port-offset", &offset.to_string()])
@@ -345,7 +353,13 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .expect("start concord cluster up");
-        let mut cluster = Cluster { dir, up: Some(up), regions: Default::default(), nodes: Default::default() };
+        let mut cluster = Cluster {
+            dir,
+            bin: bin.to_path_buf(),
+            up: Some(up),
+            regions: Default::default(),
+            nodes: Default::default(),
+        };
         let json = cluster.dir.0.join("cluster.json");
         let deadline = Instant::now() + Duration::from_secs(120);
         while !json.exists() {
@@ -381,7 +395,7 @@ impl Cluster {
     /// Run `concord cluster VERB --dir DIR ARGS...`, panicking on failure.
     pub fn ctl(&self, verb: &str, args: &[&str]) {
         let out =
-            Command::new(concord_bin()).args(["cluster", verb, "--dir"]).arg(&self.dir.0).args(args).output().unwrap();
+            Command::new(&self.bin).args(["cluster", verb, "--dir"]).arg(&self.dir.0).args(args).output().unwrap();
         assert!(out.status.success(), "cluster {verb} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
