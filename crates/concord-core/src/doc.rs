@@ -204,9 +204,20 @@ pub fn new_doc() -> Automerge {
     Automerge::new_with_encoding(TextEncoding::UnicodeCodePoint)
 }
 
+/// Load a saved document (from local state or a peer's snapshot): damaged bytes are
+/// refused as [`CoreError::Corrupt`].
+///
+/// automerge 0.12 can panic on some damaged bytes instead of returning an error (an
+/// `unwrap` in its column decoder, found by fuzzing: `crates/concord-fuzz`, target
+/// `automerge_doc`). Loading builds a new document and touches nothing else, so such a
+/// panic leaves no state behind: it is caught here and the bytes are refused like any
+/// other corrupt document.
 pub fn load_doc(bytes: &[u8]) -> CoreResult<Automerge> {
-    Automerge::load_with_options(bytes, LoadOptions::new().text_encoding(TextEncoding::UnicodeCodePoint))
-        .map_err(|e| CoreError::Corrupt(format!("automerge document: {e}")))
+    let load = || Automerge::load_with_options(bytes, LoadOptions::new().text_encoding(TextEncoding::UnicodeCodePoint));
+    match std::panic::catch_unwind(load) {
+        Ok(loaded) => loaded.map_err(|e| CoreError::Corrupt(format!("automerge document: {e}"))),
+        Err(_) => Err(CoreError::Corrupt("automerge document: its decoder failed on damaged bytes".into())),
+    }
 }
 
 /// Apply `ops` as one change by `actor`. Returns the change, or `None` when the ops

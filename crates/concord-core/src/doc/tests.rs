@@ -379,3 +379,14 @@ fn concurrent_sets_of_a_string_are_one_conflict_with_both_strings() {
     assert!(read == "east" || read == "west", "{read}");
     assert_eq!(to_json(&x), to_json(&y));
 }
+
+#[test]
+fn damaged_documents_are_refused_not_a_panic() {
+    assert!(matches!(load_doc(b"not a document"), Err(CoreError::Corrupt(_))));
+    // automerge 0.12 panics loading these 24 bytes (found by fuzzing); load_doc refuses them.
+    let damaged = [
+        0x85, 0x6f, 0x4a, 0x83, 0xbb, 0x07, 0x01, 0x02, 0x03, 0x0e, 0x00, 0x00, 0x00, 0x02, 0x13, 0x02, 0x23, 0x02,
+        0x78, 0x6c, 0x6f, 0x00, 0x00, 0x00,
+    ];
+    assert!(matches!(load_doc(&damaged), Err(CoreError::Corrupt(_))));
+}
