@@ -102,6 +102,10 @@ pub struct Gap {
     /// The first sequence of the first waiting changeset.
     pub next_waiting: u64,
     pub waiting: usize,
+    /// Where the first waiting changeset was read: the changesets missing before it
+    /// were stored below `stream_seq` (what a repair reads back from).
+    pub stream: String,
+    pub stream_seq: u64,
 }
 
 /// A waiting changeset, decoded once.
@@ -186,12 +190,14 @@ impl Engine {
         self.waiting
             .iter()
             .filter_map(|(origin, held)| {
-                let (&next_waiting, _) = held.iter().next()?;
+                let (&next_waiting, first) = held.iter().next()?;
                 Some(Gap {
                     origin: origin.clone(),
                     applied: self.applied.get(origin),
                     next_waiting,
                     waiting: held.len(),
+                    stream: first.meta.stream.clone(),
+                    stream_seq: first.meta.stream_seq,
                 })
             })
             .collect()

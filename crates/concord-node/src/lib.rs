@@ -32,6 +32,7 @@ pub mod lease;
 pub mod metrics;
 pub mod publish;
 pub mod remote;
+pub mod repair;
 mod start;
 pub mod streams;
 pub mod supervisor;
@@ -135,6 +136,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let (lease_tx, lease_rx) = mpsc::channel(4);
     let timing = lease::Timing::of(&cfg);
     let (deadline_tx, deadline_rx) = watch::channel(held.map(|(_, sent)| sent + timing.deadline));
+    spawn_gap_repair(&sup, &log, &region, &views, inbound_tx.clone(), &metrics);
     let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone());
     let limits = start::limits(&cfg, max_payload);
     let clock = clock::WallClock::default();
@@ -240,6 +242,21 @@ fn spawn_conflict_publisher(
         publish::publish_conflicts(client.clone(), subject.clone(), rx.clone(), stop.clone())
     });
     tx
+}
+
+/// The anti-entropy of this replica: gaps that stand are filled from the origins' logs.
+fn spawn_gap_repair(
+    sup: &Supervisor,
+    log: &Arc<NatsLog>,
+    region: &RegionId,
+    views: &Views,
+    inbound: mpsc::Sender<(String, concord_transport::LogEntry)>,
+    metrics: &Arc<Metrics>,
+) {
+    let (l, r, v, m, s) = (log.clone(), region.clone(), views.clone(), metrics.clone(), sup.shutdown());
+    sup.spawn("gap repair", Policy::Restart, move || {
+        repair::repair_gaps(l.clone(), r.clone(), v.clone(), inbound.clone(), m.clone(), s.clone())
+    });
 }
 
 /// The tasks that talk to the rest of the region and to the other regions: progress

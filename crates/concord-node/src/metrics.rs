@@ -34,6 +34,7 @@ counters! {
     log_gaps_total: "Gaps opened in an origin's sequence (later changesets of that origin wait durably).",
     dead_letters_total: "Messages put in the dead-letter table (undecodable, invalid, or refused by a document).",
     streams_parked_total: "Streams parked at a message of a newer format than this node reads.",
+    gap_repair_messages_total: "Messages missing from a stream (a hole in a mirror) read back from their origin's log to fill a gap.",
     stream_messages_missing_total: "Stream messages removed (retention) before this replica read them.",
     task_failures_total: "Supervised tasks that failed or panicked (restarted, or the node stopped).",
     lww_conflicts_total: "Concurrent LWW versions reconciled by merge.",

@@ -231,6 +231,22 @@ impl NatsLog {
         }
     }
 
+    /// The message `seq` of `stream_name`, in this region's JetStream (`domain` None) or
+    /// in another region's domain: `None` when the stream does not hold it (never
+    /// stored, deleted, or removed by retention).
+    pub async fn message(&self, domain: Option<&str>, stream_name: &str, seq: u64) -> LogResult<Option<Bytes>> {
+        let js = match domain {
+            Some(domain) => jetstream::with_domain(self.js.client(), domain),
+            None => self.js.clone(),
+        };
+        let stream = js.get_stream_no_info(stream_name).await.map_err(unavailable)?;
+        match stream.direct_get(seq).await {
+            Ok(msg) => Ok(Some(msg.payload)),
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// Follow a local stream from `from` on, for ever: an ordered consumer that
     /// recreates itself after errors. Entries go to `tx` in order; the task ends when
     /// `tx` closes.
