@@ -351,11 +351,6 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 }
             }
         }
-        for (id, result) in out.replies {
-            if let Some(reply) = self.pending.remove(&id) {
-                let _ = reply.send(result.map_err(write_error));
-            }
-        }
         for (stream, from) in out.follow {
             self.streams.follow(&stream, from);
             self.followed.insert(stream);
@@ -365,7 +360,15 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             self.followed.remove(&stream);
         }
         view::report(&self.metrics, &out.alerts, &out.stats);
+        // Published before the replies: the API answers a write with the session token of
+        // the applied vector as it is then, which must already hold the write (else a
+        // read with that token may show an older value: read-your-writes broken).
         self.publish();
+        for (id, result) in out.replies {
+            if let Some(reply) = self.pending.remove(&id) {
+                let _ = reply.send(result.map_err(write_error));
+            }
+        }
     }
 
     fn publish(&self) {
