@@ -5,6 +5,7 @@
 //! cargo run -q -p concord-tests --bin concord-chaos -- run --seed 42      # one run, checked
 //! cargo run -q -p concord-tests --bin concord-chaos -- check DIR          # judge a recorded run again
 //! cargo run -q -p concord-tests --bin concord-chaos -- soak --duration 2h # seed after seed until time is up
+//! cargo run -q -p concord-tests --bin concord-chaos -- summary target/chaos/seed-*  # what the faults did
 //! ```
 //!
 //! Exits 1 when the checker found a problem (its list is printed and kept in the run's
@@ -43,6 +44,12 @@ enum Cmd {
     },
     /// Check a recorded run again from its history.jsonl and final.json alone.
     Check { dir: PathBuf },
+    /// What recorded runs observed, by kind of fault, as a Markdown table (the README's).
+    Summary {
+        /// Run directories (each with history.jsonl and final.json).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
     /// Run seed after seed until DURATION (like 90s, 30m, 2h) is spent or a run fails.
     Soak {
         #[arg(long)]
@@ -78,12 +85,13 @@ async fn one(opts: RunOptions) -> anyhow::Result<bool> {
     println!("seed {}: running (repro: {})", opts.seed, chaos::repro_command(opts.seed, opts.mutation.as_deref()));
     let report = chaos::run(&opts).await?;
     println!(
-        "seed {}: {} ops ({} acknowledged), {} fault commands, converged in {} ms, {:.0?} in all; history in {}",
+        "seed {}: {} ops ({} acknowledged), {} fault commands, converged in {} ms, {} messages repaired from origin logs, {:.0?} in all; history in {}",
         report.seed,
         report.ops,
         report.acked,
         report.faults,
         report.converge_ms,
+        report.repaired,
         report.took,
         report.out.display()
     );
@@ -117,6 +125,14 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("{} problems", problems.len());
             problems.is_empty()
+        }
+        Cmd::Summary { dirs } => {
+            let mut summary = chaos::summary::Summary::default();
+            for dir in &dirs {
+                chaos::summary::add_run(&mut summary, dir)?;
+            }
+            print!("{}", chaos::summary::render(&summary));
+            true
         }
         Cmd::Soak { duration, seed, workload_s } => {
             let until = Instant::now() + parse_duration(&duration)?;

@@ -93,6 +93,9 @@ impl Injector<'_> {
             .0;
         let region = rng.pick(self.regions).clone();
         let hold = Duration::from_millis(rng.between(1_000, 4_000));
+        // What was drawn (the fault commands name only a verb and a target): for the
+        // summary of what each kind of fault did.
+        self.rec.note(format!("drawn: {kind} {region}"));
         match kind {
             "partition" => {
                 self.ctl("partition", &region, None);
@@ -148,6 +151,12 @@ impl Injector<'_> {
             "skew" => {
                 let node = &rng.pick(self.nodes).0;
                 let ms = rng.between(1_000, 30_000) as i64 * if rng.below(2) == 0 { 1 } else { -1 };
+                let node_region = self.regions.iter().find(|r| node.starts_with(&format!("{r}-")));
+                let leads = match node_region {
+                    Some(r) => self.leader_of(r).await.as_ref() == Some(node),
+                    None => false,
+                };
+                self.rec.note(format!("drawn: skew of {node}, which {}", if leads { "leads" } else { "follows" }));
                 self.ctl("skew", node, Some(ms));
             }
             other => unreachable!("fault kind {other}"),

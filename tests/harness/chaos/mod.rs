@@ -17,6 +17,7 @@ pub mod faults;
 pub mod history;
 pub mod rng;
 pub mod state;
+pub mod summary;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub struct RunReport {
     pub faults: usize,
     pub converge_ms: u64,
     pub took: Duration,
+    /// Messages the nodes read back from an origin's log to fill a gap, in all.
+    pub repaired: u64,
 }
 
 /// The command that replays `seed` (and checks it).
@@ -175,6 +178,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<RunReport> {
             .count(),
         converge_ms,
         took: started.elapsed(),
+        repaired: final_state.nodes.values().filter_map(|n| n.counters.get("gap_repair_messages_total")).sum(),
     })
 }
 

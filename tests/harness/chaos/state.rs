@@ -25,6 +25,31 @@ pub struct NodeState {
     pub conflicts: Vec<Value>,
     /// What could not be read (a node that did not answer is itself a finding).
     pub errors: Vec<String>,
+    /// The node's counters of what it held back or repaired ([`COUNTERS`]), for the
+    /// report: the checker does not judge by them.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// The counters a run reports (without the `concord_` prefix).
+pub const COUNTERS: [&str; 5] = [
+    "gap_repair_messages_total",
+    "log_gaps_total",
+    "dead_letters_total",
+    "stream_messages_missing_total",
+    "task_failures_total",
+];
+
+/// The [`COUNTERS`] in a `/metrics` page.
+pub fn parse_counters(page: &str) -> BTreeMap<String, u64> {
+    let mut counters = BTreeMap::new();
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some(name) = line.strip_prefix("concord_").and_then(|l| l.split('{').next()) else { continue };
+        if let (true, Some(Ok(v))) = (COUNTERS.contains(&name), line.rsplit(' ').next().map(str::parse::<u64>)) {
+            counters.insert(name.to_string(), v);
+        }
+    }
+    counters
 }
 
 /// One changeset of a region's log: its stream sequence and what it says it holds.
@@ -107,6 +132,10 @@ pub async fn capture_node(url: &str, registers: &[String], docs: &[String]) -> N
                 break;
             }
         }
+    }
+    match client.get(format!("{url}/metrics")).send().await {
+        Ok(r) => state.counters = parse_counters(&r.text().await.unwrap_or_default()),
+        Err(e) => state.errors.push(format!("{url}/metrics: {e}")),
     }
     let mut before: Option<String> = None;
     for _ in 0..100 {
