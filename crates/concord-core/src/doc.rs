@@ -220,6 +220,25 @@ pub fn load_doc(bytes: &[u8]) -> CoreResult<Automerge> {
     }
 }
 
+/// Decode a document change from another replica, refusing damaged ones as
+/// [`CoreError::Corrupt`].
+///
+/// automerge 0.12 decodes some damaged changes without error, then panics applying them,
+/// or applies them and saves a document that no longer loads ("bad checksum"); found by
+/// fuzzing (`crates/concord-fuzz`, targets `automerge_change` and `log_entry`). A change
+/// Automerge encoded re-encodes to itself (the encoding is canonical): one whose ops,
+/// expanded and encoded again, hash differently is damaged. Expanding it may panic too,
+/// which is caught and refused the same way (it touches nothing but the change).
+pub fn decode_change(bytes: Vec<u8>) -> CoreResult<automerge::Change> {
+    let change = automerge::Change::from_bytes(bytes).map_err(|e| CoreError::Corrupt(format!("{e}")))?;
+    let again = std::panic::catch_unwind(|| automerge::Change::from(change.decode()).hash());
+    match again {
+        Ok(hash) if hash == change.hash() => Ok(change),
+        Ok(_) => Err(CoreError::Corrupt("its ops do not encode back to it (a damaged change)".into())),
+        Err(_) => Err(CoreError::Corrupt("its ops do not decode (a damaged change)".into())),
+    }
+}
+
 /// Apply `ops` as one change by `actor`. Returns the change, or `None` when the ops
 /// changed nothing. On error the document is unchanged.
 ///

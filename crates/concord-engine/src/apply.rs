@@ -338,7 +338,8 @@ fn apply_doc(
     }
     let mut all: Vec<automerge::Change> =
         incoming.iter().map(|(_, c)| c.clone()).chain(waiting.iter().cloned()).collect();
-    if ov.doc_mut(k)?.apply_changes(all.clone()).is_err() {
+    let doc = ov.doc_mut(k)?;
+    if apply_guarded(doc, all.clone()).and_then(|()| reloads(doc)).is_err() {
         let (refused, rejected) = find_refused(ov, k, &incoming, waiting)?;
         if !refused.is_empty() {
             return Ok(Err(refused));
@@ -358,6 +359,46 @@ fn apply_doc(
     Ok(Ok(()))
 }
 
+/// Apply `changes` to `doc`, taking a panic of Automerge for a refusal.
+///
+/// automerge 0.12 panics on some damaged changes instead of refusing them (an `unwrap`
+/// on `None` in its op-set collector, an assertion in its change graph; found by
+/// fuzzing, `crates/concord-fuzz`). Uncaught, the engine step would panic and stop the
+/// node, and every restart would read the same message again. A document that panicked
+/// may be half-changed: the callers never keep it ([`find_refused`] starts again from the
+/// stored state, and tries each change on a copy).
+/// Some damaged changes are even accepted, and the panic comes when the document is
+/// asked for them: each change is looked up here, under the same guard.
+fn apply_guarded(doc: &mut automerge::Automerge, changes: Vec<automerge::Change>) -> Result<(), String> {
+    let hashes: Vec<automerge::ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+    let apply = || {
+        doc.apply_changes(changes)?;
+        for h in &hashes {
+            doc.get_change_by_hash(h);
+        }
+        Ok::<(), automerge::AutomergeError>(())
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(apply)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("automerge failed on it (a damaged change)".into()),
+    }
+}
+
+/// The document saves to bytes that load again. automerge 0.12 accepts some damaged
+/// changes and then saves a document that does not load ("bad checksum"; found by
+/// fuzzing): stored, it would stop the node the next time the document is read. So a
+/// document that took changes from another replica is saved and loaded once before it
+/// is kept (a cost paid on documents changed by other regions only: local writes build
+/// their changes with Automerge itself).
+fn reloads(doc: &automerge::Automerge) -> Result<(), String> {
+    let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.save()))
+        .map_err(|_| "automerge failed saving the document with it (a damaged change)".to_string())?;
+    concord_core::doc::load_doc(&saved)
+        .map(|_| ())
+        .map_err(|e| format!("the document with it does not load again: {e}"))
+}
+
 /// After a document refused a batch: start again from its stored state and apply the
 /// changes one by one, keeping those it accepts. Refused incoming changes name their
 /// changesets; refused waiting changes (already counted as applied when they arrived)
@@ -374,7 +415,7 @@ fn find_refused(
     let tries = incoming.iter().map(|(r, c)| (Some(r), c.clone())).chain(waiting.into_iter().map(|c| (None, c)));
     for (from, change) in tries {
         let mut trial = doc.clone();
-        match trial.apply_changes([change.clone()]) {
+        match apply_guarded(&mut trial, vec![change.clone()]).and_then(|()| reloads(&trial)) {
             Ok(()) => *doc = trial,
             Err(e) => {
                 let why = format!("the document {}/{} refused change {}: {e}", k.0, k.1, change.hash());

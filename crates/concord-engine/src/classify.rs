@@ -91,7 +91,7 @@ pub(crate) fn decode_docs(cs: &Changeset) -> Result<DocChanges, String> {
     let mut docs = Vec::new();
     for (i, c) in cs.changes.iter().enumerate() {
         if let ChangeBody::Doc { change } = &c.body {
-            let decoded = automerge::Change::from_bytes(change.clone())
+            let decoded = concord_core::doc::decode_change(change.clone())
                 .map_err(|e| format!("document change {} does not decode: {e}", cs.first_seq + i as u64))?;
             docs.push((i, decoded));
         }

@@ -179,7 +179,7 @@ macro_rules! surfaces {
 surfaces! {
     changeset: 10_000, 20_000, bytes(512);
     stored_register: 10_000, 20_000, bytes(256);
-    log_entry: 2_000, 4_000, bytes(512), ignore mutated = "known crash: automerge panics in Engine::apply (known_crashes.rs)";
+    log_entry: 2_000, 4_000, bytes(512);
     session_token: 10_000, 10_000, text();
     doc_ops: 3_000, 6_000, text();
     #[cfg(feature = "node")]
@@ -189,21 +189,6 @@ surfaces! {
     cursors: 3_000, 6_000, text();
     snapshot: 2_000, 4_000, bytes(512);
     automerge_doc: 3_000, 6_000, bytes(512);
-    automerge_change: 3_000, 6_000, bytes(512), ignore mutated = "known crash: automerge panics in Engine::apply (known_crashes.rs)";
+    automerge_change: 3_000, 6_000, bytes(512);
     api_json: 5_000, 10_000, text();
-}
-
-/// Until the known crash is fixed, the consumer's properties on mutated changesets that
-/// carry no document change (the first two seeds: an LWW put from each region), which
-/// never reach Automerge unless a mutation makes a document change of their bytes.
-mod log_entry_lww {
-    use super::*;
-
-    proptest! {
-        #![proptest_config(config(6_000))]
-        #[test]
-        fn mutated_seeds(data in mutated_from(concord_fuzz::seeds::seeds("log_entry").into_iter().take(2).collect())) {
-            concord_fuzz::log_entry(&data);
-        }
-    }
 }
