@@ -148,10 +148,10 @@ fn text() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof!["\\PC{0,64}", "[a-z0-9.%=,:/ \\n{}\\[\\]\"-]{0,64}"].prop_map(String::into_bytes)
 }
 
-/// `[#[cfg(..)]] surface: arbitrary cases, mutated cases, arbitrary input[, ignore
-/// mutated = why];`: a module per surface with both properties.
+/// `[#[cfg(..)]] surface: arbitrary cases, mutated cases, arbitrary input;`: a module per
+/// surface with both properties.
 macro_rules! surfaces {
-    ($($(#[$cfg:meta])* $name:ident: $arbitrary:expr, $mutated:expr, $input:expr $(, ignore mutated = $why:literal)?;)+) => {$(
+    ($($(#[$cfg:meta])* $name:ident: $arbitrary:expr, $mutated:expr, $input:expr;)+) => {$(
         $(#[$cfg])*
         mod $name {
             use super::*;
@@ -166,7 +166,6 @@ macro_rules! surfaces {
 
             proptest! {
                 #![proptest_config(config($mutated))]
-                $(#[ignore = $why])?
                 #[test]
                 fn mutated_seeds(data in mutated(stringify!($name))) {
                     concord_fuzz::$name(&data);
