@@ -207,12 +207,17 @@ pub fn new_doc() -> Automerge {
 /// Load a saved document (from local state or a peer's snapshot): damaged bytes are
 /// refused as [`CoreError::Corrupt`].
 ///
+/// Bytes holding a chunk type Concord never writes are refused before Automerge parses
+/// them: automerge 0.12 can take the machine's memory parsing a few bytes of those
+/// (see `doc/chunks.rs`).
+///
 /// automerge 0.12 can panic on some damaged bytes instead of returning an error (an
 /// `unwrap` in its column decoder, found by fuzzing: `crates/concord-fuzz`, target
 /// `automerge_doc`). Loading builds a new document and touches nothing else, so such a
 /// panic leaves no state behind: it is caught here and the bytes are refused like any
 /// other corrupt document.
 pub fn load_doc(bytes: &[u8]) -> CoreResult<Automerge> {
+    chunks::check_saved(bytes)?;
     let load = || Automerge::load_with_options(bytes, LoadOptions::new().text_encoding(TextEncoding::UnicodeCodePoint));
     match std::panic::catch_unwind(load) {
         Ok(loaded) => loaded.map_err(|e| CoreError::Corrupt(format!("automerge document: {e}"))),
@@ -228,8 +233,11 @@ pub fn load_doc(bytes: &[u8]) -> CoreResult<Automerge> {
 /// fuzzing (`crates/concord-fuzz`, targets `automerge_change` and `log_entry`). A change
 /// Automerge encoded re-encodes to itself (the encoding is canonical): one whose ops,
 /// expanded and encoded again, hash differently is damaged. Expanding it may panic too,
-/// which is caught and refused the same way (it touches nothing but the change).
+/// which is caught and refused the same way (it touches nothing but the change). Bytes
+/// that are not one change chunk are refused before Automerge parses them: it can take
+/// the machine's memory parsing a few bytes of another chunk type (see `doc/chunks.rs`).
 pub fn decode_change(bytes: Vec<u8>) -> CoreResult<automerge::Change> {
+    chunks::check_change(&bytes)?;
     let change = automerge::Change::from_bytes(bytes).map_err(|e| CoreError::Corrupt(format!("{e}")))?;
     let again = std::panic::catch_unwind(|| automerge::Change::from(change.decode()).hash());
     match again {
@@ -541,6 +549,7 @@ pub(crate) fn scalar_json(s: &ScalarValue) -> Json {
     }
 }
 
+mod chunks;
 mod conflicts;
 pub use conflicts::{DocConflict, DocVersion, conflicts};
 

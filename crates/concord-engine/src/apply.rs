@@ -329,7 +329,9 @@ fn apply_doc(
     let had_waiting = !stored.is_empty();
     let mut waiting = Vec::new();
     for bytes in stored {
-        match automerge::Change::from_bytes(bytes.clone()) {
+        // Local state, but a peer's snapshot brings it too: decoded as defensively as
+        // a change from the log.
+        match concord_core::doc::decode_change(bytes.clone()) {
             Ok(c) => waiting.push(c),
             Err(e) => {
                 dropped.push(pending_letter(ov, k, bytes, format!("a stored waiting change does not decode: {e}")))

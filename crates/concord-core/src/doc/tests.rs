@@ -390,3 +390,48 @@ fn damaged_documents_are_refused_not_a_panic() {
     ];
     assert!(matches!(load_doc(&damaged), Err(CoreError::Corrupt(_))));
 }
+
+/// 365 bytes found by fuzzing (target `automerge_doc`): a change bundle (chunk type 3)
+/// whose run-length-encoded op counters claim billions of ops. `Automerge::load` and
+/// `Change::from_bytes` allocate past 8 GB parsing it, and the process aborts. Refused
+/// here by the chunk walk, before Automerge sees it, so this test takes no memory.
+pub(crate) const BUNDLE_BOMB_HEX: &str = concat!(
+    "856f4a83bb5bb42a03c902010965752d776573742e3001665bd592f6eff3b9d253010101010101010101",
+    "010101010105014101010101010101010101010101010101010101010101010101010101010134010101",
+    "01732d65610d32020000021011101213152e21686c6320322e307f003207000609770256020c01080206",
+    "1108130a150a2109230d340242075609570880017f007f07686c6320322e307f003207856f4a83e50203",
+    "7e686c6320ffffffff2e30020002ffffff2cffffffffffffff024207560957088001027e01007e01007e",
+    "04010a0002037e686c6320ffffffff2e3002000201010101010101010101010101010101010101010101",
+    "010101013401010101732d65610d32020000021011101213152e2102231534044211561d572280010481",
+    "01028301017f1f7f007f07686c6320322e307f003207856f4a83e5c90000010200000201017e74eff5fe",
+    "fd07636f856f4a83e54a835b000004400174776f036865007f007f1f00",
+);
+
+#[test]
+fn a_change_bundle_is_refused_before_automerge_parses_it() {
+    let bytes: Vec<u8> = (0..BUNDLE_BOMB_HEX.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&BUNDLE_BOMB_HEX[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(bytes.len(), 365);
+    let Err(CoreError::Corrupt(why)) = load_doc(&bytes) else { panic!("a bundle loads") };
+    assert!(why.contains("type 3"), "{why}");
+    assert!(matches!(decode_change(bytes), Err(CoreError::Corrupt(_))), "nor decodes as a change");
+}
+
+#[test]
+fn a_saved_document_with_changes_waiting_for_dependencies_loads() {
+    // x's second change reaches y without its first: y keeps it queued, and saves it
+    // after the document chunk (a change chunk).
+    let mut x = new_doc();
+    let first = apply(&mut x, json!([{"op": "set", "path": ["a"], "value": 1}])).unwrap().unwrap();
+    let second = apply(&mut x, json!([{"op": "set", "path": ["b"], "value": 2}])).unwrap().unwrap();
+    let mut y = new_doc();
+    y.apply_changes([second.clone()]).unwrap();
+    let saved = y.save();
+    assert!(saved.len() > second.raw_bytes().len());
+    let mut loaded = load_doc(&saved).expect("loads with its waiting change");
+    loaded.apply_changes([first]).unwrap();
+    assert_eq!(to_json(&loaded), json!({"a": 1, "b": 2}));
+    assert!(decode_change(second.raw_bytes().to_vec()).is_ok());
+}
