@@ -14,7 +14,8 @@
 //! ```
 //!
 //! A decoder meets bytes from other regions, possibly newer builds or corrupt peers:
-//! [`Changeset::decode`] rejects anything it does not fully understand with an error.
+//! [`Changeset::decode`] rejects anything it does not fully understand with an error,
+//! a timestamp past the year 9999 included ([`Hlc::decoded`]).
 
 use crate::codec::{Reader, Writer};
 use crate::hlc::Hlc;
@@ -122,7 +123,7 @@ impl Changeset {
         }
         let mut changes = Vec::with_capacity(count.min(1024));
         for _ in 0..count {
-            let hlc = Hlc { wall_ms: r.u64()?, logical: r.u32()? };
+            let hlc = Hlc::decoded(r.u64()?, r.u32()?)?;
             let bucket = r.string(BUCKET_BYTES_MAX)?;
             let key = r.string(KEY_BYTES_MAX)?;
             let kind = r.u8()?;
@@ -198,7 +199,7 @@ pub mod stored {
 
     fn decode_version(r: &mut Reader<'_>) -> CoreResult<Version> {
         let origin = parse_origin(&r.string(64)?)?;
-        let hlc = Hlc { wall_ms: r.u64()?, logical: r.u32()? };
+        let hlc = Hlc::decoded(r.u64()?, r.u32()?)?;
         let value = match r.u8()? {
             1 => Some(r.bytes(BODY_BYTES_MAX)?.to_vec()),
             0 => None,
@@ -236,6 +237,7 @@ pub mod stored {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hlc::WALL_MS_MAX;
     use crate::ids::RegionId;
     use proptest::prelude::*;
 
@@ -257,15 +259,14 @@ mod tests {
     }
 
     fn change() -> impl Strategy<Value = Change> {
-        (any::<u64>(), any::<u32>(), "[a-z]{1,8}", "\\PC{1,16}", body(), proptest::option::of(any::<u128>())).prop_map(
-            |(wall_ms, logical, bucket, key, body, resolves)| Change {
+        (0..=WALL_MS_MAX, any::<u32>(), "[a-z]{1,8}", "\\PC{1,16}", body(), proptest::option::of(any::<u128>()))
+            .prop_map(|(wall_ms, logical, bucket, key, body, resolves)| Change {
                 hlc: Hlc { wall_ms, logical },
                 bucket,
                 key,
                 body,
                 resolves: resolves.map(uuid::Uuid::from_u128),
-            },
-        )
+            })
     }
 
     fn changeset() -> impl Strategy<Value = Changeset> {
@@ -304,7 +305,7 @@ mod tests {
 
         #[test]
         fn stored_registers_round_trip(value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
-                                       vv in vv(), wall_ms in any::<u64>(), logical in any::<u32>()) {
+                                       vv in vv(), wall_ms in 0..=WALL_MS_MAX, logical in any::<u32>()) {
             let mut own = vv.clone();
             own.observe(&origin(1, 3), 1);
             let v = crate::lww::Version { value, hlc: Hlc { wall_ms, logical }, origin: origin(1, 3), vv: own };
@@ -314,6 +315,29 @@ mod tests {
             reg.insert(other);
             prop_assert_eq!(stored::decode(&stored::encode(&reg)).unwrap(), reg);
         }
+    }
+
+    #[test]
+    fn times_past_the_year_9999_do_not_decode() {
+        let change = |wall_ms| Change {
+            hlc: Hlc { wall_ms, logical: u32::MAX },
+            bucket: "b".into(),
+            key: "k".into(),
+            body: ChangeBody::Delete { vv: [(origin(0, 1), 1)].into_iter().collect() },
+            resolves: None,
+        };
+        let cs = |wall_ms| Changeset { origin: origin(0, 1), first_seq: 1, changes: vec![change(wall_ms)] };
+        assert!(Changeset::decode(&cs(WALL_MS_MAX).encode()).is_ok());
+        assert!(matches!(Changeset::decode(&cs(u64::MAX).encode()), Err(CoreError::Corrupt(_))));
+        let version = |wall_ms| crate::lww::Version {
+            value: None,
+            hlc: Hlc { wall_ms, logical: 0 },
+            origin: origin(0, 1),
+            vv: [(origin(0, 1), 1)].into_iter().collect(),
+        };
+        let reg = |wall_ms| crate::lww::Register::new(version(wall_ms));
+        assert!(stored::decode(&stored::encode(&reg(WALL_MS_MAX))).is_ok());
+        assert!(matches!(stored::decode(&stored::encode(&reg(WALL_MS_MAX + 1))), Err(CoreError::Corrupt(_))));
     }
 
     #[test]
