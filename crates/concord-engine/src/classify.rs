@@ -7,8 +7,9 @@
 //!   unconsumed (the cursor stays before it), so a node that reads that format applies
 //!   them; other streams go on;
 //! - bytes that do not decode, a changeset from another region than the stream's, bad
-//!   names, a document change that does not decode, or a changeset the document refused
-//!   (`refused`, found while applying) go to the **dead-letter** table;
+//!   names, a value over `value_bytes_max`, a document change that does not decode, or
+//!   a changeset the document refused (`refused`, found while applying) go to the
+//!   **dead-letter** table;
 //! - a changeset whose sequences are all applied (or already waiting) is a **duplicate**;
 //! - one that starts after the next expected sequence of its origin **waits** durably
 //!   behind the gap (when the waiting table is full, the stream parks instead);
@@ -73,15 +74,24 @@ pub(crate) struct Plan {
 }
 
 /// What a changeset must satisfy before anything in it is applied: it comes from an
-/// origin of the region whose log carried it, names valid buckets and keys, and its
-/// document changes decode.
-fn check(cs: &Changeset, region: &RegionId) -> Result<DocChanges, String> {
+/// origin of the region whose log carried it, names valid buckets and keys, holds no
+/// value larger than `value_bytes_max`, and its document changes decode.
+fn check(cs: &Changeset, region: &RegionId, value_bytes_max: usize) -> Result<DocChanges, String> {
     if &cs.origin.region != region {
         return Err(format!("origin {} in the log of {region}", cs.origin));
     }
-    for c in &cs.changes {
+    for (i, c) in cs.changes.iter().enumerate() {
         if input::check_bucket(&c.bucket).is_err() || input::check_key(c.key.as_bytes()).is_err() {
             return Err(format!("bad bucket or key {:?}/{:?}", c.bucket, c.key));
+        }
+        if let ChangeBody::Put { value, .. } = &c.body
+            && value.len() > value_bytes_max
+        {
+            return Err(format!(
+                "the value of change {} is {} bytes; the limit is {value_bytes_max} (value_bytes_max)",
+                cs.first_seq + i as u64,
+                value.len()
+            ));
         }
     }
     decode_docs(cs)
@@ -182,7 +192,7 @@ impl Walk<'_> {
         };
         let refused = self.refused.get(&(cs.origin.clone(), cs.first_seq)).cloned();
         let refusal = refused.is_some();
-        let docs = match (check(&cs, region), refused) {
+        let docs = match (check(&cs, region, self.engine.cfg.value_bytes_max), refused) {
             (Err(reason), _) | (Ok(_), Some(reason)) => {
                 let letter =
                     DeadLetter { payload: entry.payload.to_vec(), ..self.letter(entry.seq, Some(&cs), reason) };

@@ -56,6 +56,12 @@ pub struct EngineConfig {
     /// Most changesets waiting behind gaps; beyond it the stream parks.
     pub waiting_max: usize,
     pub waiting_bytes_max: usize,
+    /// The largest value of another replica's put that applies; a changeset holding a
+    /// larger one is a dead letter. It must be at least what every writer of the
+    /// deployment accepts (the node's `value_bytes_max`, the same in every region), or
+    /// acknowledged writes become dead letters here. Unless configured: the largest
+    /// body a changeset can carry (`BODY_BYTES_MAX`), so nothing that decodes is refused.
+    pub value_bytes_max: usize,
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
 }
@@ -71,6 +77,7 @@ impl EngineConfig {
             manual_buckets: BTreeSet::new(),
             waiting_max: WAITING_MAX_DEFAULT,
             waiting_bytes_max: WAITING_BYTES_MAX_DEFAULT,
+            value_bytes_max: concord_core::changeset::BODY_BYTES_MAX,
             #[cfg(feature = "mutations")]
             mutation: None,
         }
