@@ -246,12 +246,29 @@ impl Engine {
 
     /// Write as `epoch` from now on: an epoch never used before in this region (the
     /// runtime allocates it with compare-and-set).
+    ///
+    /// When the region's log already holds an origin of this epoch or a later one, this
+    /// replica does not write: it is deposed by that origin, and follows its region's
+    /// log again (it may be promoted again, with a new epoch). Epochs come from a
+    /// counter, so that log entry was not written by a leader the counter knew of: the
+    /// counter was reset, or someone published a changeset of a forged epoch (fuzzing
+    /// found that a forged `u64::MAX` made this an assertion that stopped the node at
+    /// every promotion). Until the counter passes that epoch, the region takes no writes.
     pub fn start_writing(&mut self, epoch: u64) -> Output {
         assert!(matches!(self.writer, Writer::CatchingUp { .. }), "start_writing while {:?}", self.writer);
         let region = self.cfg.region.clone();
-        let stale = self.applied.iter().any(|(o, _)| o.region == region && o.epoch >= epoch);
-        assert!(!stale, "epoch {epoch} of {region} was used before");
-        let origin = Origin::new(region, epoch);
+        let origin = Origin::new(region.clone(), epoch);
+        let later = self.applied.iter().map(|(o, _)| o).filter(|o| o.region == region && o.epoch >= epoch).max();
+        if let Some(by) = later.cloned() {
+            let own = self.cfg.own_stream.clone();
+            let follow = (!self.parked.contains_key(&own)).then(|| (own.clone(), self.cursor(&own) + 1));
+            self.writer = Writer::Deposed { origin: origin.clone(), by: by.clone() };
+            return Output {
+                alerts: vec![Alert::Deposed { origin, by }],
+                follow: follow.into_iter().collect(),
+                ..Output::default()
+            };
+        }
         self.writer = Writer::Writing { origin: origin.clone(), next_seq: 1, inflight: None };
         Output { alerts: vec![Alert::Leading { origin }], ..Output::default() }
     }

@@ -14,8 +14,8 @@ use concord_core::doc::{self, DocOp, PathElem};
 use concord_core::hlc::{Hlc, WALL_MS_MAX};
 use concord_core::ids::{Origin, RegionId};
 use concord_engine::{
-    Alert, AppendOutcome, CatchUp, CaughtUp, Engine, EngineConfig, Entry, MemStore, Output, StartAs, WriteError,
-    WriteOp, WriteRequest,
+    Alert, AppendOutcome, CatchUp, CaughtUp, Engine, EngineConfig, Entry, MemStore, Output, RoleView, StartAs,
+    WriteError, WriteOp, WriteRequest,
 };
 
 const OWN: &str = "LOG_us";
@@ -27,6 +27,10 @@ fn region(r: &str) -> RegionId {
 
 fn eu(epoch: u64) -> Origin {
     Origin::new(region("eu-west"), epoch)
+}
+
+fn us(epoch: u64) -> Origin {
+    Origin::new(region("us-east"), epoch)
 }
 
 fn config() -> EngineConfig {
@@ -173,6 +177,36 @@ fn by_default_every_value_that_decodes_applies() {
     let mut r = Replica::follower(config());
     r.deliver(MIRROR, 1, put(&eu(1), 1, "big", &vec![7; 2 << 20], 1));
     assert_eq!(r.engine.applied().get(&eu(1)), 1);
+}
+
+/// A changeset of the replica's own region from an epoch its counter never gave out
+/// (`u64::MAX`): applied like any changeset of the region's log (the engine cannot know
+/// the counter), and the next promotion made `start_writing` assert, stopping the node
+/// at every promotion. Now the promoted replica is deposed by it and follows its log.
+#[test]
+fn an_own_region_changeset_of_a_forged_epoch_deposes_the_next_leader_without_a_panic() {
+    let mut r = Replica::follower(config());
+    let forged = us(u64::MAX);
+    r.deliver(OWN, 1, put(&forged, 1, "k", b"forged", 1));
+    assert_eq!(r.engine.applied().get(&forged), 1);
+    let promoted = r.engine.promote();
+    assert!(promoted.catch_up);
+    assert_eq!(r.engine.catch_up_next(1, 100), CatchUp::Done);
+    assert_eq!(r.engine.caught_up(1).0, CaughtUp::NeedEpoch);
+    let out = r.engine.start_writing(2);
+    assert_eq!(out.alerts, vec![Alert::Deposed { origin: us(2), by: forged.clone() }]);
+    assert_eq!(out.follow, vec![(OWN.to_string(), 2)], "it follows its region's log again");
+    assert_eq!(r.engine.role(), RoleView::Deposed { origin: us(2), by: forged.clone() });
+    assert_eq!(r.engine.validate(), Ok(()));
+    assert!(matches!(r.put("k", b"mine", 2, 2_000), Err(WriteError::NotLeader(_))), "it does not write");
+    // The consumer goes on, and a later promotion may try again.
+    r.deliver(OWN, 2, put(&forged, 2, "k2", b"more", 2));
+    assert_eq!(value_of(&r, "k2").as_deref(), Some(&b"more"[..]));
+    assert!(r.engine.role_follows());
+    r.engine.promote();
+    assert_eq!(r.engine.catch_up_next(2, 100), CatchUp::Done);
+    assert_eq!(r.engine.caught_up(2).0, CaughtUp::NeedEpoch);
+    assert!(matches!(r.engine.start_writing(3).alerts.as_slice(), [Alert::Deposed { .. }]));
 }
 
 /// A document change by `actor`: its first change of a fresh document, setting `x`.
