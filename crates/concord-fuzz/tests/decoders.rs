@@ -7,8 +7,8 @@
 //! `CONCORD_FUZZ_CASES=N` runs N cases of every property instead. The cases are drawn
 //! from a fixed seed, so CI draws the same ones every run and never fails by chance;
 //! `CONCORD_FUZZ_SEED=N` draws others, `CONCORD_FUZZ_SEED=random` new ones each run
-//! (libFuzzer, `.ci/fuzz.sh`, explores too). A failure prints the shrunk input: add it to
-//! `tests/known_crashes.rs` until it is fixed.
+//! (libFuzzer, `.ci/fuzz.sh`, explores too). A failure prints the shrunk input: fix the bug, and
+//! keep the input in `tests/fuzz_regressions.rs`.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
