@@ -43,6 +43,12 @@
 //!   (a later phase); until then its origin waits, visibly.
 //! - A document change that waited for a dependency and is refused once the dependency
 //!   arrives was already counted as applied; it goes to the dead-letter table alone.
+//! - The engine does not know the region's epoch counter: a changeset in the region's
+//!   own log from an epoch the counter never gave out (forged, or the counter was
+//!   reset) applies, and deposes every promoted replica of the region
+//!   ([`Engine::start_writing`]) until the counter passes that epoch.
+//! - A peer's timestamp is refused only past the year 9999: one far ahead of the local
+//!   clock applies, and the clocks that see it follow it.
 
 mod apply;
 mod classify;
