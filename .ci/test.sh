@@ -23,9 +23,8 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace
 echo "== fuzzing (cargo-fuzz, ${CONCORD_FUZZ_SECONDS:-20} s per target)"
-# Every decoder of outside input (crates/concord-fuzz). Left out: automerge_doc (an open
-# bug: a 365-byte document makes automerge's loader take gigabytes; see
-# crates/concord-fuzz/tests/known_crashes.rs), and http_path/nats_request (their
-# concord-node build doubles the fuzz build; cargo test runs them under proptest).
+# Every decoder of outside input (crates/concord-fuzz). Left out: http_path and
+# nats_request (their concord-node build doubles the fuzz build; cargo test runs them
+# under proptest).
 bash .ci/fuzz.sh "${CONCORD_FUZZ_SECONDS:-20}" changeset stored_register log_entry automerge_change \
-  session_token doc_ops cursors snapshot api_json
+  session_token doc_ops cursors snapshot automerge_doc api_json
