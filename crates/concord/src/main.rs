@@ -1,5 +1,6 @@
 //! `concord`: serve a node, run a local deployment, and talk to a node as a client.
 
+mod bench;
 mod client;
 mod cluster;
 mod conflicts;
@@ -115,6 +116,9 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Measure Concord and its peers (Redis, NATS key/value) in one run; `--quick` for
+    /// a short smoke run, `--json FILE` for the figures, `--plots DIR` for the plots.
+    Bench(bench::BenchArgs),
     /// Run and control a local deployment.
     Cluster {
         #[command(subcommand)]
@@ -183,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Resolve { ep, id, value, pick } => conflicts::resolve(&ep, &id, value, pick).await,
             Command::Probe { url, timeout_ms } => client::probe(&url, timeout_ms).await,
             Command::Cluster { command } => cluster::run(command).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }

@@ -4,7 +4,7 @@
 //! link from another shell, through the records in `DIR/procs/` and `DIR/faults.json`.
 
 mod nats_conf;
-mod procs;
+pub(crate) mod procs;
 mod proxy;
 mod up;
 
