@@ -73,6 +73,10 @@ pub struct Node {
     /// For each other region: how much of this region's log it has stored (the last
     /// sequence of its mirror of us), as last seen.
     pub remote_stored: Vec<(RegionId, watch::Receiver<u64>)>,
+    /// The highest log sequence a writer waits for other regions to store (`remote` and
+    /// `all` durability): while a region's stored sequence is below it, its poll runs
+    /// again at once instead of every 50 ms.
+    pub remote_wanted: Arc<watch::Sender<u64>>,
     /// A leader's view of its region's followers (from their reports).
     pub followers: followers::Followers,
     /// A follower's last look-up of its region's leader: (when, the record).
@@ -166,8 +170,10 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     };
     // Critical: a lease task that failed while holding could not stop the writer in time.
     sup.spawn_once("lease", task.run(held, sup.shutdown()));
+    let (remote_stored, remote_wanted) = spawn_region_tasks(&sup, &cfg, &region, &client, &log, &views);
     let node = Arc::new(Node {
-        remote_stored: spawn_region_tasks(&sup, &cfg, &region, &client, &log, &views),
+        remote_stored,
+        remote_wanted,
         followers,
         cfg,
         region,
@@ -268,7 +274,7 @@ fn spawn_region_tasks(
     client: &async_nats::Client,
     log: &Arc<NatsLog>,
     views: &Views,
-) -> Vec<(RegionId, watch::Receiver<u64>)> {
+) -> (Vec<(RegionId, watch::Receiver<u64>)>, Arc<watch::Sender<u64>>) {
     let stop = sup.shutdown();
     let (c, r, n, v, s) = (client.clone(), region.clone(), cfg.node.clone(), views.clone(), stop.clone());
     sup.spawn("progress reports", Policy::Restart, move || {
@@ -280,16 +286,19 @@ fn spawn_region_tasks(
         publish::announce_leadership(l.clone(), r.clone(), record.clone(), v.clone(), s.clone())
     });
     let mut remote_stored = Vec::new();
+    let wanted = Arc::new(watch::channel(0).0);
     for remote in cfg.remote_regions() {
         let (tx, rx) = watch::channel(0);
         let tx = Arc::new(tx);
         let (l, r, rr, v, s) = (log.clone(), region.clone(), remote.clone(), views.clone(), stop.clone());
+        let w = wanted.subscribe();
         sup.spawn(format!("stored by {remote}"), Policy::Restart, move || {
-            remote::poll_remote_stored(l.clone(), r.clone(), rr.clone(), tx.clone(), v.clone(), s.clone())
+            let stored = remote::Stored { tx: tx.clone(), wanted: w.clone() };
+            remote::poll_remote_stored(l.clone(), r.clone(), rr.clone(), stored, v.clone(), s.clone())
         });
         remote_stored.push((remote, rx));
     }
-    remote_stored
+    (remote_stored, wanted)
 }
 
 /// The APIs, and a leader's collection of its followers' reports.

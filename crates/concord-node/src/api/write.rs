@@ -143,6 +143,11 @@ pub(super) async fn write_resolving(
 async fn wait_remote(node: &Node, log_seq: u64, level: Durability, wait: Duration) -> Result<Vec<String>, NodeError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut watches: Vec<_> = node.remote_stored.iter().map(|(r, rx)| (r.to_string(), rx.clone())).collect();
+    node.remote_wanted.send_if_modified(|w| {
+        let more = log_seq > *w;
+        *w = (*w).max(log_seq);
+        more
+    });
     loop {
         let confirmed: Vec<String> =
             watches.iter().filter(|(_, rx)| *rx.borrow() >= log_seq).map(|(r, _)| r.clone()).collect();
