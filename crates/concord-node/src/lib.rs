@@ -59,6 +59,9 @@ use supervisor::{Policy, Supervisor};
 use view::{EngineView, Views, Watches};
 use worker::{Worker, WriteRequest};
 
+/// Per other region, how much of this region's log it stored, as last seen.
+pub type RemoteStored = Vec<(RegionId, watch::Receiver<u64>)>;
+
 /// What the API needs of a running node.
 pub struct Node {
     pub cfg: NodeConfig,
@@ -72,7 +75,7 @@ pub struct Node {
     pub log: Arc<NatsLog>,
     /// For each other region: how much of this region's log it has stored (the last
     /// sequence of its mirror of us), as last seen.
-    pub remote_stored: Vec<(RegionId, watch::Receiver<u64>)>,
+    pub remote_stored: RemoteStored,
     /// The highest log sequence a writer waits for other regions to store (`remote` and
     /// `all` durability): while a region's stored sequence is below it, its poll runs
     /// again at once instead of every 50 ms.
@@ -274,7 +277,7 @@ fn spawn_region_tasks(
     client: &async_nats::Client,
     log: &Arc<NatsLog>,
     views: &Views,
-) -> (Vec<(RegionId, watch::Receiver<u64>)>, Arc<watch::Sender<u64>>) {
+) -> (RemoteStored, Arc<watch::Sender<u64>>) {
     let stop = sup.shutdown();
     let (c, r, n, v, s) = (client.clone(), region.clone(), cfg.node.clone(), views.clone(), stop.clone());
     sup.spawn("progress reports", Policy::Restart, move || {
