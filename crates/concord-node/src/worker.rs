@@ -6,8 +6,24 @@
 //! under it), and the catch-up a leader does before it writes. Every engine step runs
 //! with its loads and its commit in one blocking call off the async runtime, and a step's
 //! replies, conflict publications, stream changes and metrics follow only once its batch
-//! is durable. Stream entries are never applied while an append is in flight (the engine
-//! requires it), which the one-thing-at-a-time loop guarantees.
+//! is committed. Stream entries are never applied while an append is in flight (the
+//! engine requires it), which the one-thing-at-a-time loop guarantees.
+//!
+//! Which commits are durable (DESIGN.md: "the log is the write-ahead log"): while this
+//! replica writes its region's log, its commits are deferred (visible at once, on disk
+//! with the next durable commit, at most [`SYNC_INTERVAL`] later), because everything
+//! they hold is in a log already: what it acknowledged was stored by its region's log
+//! before the commit, and what it applied is read again from the cursors. A crash
+//! loses the deferred commits since the last durable one and nothing else, which is a
+//! crash before those commits: the replica restarts from that state and re-reads the
+//! logs from its stored cursors (a leader reads its own log to the end before it
+//! writes, in a new epoch, so no origin sequence or Automerge actor is reused; epochs
+//! come from the log's counter, not from here). Durable at once, always: a batch with
+//! conflict records (they are published) or dead letters, and every commit of a
+//! replica that does not write (a follower reports what it applied: `region`
+//! durability counts on it). A step after which this replica no longer writes (it
+//! stepped down, was deposed, an append failed) makes every deferred commit durable
+//! before anything follows it, and so does the shutdown.
 //!
 //! A failure of local state (a commit that fails, a record that does not decode) ends
 //! the worker with [`NodeError::Fatal`]: the node stops rather than diverge from its disk.
@@ -19,9 +35,10 @@ use std::time::Duration;
 use concord_api::ErrorCode;
 use concord_core::conflict::ConflictRecord;
 use concord_engine::{Ack, Engine, Entry, Output, WriteError, WriteOp};
-use concord_storage::Store;
+use concord_storage::{Batch, Fsync, Store};
 use concord_transport::{LogEntry, RegionLog};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::info;
 
 use crate::clock::WallClock;
@@ -55,6 +72,11 @@ pub struct Limits {
 /// How often a leader checks whether its region's log grew under it.
 const TICK: Duration = Duration::from_secs(1);
 
+/// Longest a commit stays deferred (see the module doc): bounds what a crash makes the
+/// replica read again. The first durable commit this late also makes the ones before
+/// it durable; an idle replica syncs when it comes due.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
+
 pub struct Worker<L: RegionLog, S: StreamControl> {
     pub(crate) engine: Option<Engine>,
     pub(crate) store: Store,
@@ -74,6 +96,16 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     lease_deadline: Option<crate::lease::Deadline>,
     /// The time written into versions.
     clock: WallClock,
+    /// Since when commits wait for a durable one (none: everything committed is durable).
+    unsynced_since: Option<Instant>,
+}
+
+/// How a step's commit went to the disk.
+enum Persisted {
+    Durable,
+    Deferred,
+    /// Nothing to commit.
+    Unchanged,
 }
 
 impl<L: RegionLog, S: StreamControl> Worker<L, S> {
@@ -101,6 +133,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             lease: None,
             lease_deadline: None,
             clock: WallClock::default(),
+            unsynced_since: None,
         };
         for (stream, from) in worker.engine().streams_to_follow() {
             worker.streams.follow(&stream, from);
@@ -157,6 +190,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 Some(first) = inbound.recv() => self.apply_inbound(first, &mut inbound).await?,
                 Some(event) = next_lease_event(&mut self.lease) => self.on_lease(event).await?,
                 _ = tick.tick() => self.tick().await?,
+                _ = sync_due(self.unsynced_since) => self.sync().await?,
             }
         }
         self.drain(writes, carry).await
@@ -174,6 +208,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             let batch = self.gather_writes(first, &mut writes, &mut carry);
             self.write(batch).await?;
         }
+        self.sync().await?;
         info!("worker drained and stopped");
         Ok(())
     }
@@ -322,12 +357,11 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     {
         let mut engine = self.engine.take().expect("the engine is back from its step");
         let store = self.store.clone();
+        let unsynced = self.unsynced_since.map(|since| since.elapsed() >= SYNC_INTERVAL);
         let (engine, result) = tokio::task::spawn_blocking(move || {
             let result = f(&mut engine, &store).and_then(|out| {
-                if let Some(batch) = &out.commit {
-                    store.commit(batch)?;
-                }
-                Ok(out)
+                let persisted = persist(&engine, &store, out.commit.as_ref(), unsynced)?;
+                Ok((out, persisted))
             });
             (engine, result)
         })
@@ -335,10 +369,32 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         .map_err(|e| NodeError::Fatal(format!("an engine step panicked: {e}")))?;
         debug_assert_eq!(engine.validate(), Ok(()), "the engine's invariants hold after every step");
         self.engine = Some(engine);
-        result
+        let (out, persisted) = result?;
+        match persisted {
+            Persisted::Durable => self.unsynced_since = None,
+            Persisted::Deferred => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+            Persisted::Unchanged => {}
+        }
+        Ok(out)
     }
 
-    /// What follows a step once its batch is durable.
+    /// Make every deferred commit durable.
+    async fn sync(&mut self) -> Result<(), NodeError> {
+        if self.unsynced_since.is_none() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(|e| NodeError::Fatal(format!("a sync panicked: {e}")))??;
+        self.unsynced_since = None;
+        Ok(())
+    }
+
+    /// What follows a step once its batch is committed (durable, or deferred as the module
+    /// doc says).
     pub(crate) fn after(&mut self, out: Output) {
         if let Some(batch) = &out.commit {
             metrics::add(&self.metrics.conflict_records_written_total, batch.conflicts.len() as u64);
@@ -373,6 +429,40 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
 
     fn publish(&self) {
         self.watches.publish(self.engine());
+    }
+}
+
+/// Commit a step's batch, deferred or durable as the module doc says; `unsynced`: whether
+/// deferred commits wait (and whether they are due).
+fn persist(
+    engine: &Engine,
+    store: &Store,
+    batch: Option<&Batch>,
+    unsynced: Option<bool>,
+) -> Result<Persisted, NodeError> {
+    let writing = matches!(engine.role(), concord_engine::RoleView::Leader { .. });
+    let Some(batch) = batch else {
+        if unsynced.is_some() && !writing {
+            store.sync()?;
+            return Ok(Persisted::Durable);
+        }
+        return Ok(Persisted::Unchanged);
+    };
+    let defer = writing && unsynced != Some(true) && batch.conflicts.is_empty() && batch.dead_letters.is_empty();
+    if defer {
+        store.commit_with(batch, Fsync::Deferred)?;
+        Ok(Persisted::Deferred)
+    } else {
+        store.commit_with(batch, Fsync::Now)?;
+        Ok(Persisted::Durable)
+    }
+}
+
+/// When deferred commits come due (never, when there are none).
+async fn sync_due(unsynced_since: Option<Instant>) {
+    match unsynced_since {
+        Some(since) => tokio::time::sleep_until(since + SYNC_INTERVAL).await,
+        None => std::future::pending().await,
     }
 }
 

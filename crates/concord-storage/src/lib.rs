@@ -9,10 +9,18 @@
 //!
 //! The guarantee: [`Store::commit`] writes a whole engine [`Batch`] — values, documents,
 //! the applied vector, the cursors, conflict records, waiting changesets and dead
-//! letters — in one durable transaction (redb's default durability fsyncs on commit),
-//! so after a crash the state and the position in the log agree, and replay from the
-//! cursor is exact. The engine reads through [`Store::load`] ([`facts`]). Records are
-//! decoded defensively: a corrupt record is an error, never a panic.
+//! letters — in one atomic transaction, so after a crash the state and the position in
+//! the log agree, and replay from the cursor is exact. The engine reads through
+//! [`Store::load`] ([`facts`]). Records are decoded defensively: a corrupt record is an
+//! error, never a panic.
+//!
+//! A commit is durable when it returns ([`Fsync::Now`], an fsync), or deferred
+//! ([`Fsync::Deferred`]): visible to every reader at once, but on disk only with the next
+//! durable commit or [`Store::sync`]. A crash loses the deferred commits since the last
+//! durable one, all of them and nothing else: the store reopens exactly as it was after
+//! that durable commit (redb rolls back to its last durable root), which is a state the
+//! replica really had, with the cursors that go with it. A runtime defers only what it
+//! can read again from the logs (DESIGN.md: "the log is the write-ahead log").
 
 use std::path::Path;
 
@@ -21,7 +29,7 @@ use concord_core::changeset::stored;
 use concord_core::ids::Origin;
 use concord_core::lww::Register;
 use concord_core::vv::VersionVector;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use thiserror::Error;
 
 mod conflicts;
@@ -89,6 +97,16 @@ pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CoreError> {
     }
     r.expect_end()?;
     Ok(out)
+}
+
+/// When a commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before the commit returns (an fsync).
+    Now,
+    /// With the next [`Fsync::Now`] commit or [`Store::sync`]; a crash before then loses
+    /// it (and every deferred commit since the last durable one).
+    Deferred,
 }
 
 #[derive(Clone)]
@@ -228,7 +246,20 @@ impl Store {
 
     /// Write a whole batch in one durable transaction.
     pub fn commit(&self, batch: &Batch) -> StorageResult<()> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+        self.commit_with(batch, Fsync::Now)
+    }
+
+    /// Make every deferred commit durable (a durable commit that writes nothing).
+    pub fn sync(&self) -> StorageResult<()> {
+        self.db.begin_write().map_err(db_err)?.commit().map_err(db_err)
+    }
+
+    /// Write a whole batch in one transaction, durable as `sync` says.
+    pub fn commit_with(&self, batch: &Batch, sync: Fsync) -> StorageResult<()> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        if sync == Fsync::Deferred {
+            tx.set_durability(Durability::None).map_err(db_err)?;
+        }
         {
             let mut kv = tx.open_table(KV).map_err(db_err)?;
             for ((bucket, key), register) in &batch.kv {
@@ -319,6 +350,54 @@ mod tests {
         batch.pending.push((("d".into(), "doc".into()), vec![]));
         store.commit(&batch).unwrap();
         assert!(store.get_pending("d", "doc").unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One step of [`a_crash_loses_deferred_commits_back_to_the_last_durable_one`].
+    fn crash_batch(origin: &Origin, seq: u64) -> Batch {
+        let mut batch = Batch::default();
+        batch.kv.push((("bk".into(), format!("k{seq}")), Register::new(version(Some("v"), seq))));
+        batch.applied.push((origin.clone(), seq));
+        batch.cursors.push(("LOG".into(), seq));
+        batch
+    }
+
+    /// Run in a child process (the test binary again) that commits, then aborts: a
+    /// crash, with no chance for the database to write anything on its way out.
+    const CRASH_CHILD: &str = "CONCORD_STORAGE_CRASH_CHILD";
+
+    #[test]
+    fn a_crash_loses_deferred_commits_back_to_the_last_durable_one() {
+        let origin = Origin::new(RegionId::new("us-east").unwrap(), 1);
+        if let Some(dir) = std::env::var_os(CRASH_CHILD) {
+            let store = Store::open(Path::new(&dir)).unwrap();
+            store.commit(&crash_batch(&origin, 1)).unwrap();
+            store.commit_with(&crash_batch(&origin, 2), Fsync::Deferred).unwrap();
+            store.sync().unwrap();
+            store.commit_with(&crash_batch(&origin, 3), Fsync::Deferred).unwrap();
+            store.commit_with(&crash_batch(&origin, 4), Fsync::Deferred).unwrap();
+            assert!(store.get_kv("bk", "k4").unwrap().is_some(), "a deferred commit is visible at once");
+            assert_eq!(store.applied().unwrap().get(&origin), 4);
+            std::process::abort();
+        }
+        let dir = std::env::temp_dir().join(format!("concord-storage-crash-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::a_crash_loses_deferred_commits_back_to_the_last_durable_one", "--nocapture"])
+            .env(CRASH_CHILD, &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child crashed");
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.applied().unwrap().get(&origin), 2, "synced: kept; deferred after it: lost");
+        assert_eq!(store.cursor("LOG").unwrap(), 2, "the cursor agrees with the state");
+        assert!(store.get_kv("bk", "k2").unwrap().is_some());
+        assert!(store.get_kv("bk", "k3").unwrap().is_none());
+        assert!(store.get_kv("bk", "k4").unwrap().is_none());
+        store.commit(&crash_batch(&origin, 3)).unwrap();
+        assert_eq!(store.applied().unwrap().get(&origin), 3, "it goes on from there");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
