@@ -74,7 +74,8 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// Longest a commit stays deferred (see the module doc): bounds what a crash makes the
 /// replica read again. The first durable commit this late also makes the ones before
-/// it durable; an idle replica syncs when it comes due.
+/// it durable; an idle replica syncs when it comes due. A writer syncs earlier, from
+/// half this age, while it waits for an append.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 pub struct Worker<L: RegionLog, S: StreamControl> {
@@ -258,7 +259,15 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         let append = out.append.take();
         self.after(out);
         if let Some(append) = append {
-            let outcome = self.append(&append).await;
+            // Deferred commits coming due are made durable while the log stores the
+            // append: the worker waits for it anyway, and nothing else commits meanwhile
+            // (a durable commit in a step would hold up that step's writers).
+            let half = SYNC_INTERVAL / 2;
+            let due = self.unsynced_since.filter(|since| since.elapsed() >= half).map(|_| self.store.clone());
+            let (outcome, synced) = tokio::join!(self.append(&append), sync_store(due));
+            if synced? {
+                self.unsynced_since = None;
+            }
             let out = self.step(move |e, _| Ok(e.append_done(outcome))).await?;
             self.after(out);
         }
@@ -382,14 +391,9 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
 
     /// Make every deferred commit durable.
     async fn sync(&mut self) -> Result<(), NodeError> {
-        if self.unsynced_since.is_none() {
-            return Ok(());
+        if sync_store(self.unsynced_since.map(|_| self.store.clone())).await? {
+            self.unsynced_since = None;
         }
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .map_err(|e| NodeError::Fatal(format!("a sync panicked: {e}")))??;
-        self.unsynced_since = None;
         Ok(())
     }
 
@@ -456,6 +460,16 @@ fn persist(
         store.commit_with(batch, Fsync::Now)?;
         Ok(Persisted::Durable)
     }
+}
+
+/// Make every deferred commit of `store` durable, off the async runtime; false when
+/// there was no store to sync.
+async fn sync_store(store: Option<Store>) -> Result<bool, NodeError> {
+    let Some(store) = store else { return Ok(false) };
+    tokio::task::spawn_blocking(move || store.sync())
+        .await
+        .map_err(|e| NodeError::Fatal(format!("a sync panicked: {e}")))??;
+    Ok(true)
 }
 
 /// When deferred commits come due (never, when there are none).
