@@ -15,6 +15,8 @@ use crate::writer::Writer;
 /// Most changesets kept waiting behind gaps, and their bytes, unless configured.
 pub const WAITING_MAX_DEFAULT: usize = 10_000;
 pub const WAITING_BYTES_MAX_DEFAULT: usize = 256 << 20;
+/// Most appends a writer has in flight at once, unless configured.
+pub const APPENDS_IN_FLIGHT_MAX_DEFAULT: usize = 4;
 
 /// How a replica starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,10 @@ pub struct EngineConfig {
     /// acknowledged writes become dead letters here. Unless configured: the largest
     /// body a changeset can carry (`BODY_BYTES_MAX`), so nothing that decodes is refused.
     pub value_bytes_max: usize,
+    /// Most appends a writer has in flight at once (pipelined group commit): each
+    /// changeset is appended while the ones before it are still being stored, and
+    /// acknowledged in order. At least 1.
+    pub appends_in_flight_max: usize,
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
 }
@@ -78,6 +84,7 @@ impl EngineConfig {
             waiting_max: WAITING_MAX_DEFAULT,
             waiting_bytes_max: WAITING_BYTES_MAX_DEFAULT,
             value_bytes_max: concord_core::changeset::BODY_BYTES_MAX,
+            appends_in_flight_max: APPENDS_IN_FLIGHT_MAX_DEFAULT,
             #[cfg(feature = "mutations")]
             mutation: None,
         }
@@ -138,6 +145,7 @@ impl Engine {
     /// The engine as durable state left it. Waiting changesets must decode (they did
     /// when they were stored): one that does not means local state is corrupt.
     pub fn open(cfg: EngineConfig, durable: Durable, start: StartAs) -> Result<Engine, Fatal> {
+        assert!(cfg.appends_in_flight_max >= 1, "a writer needs room for one append");
         let mut waiting: BTreeMap<Origin, BTreeMap<u64, Held>> = BTreeMap::new();
         let mut waiting_bytes = 0;
         for meta in durable.waiting {

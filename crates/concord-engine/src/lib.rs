@@ -64,9 +64,12 @@ pub mod memstore;
 
 pub use apply::Prepared;
 pub use conflicts::open_key;
+pub use engine::{
+    APPENDS_IN_FLIGHT_MAX_DEFAULT, Engine, EngineConfig, Gap, Parked, StartAs, WAITING_BYTES_MAX_DEFAULT,
+    WAITING_MAX_DEFAULT,
+};
 #[cfg(feature = "mutations")]
 pub use engine::{DROPPED_SEQ, Mutation};
-pub use engine::{Engine, EngineConfig, Gap, Parked, StartAs, WAITING_BYTES_MAX_DEFAULT, WAITING_MAX_DEFAULT};
 pub use memstore::MemStore;
 pub use output::{Ack, Alert, Append, AppendOutcome, Output, Stats, WriteError};
 pub use state::{

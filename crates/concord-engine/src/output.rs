@@ -1,6 +1,7 @@
 //! What a step asks the runtime to do, in this order: commit the batch (durably, in one
-//! transaction), then send the replies, then issue the append, start the catch-up,
-//! follow or stop following streams; alerts and stats are for logs and metrics.
+//! transaction), then send the replies, then issue the append (or drop the abandoned
+//! ones), start the catch-up, follow or stop following streams; alerts and stats are
+//! for logs and metrics.
 
 use bytes::Bytes;
 use concord_core::hlc::Hlc;
@@ -44,6 +45,10 @@ pub struct Append {
     pub msg_id: String,
     /// The log's last sequence this append must follow (fencing).
     pub expected_last: u64,
+    /// The message id of the append it must follow, when that one is still in flight
+    /// (pipelined appends; see [`crate::writer`]): the log must refuse it unless its
+    /// last message is that one.
+    pub expected_last_id: Option<String>,
     pub origin: Origin,
     pub first_seq: u64,
     pub last_seq: u64,
@@ -134,6 +139,11 @@ pub struct Output {
     /// Write ids and their outcomes.
     pub replies: Vec<(u64, Result<Ack, WriteError>)>,
     pub append: Option<Append>,
+    /// How many appends made before this step, still in flight, were abandoned: an
+    /// earlier one failed, their writers are answered in `replies`, and the runtime drops
+    /// them without reporting their outcomes (what of them the log stored, the catch-up
+    /// reads).
+    pub appends_abandoned: usize,
     /// Read the region's log to its end, as [`crate::Engine::catch_up_next`] says, then
     /// call [`crate::Engine::caught_up`].
     pub catch_up: bool,

@@ -15,6 +15,8 @@ use concord_core::vv::VersionVector;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::conflicts::open_key;
+
 /// `(bucket, key)`.
 pub type DocKey = (String, String);
 
@@ -83,6 +85,76 @@ impl Facts {
 
     pub(crate) fn record(&self, id: &Uuid) -> Option<&ConflictRecord> {
         self.records.get(id).unwrap_or_else(|| panic!("conflict record {id} was not loaded for this step")).as_ref()
+    }
+
+    /// The facts as they would be loaded once `batch` is committed: what the store does
+    /// with a batch ([`crate::MemStore::commit`]), for the items loaded here. A writer
+    /// makes a batch over the ones still in flight with it.
+    pub(crate) fn with_batch(&mut self, batch: &Batch) {
+        for (k, register) in &batch.kv {
+            if let Some(f) = self.kv.get_mut(k) {
+                f.register = Some(register.clone());
+            }
+        }
+        for (k, saved) in &batch.docs {
+            if let Some(f) = self.docs.get_mut(k) {
+                f.saved = Some(saved.clone());
+            }
+        }
+        for (k, changes) in &batch.pending {
+            if let Some(f) = self.docs.get_mut(k) {
+                f.pending = changes.clone();
+            }
+        }
+        for w in &batch.conflicts {
+            self.with_conflict(w);
+        }
+    }
+
+    /// One conflict-log write: the record is stored (replacing `replaces`, which is gone
+    /// from wherever it was open), and it is the open record of its key and path if it
+    /// is open; if not, its key and path have no open record once it was that one.
+    fn with_conflict(&mut self, w: &ConflictWrite) {
+        let r = &w.record;
+        if let Some(old) = w.replaces.filter(|old| *old != r.id) {
+            for f in self.kv.values_mut() {
+                f.open = f.open.take().filter(|o| o.id != old);
+            }
+            for f in self.docs.values_mut() {
+                f.open.retain(|o| o.id != old);
+            }
+            if let Some(known) = self.records.get_mut(&old) {
+                *known = None;
+            }
+        }
+        if let Some(known) = self.records.get_mut(&r.id) {
+            *known = Some(r.clone());
+        }
+        let k = (r.bucket.clone(), r.key.clone());
+        match &r.path {
+            None => {
+                if let Some(f) = self.kv.get_mut(&k) {
+                    if w.open {
+                        f.open = Some(r.clone());
+                    } else if f.open.as_ref().is_some_and(|o| o.id == r.id) {
+                        f.open = None;
+                    }
+                }
+            }
+            Some(path) => {
+                if let Some(f) = self.docs.get_mut(&k) {
+                    let same_path = |o: &ConflictRecord| o.path.as_ref() == Some(path);
+                    if w.open {
+                        f.open.retain(|o| !same_path(o));
+                        f.open.push(r.clone());
+                        // In the order the store lists them (by their open-index key).
+                        f.open.sort_by_cached_key(|o| open_key(&o.bucket, &o.key, o.path.as_deref()));
+                    } else {
+                        f.open.retain(|o| !(same_path(o) && o.id == r.id));
+                    }
+                }
+            }
+        }
     }
 }
 

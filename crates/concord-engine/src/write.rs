@@ -5,7 +5,9 @@
 //! time follows theirs, so it supersedes them all (and resolves the key's open
 //! conflict). A document write is one Automerge change by the origin's actor, carrying
 //! its time in the change message. The step's state (registers, documents, conflict
-//! records) is held with the append and committed only once the log stored it.
+//! records) is held with the append and committed only once the log stored it; a batch
+//! made while appends are in flight is made over the state they leave (see
+//! [`crate::writer`], "Pipelined appends").
 
 use bytes::Bytes;
 use concord_core::changeset::{Change, ChangeBody, Changeset};
@@ -91,8 +93,23 @@ impl Engine {
             return Ok(out);
         }
         let Writer::Writing { origin, next_seq, inflight } = &self.writer else { unreachable!("checked above") };
-        assert!(inflight.is_none(), "a write batch while an append is in flight");
-        let (origin, first_seq) = (origin.clone(), *next_seq);
+        assert!(inflight.len() < self.cfg.appends_in_flight_max, "a write batch while the pipeline is full");
+        let origin = origin.clone();
+        let first_seq = inflight.back().map_or(*next_seq, |f| f.last_seq + 1);
+        let expected_last = self.cursor(&self.cfg.own_stream) + inflight.len() as u64;
+        let expected_last_id = inflight.back().map(|f| f.msg_id.clone());
+        // Over the state the appends in flight leave, as if they were committed.
+        let ahead: Facts;
+        let facts = if inflight.is_empty() {
+            facts
+        } else {
+            let mut f = facts.clone();
+            for flight in inflight {
+                f.with_batch(&flight.batch);
+            }
+            ahead = f;
+            &ahead
+        };
         let mut ov = Overlay::new(facts, self.cfg.region.as_str(), now_ms);
         let mut changes: Vec<Change> = Vec::new();
         let mut members = Vec::new();
@@ -117,18 +134,20 @@ impl Engine {
         }
         let cs = Changeset { origin: origin.clone(), first_seq, changes };
         let seqs = members.iter().filter_map(|(id, made)| made.map(|(s, _)| (*id, s))).collect();
+        let msg_id = cs.message_id();
         out.append = Some(Append {
             payload: Bytes::from(cs.encode()),
-            msg_id: cs.message_id(),
-            expected_last: self.cursor(&self.cfg.own_stream),
+            msg_id: msg_id.clone(),
+            expected_last,
+            expected_last_id,
             origin,
             first_seq,
             last_seq: cs.last_seq(),
             seqs,
         });
-        let flight = Inflight { first_seq, last_seq: cs.last_seq(), members, batch: ov.into_batch()? };
+        let flight = Inflight { first_seq, last_seq: cs.last_seq(), msg_id, members, batch: ov.into_batch()? };
         if let Writer::Writing { inflight, .. } = &mut self.writer {
-            *inflight = Some(Box::new(flight));
+            inflight.push_back(flight);
         }
         Ok(out)
     }

@@ -16,6 +16,34 @@
 //! now holds a later origin of its region, it was deposed and becomes a follower of its
 //! own log (what it acknowledged is in the log and merges as usual); otherwise it goes on
 //! in a new epoch, so no origin sequence is ever reused for other content.
+//!
+//! ## Pipelined appends
+//!
+//! A writer keeps up to `appends_in_flight_max` appends in flight (group commit,
+//! pipelined): the next changeset is made while the ones before it are being stored.
+//! Each follows the one before it, so the log must store them in order and only
+//! together with their predecessors:
+//!
+//! - the first append in flight names the log's last sequence (`expected_last`), as
+//!   above; every later one names the sequence its predecessor will get *and* its
+//!   predecessor's message id (`expected_last_id`). The sequence alone is not enough:
+//!   when a new leader appends one message and the old one's first pipelined append is
+//!   refused, the old one's second append expects exactly the sequence the new leader's
+//!   message took, and would be stored after a hole in its origin's sequence that
+//!   nothing ever fills (every replica would wait behind it for good);
+//! - outcomes are taken in order; a changeset's writers are answered, and its state
+//!   committed, only once it and every one before it are stored;
+//! - a new changeset is made over the state of the ones in flight (the facts loaded
+//!   from the store are brought forward by their batches, [`Facts::with_batch`]);
+//! - when an append fails, every later one is abandoned with it (its writers hear the
+//!   write may still apply; the runtime drops them): the writer catches up, and reading
+//!   the log tells what of them was stored.
+//!
+//! Stream entries are not applied while appends are in flight (a batch in flight was
+//! made over state that an apply would change): the runtime lets the pipeline drain
+//! first.
+
+use std::collections::VecDeque;
 
 use concord_core::hlc::Hlc;
 use concord_core::ids::Origin;
@@ -24,11 +52,16 @@ use crate::engine::Engine;
 use crate::output::{Ack, Alert, AppendOutcome, Output, WriteError};
 use crate::state::Batch;
 
+#[cfg(doc)]
+use crate::state::Facts;
+
 /// An append on its way: what it acknowledges once the log stored it.
 #[derive(Debug)]
 pub(crate) struct Inflight {
     pub first_seq: u64,
     pub last_seq: u64,
+    /// Its message id: the next append in flight names it as the one it follows.
+    pub msg_id: String,
     /// Each write of the changeset and, when it made a change, its sequence and time.
     pub members: Vec<(u64, Option<(u64, Hlc)>)>,
     pub batch: Batch,
@@ -40,24 +73,18 @@ pub(crate) enum Writer {
     Follower,
     /// Reads its region's log to the end before writing (`previous`: the origin it
     /// wrote as before, if any; `next`: the next log sequence to read).
-    CatchingUp {
-        previous: Option<Origin>,
-        next: u64,
-    },
+    CatchingUp { previous: Option<Origin>, next: u64 },
     Writing {
         origin: Origin,
+        /// The first sequence of the next changeset to be stored (applied + 1).
         next_seq: u64,
-        inflight: Option<Box<Inflight>>,
+        /// Appends made and not yet ended, oldest first (contiguous from `next_seq`).
+        inflight: VecDeque<Inflight>,
     },
     /// Another origin of the region wrote after this one: a follower now.
-    Deposed {
-        origin: Origin,
-        by: Origin,
-    },
+    Deposed { origin: Origin, by: Origin },
     /// The region's log is parked at a message this node cannot read.
-    Stuck {
-        reason: String,
-    },
+    Stuck { reason: String },
 }
 
 /// What a replica is now, for status.
@@ -108,10 +135,18 @@ impl Writer {
         if e.applied.get(origin) + 1 != *next_seq {
             return Err(format!("{origin} next sequence {next_seq}, applied {}", e.applied.get(origin)));
         }
-        if let Some(i) = inflight
-            && (i.first_seq != *next_seq || i.last_seq < i.first_seq)
-        {
-            return Err(format!("an append in flight for {}..{} at next sequence {next_seq}", i.first_seq, i.last_seq));
+        if inflight.len() > e.cfg.appends_in_flight_max {
+            return Err(format!("{} appends in flight, at most {}", inflight.len(), e.cfg.appends_in_flight_max));
+        }
+        let mut expect = *next_seq;
+        for i in inflight {
+            if i.first_seq != expect || i.last_seq < i.first_seq {
+                return Err(format!(
+                    "an append in flight for {}..{} where {expect} comes next",
+                    i.first_seq, i.last_seq
+                ));
+            }
+            expect = i.last_seq + 1;
         }
         if e.parked.contains_key(&e.cfg.own_stream) {
             return Err("writing while the region's log is parked".into());
@@ -147,7 +182,7 @@ impl Engine {
     pub fn tick(&mut self, log_last: u64) -> Output {
         let own = self.cursor(&self.cfg.own_stream);
         match &self.writer {
-            Writer::Writing { origin, inflight: None, .. } if log_last > own => {
+            Writer::Writing { origin, inflight, .. } if inflight.is_empty() && log_last > own => {
                 self.begin_catch_up(Some(origin.clone()));
                 Output { catch_up: true, ..Output::default() }
             }
@@ -155,10 +190,24 @@ impl Engine {
         }
     }
 
-    /// True between [`Output::append`] and [`Engine::append_done`]: the runtime applies
-    /// no stream entries then.
+    /// True between an [`Output::append`] and its [`Engine::append_done`]: the runtime
+    /// applies no stream entries then.
     pub fn append_in_flight(&self) -> bool {
-        matches!(&self.writer, Writer::Writing { inflight: Some(_), .. })
+        self.appends_in_flight() > 0
+    }
+
+    /// How many appends are in flight.
+    pub fn appends_in_flight(&self) -> usize {
+        match &self.writer {
+            Writer::Writing { inflight, .. } => inflight.len(),
+            _ => 0,
+        }
+    }
+
+    /// Whether [`Engine::write`] may be called now: this replica does not write (the
+    /// writes are refused at once), or it has room for one more append in flight.
+    pub fn takes_writes(&self) -> bool {
+        self.appends_in_flight() < self.cfg.appends_in_flight_max
     }
 
     /// Start catching up: from the cursor on, or from the log's start when an origin of
@@ -269,57 +318,88 @@ impl Engine {
                 ..Output::default()
             };
         }
-        self.writer = Writer::Writing { origin: origin.clone(), next_seq: 1, inflight: None };
+        self.writer = Writer::Writing { origin: origin.clone(), next_seq: 1, inflight: VecDeque::new() };
         Output { alerts: vec![Alert::Leading { origin }], ..Output::default() }
     }
 
-    /// How the append of [`Output::append`] ended.
+    /// How the oldest append in flight ended (outcomes are reported in the order the
+    /// appends were made). When it failed, the appends after it are abandoned with it
+    /// ([`Output::appends_abandoned`]): their writers are answered now, and the runtime
+    /// must not report them.
     pub fn append_done(&mut self, outcome: AppendOutcome) -> Output {
-        let Writer::Writing { origin, next_seq, inflight } = &mut self.writer else {
+        let Writer::Writing { origin, inflight, .. } = &mut self.writer else {
             panic!("append_done while {:?}", self.writer)
         };
-        let flight = inflight.take().expect("an append in flight");
-        let origin = origin.clone();
-        let own = self.cfg.own_stream.clone();
-        let expected = self.cursors.get(&own).copied().unwrap_or(0) + 1;
-        let outcome = match outcome {
-            AppendOutcome::Stored { stream_seq } if stream_seq != expected => AppendOutcome::Failed(format!(
-                "the log stored the changeset at {stream_seq}, not at {expected}: reading the log again"
-            )),
-            other => other,
-        };
+        let flight = inflight.pop_front().expect("an append in flight");
+        let (origin, behind) = (origin.clone(), !inflight.is_empty());
+        let expected = self.cursor(&self.cfg.own_stream) + 1;
         let mut out = Output::default();
+        let unknown =
+            |why: &str| WriteError::LogUnavailable(format!("write not acknowledged (it may still apply): {why}"));
         match outcome {
+            AppendOutcome::Stored { stream_seq } if stream_seq == expected => {
+                self.stored(flight, origin, stream_seq, &mut out);
+            }
             AppendOutcome::Stored { stream_seq } => {
-                *next_seq = flight.last_seq + 1;
-                self.applied.observe(&origin, flight.last_seq);
-                self.cursors.insert(own.clone(), stream_seq);
-                let mut batch = flight.batch;
-                batch.applied.push((origin.clone(), flight.last_seq));
-                batch.cursors.push((own, stream_seq));
-                out.commit = Some(batch);
-                out.stats.changesets_published = 1;
-                out.stats.changes_published = flight.last_seq - flight.first_seq + 1;
-                for (id, made) in flight.members {
-                    let ack = Ack {
-                        origin: origin.clone(),
-                        seq: made.map(|(s, _)| s),
-                        hlc: made.map(|(_, h)| h),
-                        log_seq: made.map(|_| stream_seq),
-                    };
-                    out.stats.writes_acked += 1;
-                    out.replies.push((id, Ok(ack)));
+                let why =
+                    format!("the log stored the changeset at {stream_seq}, not at {expected}: reading the log again");
+                fail(&mut out, flight.members, unknown(&why));
+                self.abandon(origin, &mut out);
+            }
+            // Nothing was stored; the appends behind it expected it in the log, so they
+            // are refused too (or were already).
+            AppendOutcome::TooLarge(why) => {
+                fail(&mut out, flight.members, WriteError::TooLarge(why));
+                if behind {
+                    self.abandon(origin, &mut out);
                 }
             }
-            AppendOutcome::TooLarge(why) => fail(&mut out, flight.members, WriteError::TooLarge(why)),
             AppendOutcome::Failed(why) => {
-                let e = WriteError::LogUnavailable(format!("write not acknowledged (it may still apply): {why}"));
-                fail(&mut out, flight.members, e);
-                self.begin_catch_up(Some(origin));
-                out.catch_up = true;
+                fail(&mut out, flight.members, unknown(&why));
+                self.abandon(origin, &mut out);
             }
         }
         out
+    }
+
+    /// The log stored `flight` where it belongs: commit it, acknowledge its writers.
+    fn stored(&mut self, flight: Inflight, origin: Origin, stream_seq: u64, out: &mut Output) {
+        let Writer::Writing { next_seq, .. } = &mut self.writer else { unreachable!("called while writing") };
+        *next_seq = flight.last_seq + 1;
+        let own = self.cfg.own_stream.clone();
+        self.applied.observe(&origin, flight.last_seq);
+        self.cursors.insert(own.clone(), stream_seq);
+        let mut batch = flight.batch;
+        batch.applied.push((origin.clone(), flight.last_seq));
+        batch.cursors.push((own, stream_seq));
+        out.commit = Some(batch);
+        out.stats.changesets_published = 1;
+        out.stats.changes_published = flight.last_seq - flight.first_seq + 1;
+        for (id, made) in flight.members {
+            let ack = Ack {
+                origin: origin.clone(),
+                seq: made.map(|(s, _)| s),
+                hlc: made.map(|(_, h)| h),
+                log_seq: made.map(|_| stream_seq),
+            };
+            out.stats.writes_acked += 1;
+            out.replies.push((id, Ok(ack)));
+        }
+    }
+
+    /// An append failed: the ones after it are abandoned, and the writer reads its log
+    /// to the end before it writes again (which tells what of them was stored).
+    fn abandon(&mut self, origin: Origin, out: &mut Output) {
+        let Writer::Writing { inflight, .. } = &mut self.writer else { unreachable!("called while writing") };
+        out.appends_abandoned = inflight.len();
+        for flight in inflight.drain(..) {
+            let e = WriteError::LogUnavailable(
+                "write not acknowledged (it may still apply): an append made before it failed".into(),
+            );
+            fail(out, flight.members, e);
+        }
+        self.begin_catch_up(Some(origin));
+        out.catch_up = true;
     }
 
     /// Why this replica refuses writes now, if it does.

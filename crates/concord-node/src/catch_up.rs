@@ -1,16 +1,14 @@
-//! The worker's conversations with its region's log: catching up before writing
-//! (read to the end in bounded chunks, then write in a new epoch — or follow, when
-//! deposed), and appending a changeset with retries until a deadline.
+//! The worker's catch-up with its region's log before writing: read to the end in
+//! bounded chunks, then write in a new epoch — or follow, when deposed. (Appending is
+//! [`crate::pipeline`]'s.)
 
-use concord_engine::{Append, AppendOutcome, CatchUp, CaughtUp, Entry};
+use concord_engine::{CatchUp, CaughtUp, Entry};
 use concord_transport::backoff::{Backoff, GaveUp, retry};
 use concord_transport::{LogError, RegionLog};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::error::NodeError;
-use crate::metrics;
 use crate::streams::StreamControl;
 use crate::worker::Worker;
 
@@ -21,7 +19,7 @@ pub const CATCH_UP_CHUNK: u64 = 1000;
 /// request timeout (10 s) unanswered; asking again soon notices the new leader sooner.
 const LOG_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn retryable(e: &LogError) -> bool {
+pub(crate) fn retryable(e: &LogError) -> bool {
     !matches!(e, LogError::TooLarge(_))
 }
 
@@ -123,33 +121,5 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             }
         }
         Ok(true)
-    }
-
-    /// Append with retries until the deadline. Retrying an append whose outcome is
-    /// unknown is safe: the message id dedupes it, and the expected sequence fences it.
-    pub(crate) async fn append(&self, a: &Append) -> AppendOutcome {
-        // Not past the lease: a writer that cannot renew stops retrying when it must stop
-        // writing (the log would refuse it after a takeover anyway).
-        let mut deadline = Instant::now() + self.limits.append_deadline;
-        if let Some(lease) = self.lease_deadline_at() {
-            deadline = deadline.min(lease);
-        }
-        let mut backoff =
-            Backoff::new(std::time::Duration::from_millis(20), std::time::Duration::from_secs(1)).until(deadline);
-        loop {
-            let attempt = self.log.append(a.payload.clone(), a.msg_id.clone(), a.expected_last);
-            let e = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(stream_seq)) => return AppendOutcome::Stored { stream_seq },
-                Ok(Err(LogError::TooLarge(m))) => return AppendOutcome::TooLarge(m),
-                Ok(Err(e @ LogError::Fenced { .. })) => return AppendOutcome::Failed(e.to_string()),
-                Ok(Err(e)) => e,
-                Err(_) => return AppendOutcome::Failed("no acknowledgement before the append deadline".into()),
-            };
-            metrics::inc(&self.metrics.append_retries_total);
-            warn!(error = %e, first_seq = a.first_seq, "append failed; retrying");
-            if !backoff.wait().await {
-                return AppendOutcome::Failed(e.to_string());
-            }
-        }
     }
 }

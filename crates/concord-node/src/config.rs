@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 /// The role a node starts with: the same type `cluster.json` records.
 pub use concord_api::Role;
 
+/// The most `appends_in_flight_max` may be: async-nats stalls past a few thousand
+/// publishes awaiting their acknowledgements (DESIGN.md, "Known pitfalls"), and more in
+/// flight than this buys nothing.
+pub const APPENDS_IN_FLIGHT_LIMIT: usize = 64;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
@@ -35,6 +40,10 @@ pub struct NodeConfig {
     pub batch_changes_max: usize,
     /// Most payload bytes in one changeset; must stay below the NATS `max_payload`.
     pub batch_bytes_max: usize,
+    /// Most changesets a leader has on their way to the region's log at once (pipelined
+    /// group commit: the next is made and sent while the ones before it are stored;
+    /// they are acknowledged in order). 1: one at a time.
+    pub appends_in_flight_max: usize,
     /// Most writes waiting for the writer; beyond it, writes are refused with 503.
     pub write_queue_max: usize,
     /// How long a write waits for its acknowledgement before answering 504.
@@ -115,6 +124,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("data/us-east-1"),
             value_bytes_max: concord_core::input::VALUE_BYTES_MAX_DEFAULT,
             batch_changes_max: 512,
+            appends_in_flight_max: concord_engine::APPENDS_IN_FLIGHT_MAX_DEFAULT,
             batch_bytes_max: 4 << 20,
             write_queue_max: 8192,
             write_timeout_ms: 30_000,
@@ -216,6 +226,9 @@ impl NodeConfig {
         }
         if self.conflicts_max == 0 || self.conflicts_max_age_s == 0 {
             return Err(ConfigError::Invalid("conflicts_max and conflicts_max_age_s must be positive".into()));
+        }
+        if self.appends_in_flight_max == 0 || self.appends_in_flight_max > APPENDS_IN_FLIGHT_LIMIT {
+            return Err(ConfigError::Invalid(format!("appends_in_flight_max must be 1..={APPENDS_IN_FLIGHT_LIMIT}")));
         }
         if self.batch_changes_max == 0 || self.write_queue_max == 0 {
             return Err(ConfigError::Invalid("batch_changes_max and write_queue_max must be positive".into()));

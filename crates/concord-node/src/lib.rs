@@ -4,9 +4,10 @@
 //! `concord_engine`'s, a pure state machine. This crate executes what it decides:
 //!
 //! - [`worker`]: the one task that owns the engine: writes (batched, appended to the
-//!   region's JetStream log with retries, acknowledged after the commit), entries from
-//!   streams, ticks, and a leader's catch-up ([`catch_up`]); local state in redb, off the
-//!   async runtime;
+//!   region's JetStream log pipelined with retries ([`pipeline`]), acknowledged after the
+//!   commit), entries from streams, ticks, and a leader's catch-up ([`catch_up`]); local
+//!   state in redb, off the async runtime, with commits deferred where the logs hold
+//!   them ([`deferred`]);
 //! - [`streams`]: a consumer per stream the engine reads (the region's log for a
 //!   follower; a local mirror of every other region's log), restarted when it fails;
 //! - [`view`]: what the API sees of the engine after each step; logs and metrics;
@@ -26,10 +27,12 @@ pub mod bootstrap;
 mod catch_up;
 pub mod clock;
 pub mod config;
+mod deferred;
 pub mod error;
 pub mod followers;
 pub mod lease;
 pub mod metrics;
+mod pipeline;
 pub mod publish;
 pub mod remote;
 pub mod repair;

@@ -115,6 +115,7 @@ pub fn open_engine(
     engine_cfg.waiting_max = cfg.waiting_changesets_max;
     engine_cfg.waiting_bytes_max = cfg.waiting_bytes_max;
     engine_cfg.value_bytes_max = cfg.value_bytes_max;
+    engine_cfg.appends_in_flight_max = cfg.appends_in_flight_max;
     #[cfg(feature = "mutations")]
     {
         engine_cfg.mutation = match cfg.test_mutation.as_str() {

@@ -1,13 +1,18 @@
 //! The worker: the one task that owns a node's [`Engine`] and executes what it decides.
 //!
-//! It serves, one at a time: a batch of queued writes (load → `write` → append to the
-//! region's log with retries → `append_done` → commit → replies), entries that arrived
-//! from streams (load → `apply` → commit), a tick (a leader checks whether its log grew
-//! under it), and the catch-up a leader does before it writes. Every engine step runs
-//! with its loads and its commit in one blocking call off the async runtime, and a step's
-//! replies, conflict publications, stream changes and metrics follow only once its batch
-//! is committed. Stream entries are never applied while an append is in flight (the
-//! engine requires it), which the one-thing-at-a-time loop guarantees.
+//! It serves, one step at a time: a batch of queued writes (load → `write` → send the
+//! append to the region's log), the outcome of the oldest append in flight
+//! (`append_done` → commit → replies), entries that arrived from streams (load → `apply`
+//! → commit), a tick (a leader checks whether its log grew under it), and the catch-up a
+//! leader does before it writes. Appends are pipelined ([`crate::pipeline`]): while up to
+//! `appends_in_flight_max` are on their way, the next batch of writes is made and sent.
+//! Every engine step runs with its loads and its commit in one blocking call off the
+//! async runtime, and a step's replies, conflict publications, stream changes and
+//! metrics follow only once its batch is committed. Stream entries are never applied
+//! while an append is in flight (the engine requires it): when some arrive, the worker
+//! sends no more appends until those in flight have ended, then applies them (the
+//! writes queued meanwhile go out together in the next changeset). Stepping down and
+//! ticks wait for the pipeline to drain too.
 //!
 //! Which commits are durable (DESIGN.md: "the log is the write-ahead log"): while this
 //! replica writes its region's log, its commits are deferred (visible at once, on disk
@@ -38,13 +43,15 @@ use concord_engine::{Ack, Engine, Entry, Output, WriteError, WriteOp};
 use concord_storage::{Batch, Fsync, Store};
 use concord_transport::{LogEntry, RegionLog};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tracing::info;
 
 use crate::clock::WallClock;
+pub use crate::deferred::SYNC_INTERVAL;
+use crate::deferred::{Deferred, Persisted};
 use crate::error::NodeError;
 use crate::lease::LeaseEvent;
 use crate::metrics::{self, Metrics};
+use crate::pipeline::InFlight;
 use crate::streams::StreamControl;
 use crate::view::{self, Watches};
 
@@ -72,12 +79,6 @@ pub struct Limits {
 /// How often a leader checks whether its region's log grew under it.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Longest a commit stays deferred (see the module doc): bounds what a crash makes the
-/// replica read again. The first durable commit this late also makes the ones before
-/// it durable; an idle replica syncs when it comes due. A writer syncs earlier, from
-/// half this age, while it waits for an append.
-pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
-
 pub struct Worker<L: RegionLog, S: StreamControl> {
     pub(crate) engine: Option<Engine>,
     pub(crate) store: Store,
@@ -97,16 +98,10 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     lease_deadline: Option<crate::lease::Deadline>,
     /// The time written into versions.
     clock: WallClock,
-    /// Since when commits wait for a durable one (none: everything committed is durable).
-    unsynced_since: Option<Instant>,
-}
-
-/// How a step's commit went to the disk.
-enum Persisted {
-    Durable,
-    Deferred,
-    /// Nothing to commit.
-    Unchanged,
+    /// Commits that wait for a durable one, and the sync that makes them durable.
+    deferred: Deferred,
+    /// Appends on their way to the log, oldest first.
+    pub(crate) inflight: InFlight,
 }
 
 impl<L: RegionLog, S: StreamControl> Worker<L, S> {
@@ -134,7 +129,8 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             lease: None,
             lease_deadline: None,
             clock: WallClock::default(),
-            unsynced_since: None,
+            deferred: Deferred::default(),
+            inflight: InFlight::default(),
         };
         for (stream, from) in worker.engine().streams_to_follow() {
             worker.streams.follow(&stream, from);
@@ -176,22 +172,30 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut carry: Option<WriteRequest> = None;
         loop {
-            if !self.catch_up(&mut shutdown).await? {
+            if self.inflight.is_empty() && !self.catch_up(&mut shutdown).await? {
                 break;
             }
+            let room = self.engine().takes_writes();
             tokio::select! {
                 _ = shutdown.changed() => break,
-                first = next_write(&mut carry, &mut writes) => match first {
+                outcome = self.inflight.next() => self.append_ended(outcome).await?,
+                first = next_write(&mut carry, &mut writes), if room => match first {
                     Some(first) => {
                         let batch = self.gather_writes(first, &mut writes, &mut carry);
                         self.write(batch).await?;
                     }
                     None => break,
                 },
-                Some(first) = inbound.recv() => self.apply_inbound(first, &mut inbound).await?,
+                Some(first) = inbound.recv() => {
+                    self.drain_appends().await?;
+                    self.apply_inbound(first, &mut inbound).await?;
+                }
                 Some(event) = next_lease_event(&mut self.lease) => self.on_lease(event).await?,
                 _ = tick.tick() => self.tick().await?,
-                _ = sync_due(self.unsynced_since) => self.sync().await?,
+                synced = self.deferred.next() => {
+                    synced?;
+                    self.deferred.start_if_older(&self.store, SYNC_INTERVAL);
+                }
             }
         }
         self.drain(writes, carry).await
@@ -206,10 +210,15 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     ) -> Result<(), NodeError> {
         writes.close();
         while let Some(first) = next_write(&mut carry, &mut writes).await {
+            if !self.engine().takes_writes() {
+                let outcome = self.inflight.next().await;
+                self.append_ended(outcome).await?;
+            }
             let batch = self.gather_writes(first, &mut writes, &mut carry);
             self.write(batch).await?;
         }
-        self.sync().await?;
+        self.drain_appends().await?;
+        self.deferred.sync_now(&self.store).await?;
         info!("worker drained and stopped");
         Ok(())
     }
@@ -239,6 +248,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         batch
     }
 
+    /// Make the batch's changeset and send it (its outcome comes later, in order).
     async fn write(&mut self, batch: Vec<WriteRequest>) -> Result<(), NodeError> {
         if self.lease_expired() && !self.engine().role_follows() {
             self.on_lease(LeaseEvent::Lost).await?;
@@ -259,17 +269,11 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         let append = out.append.take();
         self.after(out);
         if let Some(append) = append {
-            // Deferred commits coming due are made durable while the log stores the
-            // append: the worker waits for it anyway, and nothing else commits meanwhile
-            // (a durable commit in a step would hold up that step's writers).
-            let half = SYNC_INTERVAL / 2;
-            let due = self.unsynced_since.filter(|since| since.elapsed() >= half).map(|_| self.store.clone());
-            let (outcome, synced) = tokio::join!(self.append(&append), sync_store(due));
-            if synced? {
-                self.unsynced_since = None;
-            }
-            let out = self.step(move |e, _| Ok(e.append_done(outcome))).await?;
-            self.after(out);
+            self.send(append).await;
+            // Deferred commits getting old are made durable while the log stores the
+            // append, on a blocking thread: a durable commit in a step would hold up
+            // that step's writers.
+            self.deferred.start_if_older(&self.store, SYNC_INTERVAL / 2);
         }
         Ok(())
     }
@@ -333,12 +337,16 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     }
 
     /// The lease task's news: promote (the catch-up follows at the top of the loop), or
-    /// stop writing now.
+    /// stop writing now (once the appends in flight have ended: their deadlines end at
+    /// the lease's).
     pub(crate) async fn on_lease(&mut self, event: LeaseEvent) -> Result<(), NodeError> {
         let out = match event {
             LeaseEvent::Acquired if self.engine().role_follows() => self.step(|e, _| Ok(e.promote())).await?,
             LeaseEvent::Acquired => return Ok(()),
-            LeaseEvent::Lost => self.step(|e, _| Ok(e.step_down())).await?,
+            LeaseEvent::Lost => {
+                self.drain_appends().await?;
+                self.step(|e, _| Ok(e.step_down())).await?
+            }
         };
         info!(?event, "lease");
         self.after(out);
@@ -348,7 +356,8 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     /// A leader checks whether its region's log grew under it (a deposed leader learns
     /// it this way even when it takes no writes).
     async fn tick(&mut self) -> Result<(), NodeError> {
-        if !matches!(self.engine().role(), concord_engine::RoleView::Leader { .. }) {
+        // A writer with appends in flight learns from their outcomes.
+        if !matches!(self.engine().role(), concord_engine::RoleView::Leader { .. }) || !self.inflight.is_empty() {
             return Ok(());
         }
         let Ok(Ok(last)) = tokio::time::timeout(Duration::from_secs(2), self.log.last_seq()).await else {
@@ -366,7 +375,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     {
         let mut engine = self.engine.take().expect("the engine is back from its step");
         let store = self.store.clone();
-        let unsynced = self.unsynced_since.map(|since| since.elapsed() >= SYNC_INTERVAL);
+        let unsynced = self.deferred.waiting();
         let (engine, result) = tokio::task::spawn_blocking(move || {
             let result = f(&mut engine, &store).and_then(|out| {
                 let persisted = persist(&engine, &store, out.commit.as_ref(), unsynced)?;
@@ -379,22 +388,8 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         debug_assert_eq!(engine.validate(), Ok(()), "the engine's invariants hold after every step");
         self.engine = Some(engine);
         let (out, persisted) = result?;
-        match persisted {
-            Persisted::Durable => self.unsynced_since = None,
-            Persisted::Deferred => {
-                self.unsynced_since.get_or_insert_with(Instant::now);
-            }
-            Persisted::Unchanged => {}
-        }
+        self.deferred.committed(persisted);
         Ok(out)
-    }
-
-    /// Make every deferred commit durable.
-    async fn sync(&mut self) -> Result<(), NodeError> {
-        if sync_store(self.unsynced_since.map(|_| self.store.clone())).await? {
-            self.unsynced_since = None;
-        }
-        Ok(())
     }
 
     /// What follows a step once its batch is committed (durable, or deferred as the module
@@ -459,24 +454,6 @@ fn persist(
     } else {
         store.commit_with(batch, Fsync::Now)?;
         Ok(Persisted::Durable)
-    }
-}
-
-/// Make every deferred commit of `store` durable, off the async runtime; false when
-/// there was no store to sync.
-async fn sync_store(store: Option<Store>) -> Result<bool, NodeError> {
-    let Some(store) = store else { return Ok(false) };
-    tokio::task::spawn_blocking(move || store.sync())
-        .await
-        .map_err(|e| NodeError::Fatal(format!("a sync panicked: {e}")))??;
-    Ok(true)
-}
-
-/// When deferred commits come due (never, when there are none).
-async fn sync_due(unsynced_since: Option<Instant>) {
-    match unsynced_since {
-        Some(since) => tokio::time::sleep_until(since + SYNC_INTERVAL).await,
-        None => std::future::pending().await,
     }
 }
 

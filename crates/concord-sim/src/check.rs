@@ -92,7 +92,7 @@ impl World {
     fn fingerprint(&self) -> String {
         let mut s = String::new();
         for node in &self.nodes {
-            let busy = node.queue.len() + usize::from(node.inflight.is_some());
+            let busy = node.queue.len() + node.inflight.len();
             s.push_str(&format!("{:?}|{:?}|{busy}|{:?};", node.store.applied, node.store.cursors, node.consumers));
         }
         s

@@ -1,5 +1,6 @@
 //! A region's log in memory, with JetStream's rules: sequences from 1, deduplication by
-//! message id, and an append refused unless it names the log's last sequence (fencing).
+//! message id, and an append refused unless it names the log's last sequence and, when
+//! it names one, the last message's id (fencing).
 //! Mirrors are views of a prefix of it (`copied`), as NATS copies it to other regions.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,8 @@ use concord_engine::Entry;
 pub struct SimLog {
     entries: Vec<Bytes>,
     ids: BTreeMap<String, u64>,
+    /// The id of the last message stored.
+    last_id: Option<String>,
     /// The region's epoch allocator (compare-and-set in NATS key/value in production).
     epochs: u64,
 }
@@ -28,15 +31,25 @@ impl SimLog {
         self.entries.len() as u64
     }
 
-    pub fn append(&mut self, payload: Bytes, msg_id: &str, expected_last: u64) -> Appended {
+    /// Store `payload` if the log ends at `expected_last` and, when `expected_last_id` is
+    /// given, its last message has that id (a pipelined append).
+    pub fn append(
+        &mut self,
+        payload: Bytes,
+        msg_id: &str,
+        expected_last: u64,
+        expected_last_id: Option<&str>,
+    ) -> Appended {
         if let Some(&seq) = self.ids.get(msg_id) {
             return Appended::Stored(seq);
         }
-        if self.last_seq() != expected_last {
+        let follows = expected_last_id.is_none_or(|id| self.last_id.as_deref() == Some(id));
+        if self.last_seq() != expected_last || !follows {
             return Appended::Fenced;
         }
         self.entries.push(payload);
         self.ids.insert(msg_id.to_string(), self.last_seq());
+        self.last_id = Some(msg_id.to_string());
         Appended::Stored(self.last_seq())
     }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use concord_core::changeset::Changeset;
 use concord_engine::{Alert, AppendOutcome, CatchUp, CaughtUp, Entry, Output, WriteRequest};
 
+use crate::Mutation;
 use crate::log::Appended;
 use crate::world::{InFlight, World, own_stream};
 
@@ -15,17 +16,22 @@ const CATCH_UP_CHUNK: u64 = 16;
 const BATCH_WRITES_MAX: usize = 8;
 
 impl World {
-    /// The node's writer does its next thing: catch up, finish an append, or start one.
+    /// The node's writer does its next thing: catch up, finish the oldest append, or
+    /// start one more (pipelined: up to the engine's bound in flight, their outcomes
+    /// taken in order, at random times in between).
     pub fn activate(&mut self, n: usize) -> Result<(), String> {
         let Some(engine) = self.nodes[n].engine.as_ref() else { return Ok(()) };
         if engine.catch_up_next(u64::MAX, 1) != CatchUp::Idle {
             return self.catch_up(n);
         }
-        if self.nodes[n].inflight.is_some() {
-            return self.finish_append(n);
-        }
-        if !self.nodes[n].queue.is_empty() {
+        let room = engine.takes_writes();
+        let node = &self.nodes[n];
+        let start = !node.queue.is_empty() && room && (node.inflight.is_empty() || self.rng.chance(50));
+        if start {
             return self.start_append(n);
+        }
+        if !node.inflight.is_empty() {
+            return self.finish_append(n);
         }
         let log_last = self.logs[self.nodes[n].region].last_seq();
         let out = self.nodes[n].engine.as_mut().expect("up").tick(log_last);
@@ -79,7 +85,11 @@ impl World {
         let appended = if lost {
             None
         } else {
-            Some(self.logs[region].append(append.payload.clone(), &append.msg_id, append.expected_last))
+            let after = append
+                .expected_last_id
+                .as_deref()
+                .filter(|_| self.opts.mutation != Some(Mutation::FenceBySequenceOnly));
+            Some(self.logs[region].append(append.payload.clone(), &append.msg_id, append.expected_last, after))
         };
         if let Some(Appended::Stored(_)) = appended {
             self.oracle.landed(&append.origin, &append.seqs);
@@ -96,13 +106,27 @@ impl World {
                 AppendOutcome::Failed("wrong last sequence (simulated)".into())
             }
         };
-        self.nodes[n].inflight = Some(InFlight { ids, outcome });
+        self.nodes[n].inflight.push_back(InFlight { ids, outcome });
         Ok(())
     }
 
     fn finish_append(&mut self, n: usize) -> Result<(), String> {
-        let flight = self.nodes[n].inflight.take().expect("in flight");
+        let flight = self.nodes[n].inflight.pop_front().expect("in flight");
         let out = self.nodes[n].engine.as_mut().expect("up").append_done(flight.outcome);
+        if out.appends_abandoned > 0 {
+            // The engine answered their writers; their outcomes are never reported.
+            let node = &mut self.nodes[n];
+            if out.appends_abandoned != node.inflight.len() {
+                return Err(format!(
+                    "{} abandoned {} appends but had {} more in flight",
+                    node.name,
+                    out.appends_abandoned,
+                    node.inflight.len()
+                ));
+            }
+            node.inflight.clear();
+            self.count("abandoned appends");
+        }
         self.execute(n, out)
     }
 

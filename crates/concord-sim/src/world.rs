@@ -54,7 +54,8 @@ pub struct SimNode {
     /// Stream → the next sequence its consumer delivers.
     pub consumers: BTreeMap<String, u64>,
     pub queue: VecDeque<u64>,
-    pub inflight: Option<InFlight>,
+    /// Appends made, oldest first.
+    pub inflight: VecDeque<InFlight>,
     pub down_steps: u32,
     /// Every changeset range ever delivered to (or written by) this node, per origin.
     pub seen: BTreeMap<concord_core::ids::Origin, BTreeSet<(u64, u64)>>,
@@ -79,15 +80,20 @@ pub struct World {
     pub faulty: bool,
     /// Faults and alerts seen, by name (for the report).
     pub counts: BTreeMap<&'static str, u64>,
+    /// How many appends a writer pipelines (drawn from the seed: 1 to 4).
+    pub appends_in_flight_max: usize,
 }
 
 impl World {
     pub fn new(seed: u64, opts: Options) -> World {
         let names = ["us-east", "eu-west", "ap-south", "sa-east"];
         let regions: Vec<String> = names[..opts.regions].iter().map(|s| s.to_string()).collect();
+        let mut rng = Rng::new(seed);
+        let appends_in_flight_max = 1 + rng.below(4);
         let mut world = World {
             seed,
-            rng: Rng::new(seed),
+            rng,
+            appends_in_flight_max,
             opts,
             now_ms: 1_700_000_000_000,
             steps: 0,
@@ -120,7 +126,7 @@ impl World {
             leads,
             consumers: BTreeMap::new(),
             queue: VecDeque::new(),
-            inflight: None,
+            inflight: VecDeque::new(),
             down_steps: 0,
             seen: BTreeMap::new(),
         });
@@ -140,9 +146,11 @@ impl World {
             streams.insert(stream, RegionId::new(r.as_str()).expect("a valid region"));
         }
         let mut cfg = EngineConfig::new(RegionId::new(name.as_str()).expect("valid"), own_stream(name), streams);
-        cfg.mutation = self.opts.mutation.map(|m| match m {
-            Mutation::IgnoreVersionVector => concord_engine::Mutation::IgnoreVersionVector,
-            Mutation::ApplyPastGaps => concord_engine::Mutation::ApplyPastGaps,
+        cfg.appends_in_flight_max = self.appends_in_flight_max;
+        cfg.mutation = self.opts.mutation.and_then(|m| match m {
+            Mutation::IgnoreVersionVector => Some(concord_engine::Mutation::IgnoreVersionVector),
+            Mutation::ApplyPastGaps => Some(concord_engine::Mutation::ApplyPastGaps),
+            Mutation::FenceBySequenceOnly => None,
         });
         cfg
     }
@@ -273,7 +281,7 @@ impl World {
         let r = self.rng.below(self.regions.len());
         let payload: &'static [u8] = if self.rng.chance(50) { b"not a changeset" } else { b"CCS\x00" };
         let last = self.logs[r].last_seq();
-        self.logs[r].append(bytes::Bytes::from_static(payload), &format!("garbage-{}", self.steps), last);
+        self.logs[r].append(bytes::Bytes::from_static(payload), &format!("garbage-{}", self.steps), last, None);
         self.count("garbage published");
     }
 
@@ -295,7 +303,7 @@ impl World {
         node.engine = None;
         node.consumers.clear();
         let mut lost: Vec<u64> = node.queue.drain(..).collect();
-        lost.extend(node.inflight.take().map(|f| f.ids).unwrap_or_default());
+        lost.extend(node.inflight.drain(..).flat_map(|f| f.ids));
         node.down_steps = 5 + self.rng.below(40) as u32;
         self.oracle.unknown(lost);
         self.count("crashes");
@@ -318,7 +326,7 @@ impl World {
     fn step_down(&mut self, n: usize) -> Result<(), String> {
         let node = &mut self.nodes[n];
         let Some(engine) = node.engine.as_mut() else { return Ok(()) };
-        if node.inflight.is_some() || matches!(engine.role(), concord_engine::RoleView::Follower) {
+        if !node.inflight.is_empty() || matches!(engine.role(), concord_engine::RoleView::Follower) {
             return Ok(());
         }
         let out = engine.step_down();

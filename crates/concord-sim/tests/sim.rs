@@ -62,6 +62,7 @@ fn many_seeds() {
         "deposed leaders",
         "partitions",
         "gaps opened",
+        "abandoned appends",
     ] {
         assert!(totals.get(fault).copied().unwrap_or(0) > 0, "no run exercised {fault}");
     }
@@ -117,4 +118,13 @@ fn applying_past_a_gap_is_caught() {
     let failed = caught(Mutation::ApplyPastGaps);
     let why = failed.failure.expect("failed");
     assert!(why.contains("given only"), "caught by the gap check: {why}");
+}
+
+#[test]
+fn pipelined_appends_fenced_by_sequence_alone_are_caught() {
+    // A deposed leader's second pipelined append lands right after the new leader's
+    // first message (it expected that sequence), after a hole in its origin.
+    let failed = caught(Mutation::FenceBySequenceOnly);
+    let why = failed.failure.expect("failed");
+    assert!(why.contains("gaps"), "caught as a gap that never closes: {why}");
 }

@@ -6,7 +6,8 @@
 //! deterministic tests of the runtime without NATS.
 //!
 //! Fencing lives in the log: every append names the sequence it expects to follow
-//! (`expected_last`), so a deposed leader's appends are refused ([`LogError::Fenced`]).
+//! (`expected_last`), and a pipelined one the message id of the append before it
+//! (`expected_last_id`), so a deposed leader's appends are refused ([`LogError::Fenced`]).
 //! An append whose outcome is unknown (timeout, disconnect) is [`LogError::Indeterminate`]:
 //! the caller must re-read the log before it appends again.
 
@@ -57,14 +58,33 @@ pub trait RegionLog: Send + Sync + 'static {
     /// The sequence of the last stored message (0 when empty).
     fn last_seq(&self) -> impl Future<Output = LogResult<u64>> + Send;
 
-    /// Append `payload` if the log's last sequence is `expected_last`; `msg_id` makes a
-    /// retried append idempotent. Returns the new message's sequence.
+    /// How a sent append ends: the new message's sequence, or why it was not stored.
+    type Sent: Future<Output = LogResult<u64>> + Send + 'static;
+
+    /// Send an append: `payload`, to be stored if the log's last sequence is
+    /// `expected_last` and, when `expected_last_id` is given, the last message's id is
+    /// that one (a pipelined append follows exactly the append before it); `msg_id`
+    /// makes a retried append idempotent (a message already stored under it is not
+    /// checked again). Appends reach the log in the order they were sent: a writer
+    /// sends the next one once this returns, without waiting for the outcome.
+    fn send_append(
+        &self,
+        payload: bytes::Bytes,
+        msg_id: String,
+        expected_last: u64,
+        expected_last_id: Option<String>,
+    ) -> impl Future<Output = LogResult<Self::Sent>> + Send;
+
+    /// Send an append and wait for its outcome.
     fn append(
         &self,
         payload: bytes::Bytes,
         msg_id: String,
         expected_last: u64,
-    ) -> impl Future<Output = LogResult<u64>> + Send;
+        expected_last_id: Option<String>,
+    ) -> impl Future<Output = LogResult<u64>> + Send {
+        async move { self.send_append(payload, msg_id, expected_last, expected_last_id).await?.await }
+    }
 
     /// The messages with sequences in `from..=to`, in order (messages removed by
     /// retention are not there), stopping early once they hold `bytes_max` bytes (at

@@ -363,8 +363,20 @@ impl RegionLog for NatsLog {
         Ok(stream.info().await.map_err(unavailable)?.state.last_sequence)
     }
 
-    async fn append(&self, payload: Bytes, msg_id: String, expected_last: u64) -> LogResult<u64> {
-        let publish = PublishMessage::build().payload(payload).message_id(msg_id).expected_last_sequence(expected_last);
+    type Sent = std::pin::Pin<Box<dyn std::future::Future<Output = LogResult<u64>> + Send>>;
+
+    async fn send_append(
+        &self,
+        payload: Bytes,
+        msg_id: String,
+        expected_last: u64,
+        expected_last_id: Option<String>,
+    ) -> LogResult<Self::Sent> {
+        let mut publish =
+            PublishMessage::build().payload(payload).message_id(msg_id).expected_last_sequence(expected_last);
+        if let Some(id) = expected_last_id {
+            publish = publish.expected_last_message_id(id);
+        }
         let ack = match self.js.send_publish(self.subject.clone(), publish).await {
             Ok(ack) => ack,
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
@@ -372,14 +384,21 @@ impl RegionLog for NatsLog {
             }
             Err(e) => return Err(LogError::Indeterminate(e.to_string())),
         };
-        match tokio::time::timeout(APPEND_ACK_TIMEOUT, ack.into_future()).await {
-            Err(_) => Err(LogError::Indeterminate("no acknowledgement within 5 s".into())),
-            Ok(Ok(ack)) => Ok(ack.sequence),
-            Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(LogError::Fenced { expected: expected_last })
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(APPEND_ACK_TIMEOUT, ack.into_future()).await {
+                Err(_) => Err(LogError::Indeterminate("no acknowledgement within 5 s".into())),
+                Ok(Ok(ack)) => Ok(ack.sequence),
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
+                    ) =>
+                {
+                    Err(LogError::Fenced { expected: expected_last })
+                }
+                Ok(Err(e)) => Err(LogError::Indeterminate(e.to_string())),
             }
-            Ok(Err(e)) => Err(LogError::Indeterminate(e.to_string())),
-        }
+        }))
     }
 
     async fn read(&self, from: u64, to: u64, bytes_max: usize) -> LogResult<Chunk> {
