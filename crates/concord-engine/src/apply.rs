@@ -99,6 +99,8 @@ impl Engine {
             return out;
         }
         out.alerts.push(Alert::StreamGap { stream: stream.to_string(), from: self.cursor(stream) + 1, to });
+        // What came before the next entry is not known.
+        self.tails.remove(stream);
         self.cursors.insert(stream.to_string(), to);
         out.commit = Some(Batch { cursors: vec![(stream.to_string(), to)], ..Batch::default() });
         out
@@ -209,7 +211,7 @@ impl Engine {
     }
 
     /// Take the applied plan into the engine's state and build the step's output.
-    fn finish(&mut self, stream: &str, plan: Plan, applied: Applied) -> Output {
+    fn finish(&mut self, stream: &str, mut plan: Plan, applied: Applied) -> Output {
         let Applied { mut batch, hlc_max, stats, dropped } = applied;
         let mut out = Output { stats, ..Output::default() };
         let gaps_before: Vec<Origin> = self.waiting.keys().cloned().collect();
@@ -224,6 +226,15 @@ impl Engine {
             if seq > before.get(origin) {
                 batch.applied.push((origin.clone(), seq));
             }
+        }
+        for (origin, from) in std::mem::take(&mut plan.voided) {
+            let now = self.void_from.entry(origin.clone()).or_insert(from);
+            *now = (*now).min(from);
+            batch.void_from.push((origin, *now));
+        }
+        for t in std::mem::take(&mut plan.tails) {
+            let old = self.tails.remove(stream);
+            self.tails.insert(stream.to_string(), crate::engine::Tails::consumed(old, t));
         }
         if let Some(to) = plan.consumed_to {
             self.caught_up_through(stream, to);

@@ -11,12 +11,31 @@
 //!   a changeset the document refused (`refused`, found while applying) go to the
 //!   **dead-letter** table;
 //! - a changeset whose sequences are all applied (or already waiting) is a **duplicate**;
+//! - one that starts after the next expected sequence of its origin and was stored right
+//!   after a message that is not its predecessor is **void** (a dead letter): see below;
 //! - one that starts after the next expected sequence of its origin **waits** durably
 //!   behind the gap (when the waiting table is full, the stream parks instead);
 //! - one that continues its origin **applies**, and so does every waiting changeset it
 //!   unblocks.
 //!
 //! So the applied vector only ever moves over contiguous, applied sequences.
+//!
+//! ## Void changesets
+//!
+//! A writer sends every append naming the log sequence it must follow: its last stored
+//! changeset's, or, pipelined, the one its predecessor in flight will take. So a
+//! changeset stored at sequence `s` (other than the first of its origin) was sent to
+//! follow its predecessor at `s - 1`, and its predecessor can only ever be stored at
+//! `s - 1`. When the message at `s - 1` is something else (a new leader's first
+//! changeset took that place, and the log refused the predecessor there), the
+//! predecessor is never stored anywhere, and the changeset can never apply: waiting for
+//! it would hold its origin back for good. It is a dead letter instead, on every
+//! replica alike (they read the same log; a mirror keeps its sequences). Its writers
+//! were never acknowledged: they heard their write may still apply, and it does not.
+//! The check needs the message at `s - 1`, which a replica knows when it consumed it just
+//! before (in memory: [`Tail`]); when it does not (after a restart, or across a hole in a
+//! mirror), the changeset waits, and a later delivery of `s - 1` and `s` decides (the
+//! node's gap repair re-delivers them).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +44,7 @@ use concord_core::ids::{Origin, RegionId};
 use concord_core::vv::VersionVector;
 use concord_core::{CoreError, input};
 
-use crate::engine::{Engine, Held};
+use crate::engine::{Engine, Held, Tail};
 use crate::state::{DeadLetter, Entry, Needs, Waiting};
 
 /// Changesets the documents refused while applying: (origin, first sequence) → why.
@@ -71,6 +90,10 @@ pub(crate) struct Plan {
     /// The last stream sequence this plan consumes, if any.
     pub consumed_to: Option<u64>,
     pub needs: Needs,
+    /// The entries consumed, as far as they were decoded, in the order consumed.
+    pub tails: Vec<Tail>,
+    /// Origins found void from a sequence on (see the module doc).
+    pub voided: Vec<(Origin, u64)>,
 }
 
 /// What a changeset must satisfy before anything in it is applied: it comes from an
@@ -119,6 +142,12 @@ struct Walk<'e> {
     removed: BTreeSet<(Origin, u64)>,
     waiting_count: usize,
     waiting_bytes: usize,
+    /// The entry consumed just before the one at hand, when known.
+    prev: Option<Tail>,
+    /// What the entry at hand is, once decoded.
+    current: Option<Tail>,
+    /// The engine's `void_from`, with what this walk found.
+    void_from: BTreeMap<Origin, u64>,
     plan: Plan,
 }
 
@@ -135,7 +164,16 @@ pub(crate) fn classify(engine: &Engine, stream: &str, entries: &[Entry], refused
         removed: BTreeSet::new(),
         waiting_count: engine.waiting_count(),
         waiting_bytes: engine.waiting_bytes,
-        plan: Plan { items: Vec::new(), consumed_to: None, needs: Needs::default() },
+        prev: None,
+        current: None,
+        void_from: engine.void_from.clone(),
+        plan: Plan {
+            items: Vec::new(),
+            consumed_to: None,
+            needs: Needs::default(),
+            tails: Vec::new(),
+            voided: Vec::new(),
+        },
     };
     if engine.parked.contains_key(stream) {
         return walk.plan;
@@ -156,6 +194,11 @@ pub(crate) fn classify(engine: &Engine, stream: &str, entries: &[Entry], refused
             break;
         }
         walk.plan.consumed_to = walk.plan.consumed_to.max(Some(entry.seq));
+        walk.prev = walk.current.take();
+        if let Some(t) = &walk.prev {
+            walk.plan.tails.push(t.clone());
+        }
+        walk.drain_void();
         walk.drain_unblocked();
     }
     walk.plan
@@ -177,11 +220,13 @@ impl Walk<'_> {
     }
 
     fn entry(&mut self, entry: &Entry, region: &RegionId) -> Item {
+        self.current = Some(Tail { seq: entry.seq, changeset: None });
         let cs = match Changeset::decode(&entry.payload) {
             Ok(cs) => cs,
             // Only a newer format waits for a newer node; any other version is garbage.
             Err(CoreError::UnsupportedVersion { found, supported }) if found > supported => {
                 let reason = format!("changeset format version {found}; this node reads up to {supported}: upgrade it");
+                self.current = None;
                 return Item::Park { stream_seq: entry.seq, reason, for_room: false };
             }
             Err(e) => {
@@ -190,6 +235,7 @@ impl Walk<'_> {
                 return Item::DeadLetter { letter, waited: None, refusal: false };
             }
         };
+        self.current = Some(Tail { seq: entry.seq, changeset: Some((cs.origin.clone(), cs.last_seq())) });
         let refused = self.refused.get(&(cs.origin.clone(), cs.first_seq)).cloned();
         let refusal = refused.is_some();
         let docs = match (check(&cs, region, self.engine.cfg.value_bytes_max), refused) {
@@ -201,13 +247,91 @@ impl Walk<'_> {
             (Ok(docs), None) => docs,
         };
         let have = self.applied.get(&cs.origin);
-        if cs.last_seq() <= have || self.is_waiting(&cs.origin, cs.first_seq) {
+        if cs.last_seq() <= have {
+            return Item::Duplicate;
+        }
+        if cs.first_seq > have + 1
+            && let Some(reason) = self.void(entry.seq, &cs, have)
+        {
+            let from = self.void_from.entry(cs.origin.clone()).or_insert(cs.first_seq);
+            if cs.first_seq < *from {
+                *from = cs.first_seq;
+            }
+            self.plan.voided.push((cs.origin.clone(), *from));
+            let waited = self.forget_waiting(&cs.origin, cs.first_seq);
+            let letter = DeadLetter { payload: entry.payload.to_vec(), ..self.letter(entry.seq, Some(&cs), reason) };
+            // News even for an entry delivered before, when it waited until now.
+            let refusal = waited.is_some();
+            return Item::DeadLetter { letter, waited, refusal };
+        }
+        if self.is_waiting(&cs.origin, cs.first_seq) {
             return Item::Duplicate;
         }
         if cs.first_seq > have + 1 && !self.mutated_past_gaps() {
             return self.hold(entry, cs, have);
         }
         self.apply(cs, have + 1, docs, false)
+    }
+
+    /// Why `cs`, stored at `seq` after a gap in its origin, is void, if the entry right
+    /// before it is known and is not its predecessor (see the module doc).
+    fn void(&self, seq: u64, cs: &Changeset, have: u64) -> Option<String> {
+        if self.mutated_wait_behind_void() {
+            return None;
+        }
+        if let Some(from) = self.void_from.get(&cs.origin).filter(|from| **from <= cs.first_seq) {
+            return Some(format!(
+                "void: {} {}..{} follows a void changeset of its origin (void from {from}): it never applies",
+                cs.origin,
+                cs.first_seq,
+                cs.last_seq()
+            ));
+        }
+        let before = |t: &&Tail| t.seq + 1 == seq;
+        let known = self.engine.tails.get(self.stream).into_iter().flat_map(|t| [&t.latest, &t.highest]);
+        let prev = self.prev.as_ref().filter(before).or_else(|| known.into_iter().find(before));
+        let prev = prev?;
+        let before = match &prev.changeset {
+            Some((origin, last)) if *origin == cs.origin && *last + 1 == cs.first_seq => return None,
+            Some((origin, last)) => format!("{origin} up to {last}"),
+            None => "a message that is not a changeset".to_string(),
+        };
+        Some(format!(
+            "void: {} {}..{} was stored after {before}, not after its predecessor ({} applied up to {have}): the log refused its predecessor there, which can be stored nowhere else, so it never applies",
+            cs.origin,
+            cs.first_seq,
+            cs.last_seq(),
+            cs.origin
+        ))
+    }
+
+    #[cfg(feature = "mutations")]
+    fn mutated_wait_behind_void(&self) -> bool {
+        self.engine.cfg.mutated(crate::engine::Mutation::WaitBehindVoid)
+    }
+
+    #[cfg(not(feature = "mutations"))]
+    fn mutated_wait_behind_void(&self) -> bool {
+        false
+    }
+
+    /// Take a changeset out of the waiting ones (stored, or added by this walk); its key
+    /// when it was waiting.
+    fn forget_waiting(&mut self, origin: &Origin, first_seq: u64) -> Option<(Origin, u64)> {
+        if !self.is_waiting(origin, first_seq) {
+            return None;
+        }
+        let key = (origin.clone(), first_seq);
+        let bytes = match self.added.get_mut(origin).and_then(|h| h.remove(&first_seq)) {
+            Some(added) => added.meta.payload.len(),
+            None => {
+                self.removed.insert(key.clone());
+                self.engine.waiting[origin][&first_seq].meta.payload.len()
+            }
+        };
+        self.waiting_count -= 1;
+        self.waiting_bytes -= bytes;
+        Some(key)
     }
 
     #[cfg(feature = "mutations")]
@@ -290,6 +414,29 @@ impl Walk<'_> {
         self.waiting_count -= 1;
         self.waiting_bytes -= next.meta.payload.len();
         Some(next)
+    }
+
+    /// Dead-letter the waiting changesets of origins found void at or below them.
+    fn drain_void(&mut self) {
+        let stored = self.engine.waiting.iter().flat_map(|(o, h)| h.values().map(move |held| (o, held)));
+        let added = self.added.iter().flat_map(|(o, h)| h.values().map(move |held| (o, held)));
+        let void: Vec<Held> = stored
+            .chain(added)
+            .filter(|(o, held)| self.void_from.get(*o).is_some_and(|from| held.meta.first_seq >= *from))
+            .filter(|(o, held)| self.is_waiting(o, held.meta.first_seq))
+            .map(|(_, held)| held.clone())
+            .collect();
+        for held in void {
+            let Some(key) = self.forget_waiting(&held.meta.origin, held.meta.first_seq) else { continue };
+            let reason = format!(
+                "void: {} {}..{} waited behind a void changeset of its origin (void from {}): it never applies",
+                held.meta.origin, held.meta.first_seq, held.meta.last_seq, self.void_from[&held.meta.origin]
+            );
+            let mut letter = self.letter(held.meta.stream_seq, Some(&held.cs), reason);
+            letter.stream = held.meta.stream.clone();
+            letter.payload = held.meta.payload.to_vec();
+            self.plan.items.push(Item::DeadLetter { letter, waited: Some(key), refusal: true });
+        }
     }
 
     /// Apply every waiting changeset that the applied vector now reaches.

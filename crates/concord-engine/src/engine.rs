@@ -36,6 +36,9 @@ pub enum Mutation {
     IgnoreVersionVector,
     /// A changeset after a gap is applied at once, and the applied vector jumps the gap.
     ApplyPastGaps,
+    /// A changeset stored right after a message that is not its predecessor waits for
+    /// its predecessor (for ever) instead of being recognized as void.
+    WaitBehindVoid,
     /// The changeset of another region that holds its origin's change number
     /// [`DROPPED_SEQ`] is counted as applied, but none of its changes is: a replica
     /// silently loses one changeset of every other origin.
@@ -122,6 +125,16 @@ pub struct Gap {
     pub stream_seq: u64,
 }
 
+/// An entry consumed from a stream, as far as the entry after it is checked against it
+/// ([`crate::classify`], "void").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tail {
+    pub seq: u64,
+    /// Its changeset's origin and last sequence; `None`: not a changeset this replica
+    /// reads (garbage).
+    pub changeset: Option<(Origin, u64)>,
+}
+
 /// A waiting changeset, decoded once.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
@@ -139,6 +152,28 @@ pub struct Engine {
     pub(crate) waiting_bytes: usize,
     pub(crate) dead_letters: u64,
     pub(crate) writer: Writer,
+    pub(crate) tails: BTreeMap<String, Tails>,
+    /// See [`Durable::void_from`].
+    pub(crate) void_from: BTreeMap<Origin, u64>,
+}
+
+/// Per stream, in memory (unknown after a restart; dropped when messages were removed
+/// unread): the last entry consumed, and the one with the highest sequence (they differ
+/// while a stream is delivered again from further back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tails {
+    pub latest: Tail,
+    pub highest: Tail,
+}
+
+impl Tails {
+    pub fn consumed(old: Option<Tails>, t: Tail) -> Tails {
+        let highest = match old {
+            Some(o) if o.highest.seq > t.seq => o.highest,
+            _ => t.clone(),
+        };
+        Tails { latest: t, highest }
+    }
 }
 
 impl Engine {
@@ -167,6 +202,8 @@ impl Engine {
             waiting_bytes,
             dead_letters: durable.dead_letters,
             writer: Writer::Follower,
+            tails: BTreeMap::new(),
+            void_from: durable.void_from,
         };
         if start == StartAs::Leader {
             engine.begin_catch_up(None);
@@ -263,6 +300,14 @@ impl Engine {
         for (stream, parked) in &self.parked {
             if self.cursor(stream) >= parked.stream_seq {
                 return Err(format!("{stream} is parked at {} but its cursor is past it", parked.stream_seq));
+            }
+        }
+        for (origin, from) in &self.void_from {
+            if *from <= self.applied.get(origin) + 1 {
+                return Err(format!("{origin} is void from {from} but applied up to {}", self.applied.get(origin)));
+            }
+            if self.waiting.get(origin).is_some_and(|h| h.keys().next_back().is_some_and(|f| f >= from)) {
+                return Err(format!("a changeset of {origin} waits although {origin} is void from {from}"));
             }
         }
         if let Some(s) = self.cursors.keys().find(|s| !self.cfg.streams.contains_key(*s)) {

@@ -29,6 +29,7 @@ pub struct MemStore {
     pub conflicts: BTreeMap<Uuid, ConflictRecord>,
     /// open key → id of the open record there.
     pub open: BTreeMap<Vec<u8>, Uuid>,
+    pub void_from: BTreeMap<Origin, u64>,
 }
 
 impl MemStore {
@@ -99,6 +100,10 @@ impl MemStore {
         for letter in &batch.dead_letters {
             self.dead_letters.insert(letter.id, letter.clone());
         }
+        for (origin, seq) in &batch.void_from {
+            let from = self.void_from.entry(origin.clone()).or_insert(*seq);
+            *from = (*from).min(*seq);
+        }
     }
 
     fn write_conflict(&mut self, w: &ConflictWrite) {
@@ -121,6 +126,7 @@ impl MemStore {
             cursors: self.cursors.clone(),
             waiting: self.waiting.values().cloned().collect(),
             dead_letters: self.dead_letters.keys().next_back().copied().unwrap_or(0),
+            void_from: self.void_from.clone(),
         }
     }
 }

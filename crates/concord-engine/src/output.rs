@@ -45,10 +45,6 @@ pub struct Append {
     pub msg_id: String,
     /// The log's last sequence this append must follow (fencing).
     pub expected_last: u64,
-    /// The message id of the append it must follow, when that one is still in flight
-    /// (pipelined appends; see [`crate::writer`]): the log must refuse it unless its
-    /// last message is that one.
-    pub expected_last_id: Option<String>,
     pub origin: Origin,
     pub first_seq: u64,
     pub last_seq: u64,

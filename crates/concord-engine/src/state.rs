@@ -223,6 +223,9 @@ pub struct Batch {
     pub cursors: Vec<(String, u64)>,
     pub waiting: Vec<WaitingWrite>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Origins found void from a sequence on (only ever lowered): see
+    /// [`Durable::void_from`].
+    pub void_from: Vec<(Origin, u64)>,
 }
 
 impl Batch {
@@ -235,6 +238,7 @@ impl Batch {
             && self.cursors.is_empty()
             && self.waiting.is_empty()
             && self.dead_letters.is_empty()
+            && self.void_from.is_empty()
     }
 }
 
@@ -245,4 +249,9 @@ pub struct Durable {
     pub cursors: BTreeMap<String, u64>,
     pub waiting: Vec<Waiting>,
     pub dead_letters: u64,
+    /// Per origin, the first sequence from which its changesets are void: its
+    /// changeset there was stored after a message that is not its predecessor, so the
+    /// sequences before it (after the applied ones) were never stored, and nothing of
+    /// the origin from there on can apply (`classify`, "void").
+    pub void_from: BTreeMap<Origin, u64>,
 }

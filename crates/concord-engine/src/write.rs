@@ -97,7 +97,6 @@ impl Engine {
         let origin = origin.clone();
         let first_seq = inflight.back().map_or(*next_seq, |f| f.last_seq + 1);
         let expected_last = self.cursor(&self.cfg.own_stream) + inflight.len() as u64;
-        let expected_last_id = inflight.back().map(|f| f.msg_id.clone());
         // Over the state the appends in flight leave, as if they were committed.
         let ahead: Facts;
         let facts = if inflight.is_empty() {
@@ -134,18 +133,16 @@ impl Engine {
         }
         let cs = Changeset { origin: origin.clone(), first_seq, changes };
         let seqs = members.iter().filter_map(|(id, made)| made.map(|(s, _)| (*id, s))).collect();
-        let msg_id = cs.message_id();
         out.append = Some(Append {
             payload: Bytes::from(cs.encode()),
-            msg_id: msg_id.clone(),
+            msg_id: cs.message_id(),
             expected_last,
-            expected_last_id,
             origin,
             first_seq,
             last_seq: cs.last_seq(),
             seqs,
         });
-        let flight = Inflight { first_seq, last_seq: cs.last_seq(), msg_id, members, batch: ov.into_batch()? };
+        let flight = Inflight { first_seq, last_seq: cs.last_seq(), members, batch: ov.into_batch()? };
         if let Writer::Writing { inflight, .. } = &mut self.writer {
             inflight.push_back(flight);
         }

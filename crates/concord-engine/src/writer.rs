@@ -21,16 +21,9 @@
 //!
 //! A writer keeps up to `appends_in_flight_max` appends in flight (group commit,
 //! pipelined): the next changeset is made while the ones before it are being stored.
-//! Each follows the one before it, so the log must store them in order and only
-//! together with their predecessors:
+//! Each names the log sequence its predecessor will take as the one it follows, so the
+//! log stores them in order, each only right after the one before it:
 //!
-//! - the first append in flight names the log's last sequence (`expected_last`), as
-//!   above; every later one names the sequence its predecessor will get *and* its
-//!   predecessor's message id (`expected_last_id`). The sequence alone is not enough:
-//!   when a new leader appends one message and the old one's first pipelined append is
-//!   refused, the old one's second append expects exactly the sequence the new leader's
-//!   message took, and would be stored after a hole in its origin's sequence that
-//!   nothing ever fills (every replica would wait behind it for good);
 //! - outcomes are taken in order; a changeset's writers are answered, and its state
 //!   committed, only once it and every one before it are stored;
 //! - a new changeset is made over the state of the ones in flight (the facts loaded
@@ -38,6 +31,17 @@
 //! - when an append fails, every later one is abandoned with it (its writers hear the
 //!   write may still apply; the runtime drops them): the writer catches up, and reading
 //!   the log tells what of them was stored.
+//!
+//! A sequence alone lets one thing through: when a new leader's first message takes the
+//! place the old leader's next append expected, the old leader's append after that one
+//! expects exactly the place after the new leader's message, and is stored there,
+//! behind a hole in its origin that nothing can ever fill (its predecessor could only
+//! ever be stored where the new leader's message is). Every replica recognizes such a
+//! changeset by the message right before it in the log, which is not its predecessor,
+//! and dead-letters it instead of waiting for ever ([`crate::classify`], "void"). (The
+//! log could refuse it instead, by the predecessor's message id; but on a three-server
+//! JetStream cluster, NATS 2.15.1, one append refused that way leaves the stream taking
+//! no more messages: see `concord-transport/tests/nats_fencing.rs`.)
 //!
 //! Stream entries are not applied while appends are in flight (a batch in flight was
 //! made over state that an apply would change): the runtime lets the pipeline drain
@@ -60,8 +64,6 @@ use crate::state::Facts;
 pub(crate) struct Inflight {
     pub first_seq: u64,
     pub last_seq: u64,
-    /// Its message id: the next append in flight names it as the one it follows.
-    pub msg_id: String,
     /// Each write of the changeset and, when it made a change, its sequence and time.
     pub members: Vec<(u64, Option<(u64, Hlc)>)>,
     pub batch: Batch,

@@ -106,7 +106,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
 
 /// One attempt to send, bounded by the deadline.
 async fn send_once<L: RegionLog>(log: &L, a: &Append, deadline: Instant) -> LogResult<L::Sent> {
-    let sent = log.send_append(a.payload.clone(), a.msg_id.clone(), a.expected_last, a.expected_last_id.clone());
+    let sent = log.send_append(a.payload.clone(), a.msg_id.clone(), a.expected_last);
     tokio::time::timeout_at(deadline, sent)
         .await
         .unwrap_or_else(|_| Err(LogError::Indeterminate("not sent before the append deadline".into())))

@@ -23,7 +23,12 @@
 //! engine did not apply it, it refused it (a dead letter), and the gap behind it is by
 //! design (an origin's later changesets wait behind a refused one); feeding it again
 //! would only refuse it again. So a walk can find nothing; attempts then back off, to
-//! [`RETRY_MAX`]. An origin's log that lost the messages too (retention) cannot repair
+//! [`RETRY_MAX`]. When it finds nothing, the message right before the first waiting
+//! changeset and that changeset are handed over again, together: the engine tells
+//! from the pair whether the changeset is void (stored after a message that is not its
+//! predecessor: `concord_engine::classify`), which it cannot when it did not see the
+//! message before (it restarted in between, or that message came late through a
+//! hole); if it is, it becomes a dead letter and the gap closes. An origin's log that lost the messages too (retention) cannot repair
 //! the gap either: it stays in status (`gaps`) and in the `origin_gaps` gauge.
 //!
 //! Known limits: a walk that does not reach the applied changeset within [`READS_MAX`]
@@ -121,6 +126,9 @@ pub struct Found {
     pub entries: Vec<LogEntry>,
     pub complete: bool,
     pub reads: u64,
+    /// The local stream's message right before the first waiting changeset, when it
+    /// holds it.
+    pub before: Option<LogEntry>,
 }
 
 /// Walk `gap`'s stream back from its first waiting changeset. Messages of the region's
@@ -131,7 +139,12 @@ pub async fn walk<S: Source>(source: &S, own: &RegionId, gap: &Gap) -> LogResult
     for seq in (lowest..gap.stream_seq).rev() {
         found.reads += 1;
         let (payload, missing_here) = match source.local(&gap.stream, seq).await? {
-            Some(p) => (p, false),
+            Some(p) => {
+                if seq + 1 == gap.stream_seq {
+                    found.before = Some(LogEntry { seq, payload: p.clone() });
+                }
+                (p, false)
+            }
             None if gap.origin.region == *own => continue,
             None => match source.origin(&gap.origin.region, seq).await? {
                 Some(p) => (p, true),
@@ -183,7 +196,7 @@ pub async fn repair_gaps(
                 continue;
             }
             let handed = match walk(log.as_ref(), &own, &gap).await {
-                Ok(found) => hand_over(&gap, found, &inbound, &metrics).await?,
+                Ok(found) => hand_over(log.as_ref(), &gap, found, &inbound, &metrics).await?,
                 Err(e) => {
                     warn!(origin = %gap.origin, error = %e, "repairing a gap: reading the logs failed; trying again later");
                     false
@@ -196,7 +209,8 @@ pub async fn repair_gaps(
 }
 
 /// Give the worker what a walk found. False when it found nothing.
-async fn hand_over(
+async fn hand_over<S: Source>(
+    source: &S,
     gap: &Gap,
     found: Found,
     inbound: &mpsc::Sender<(String, LogEntry)>,
@@ -204,7 +218,10 @@ async fn hand_over(
 ) -> Result<bool, String> {
     if found.entries.is_empty() {
         info!(origin = %gap.origin, applied = gap.applied, stream = gap.stream, reads = found.reads,
-            "a gap stands, and its stream lacks nothing that its origin's log holds (a refused changeset, or messages gone)");
+            "a gap stands, and its stream lacks nothing that its origin's log holds (a refused changeset, a void one, or messages gone)");
+        for entry in recheck(source, gap, found.before).await {
+            inbound.send((gap.stream.clone(), entry)).await.map_err(|_| "the worker stopped".to_string())?;
+        }
         return Ok(false);
     }
     warn!(origin = %gap.origin, applied = gap.applied, next_waiting = gap.next_waiting, stream = gap.stream,
@@ -215,6 +232,16 @@ async fn hand_over(
         inbound.send((gap.stream.clone(), entry)).await.map_err(|_| "the worker stopped".to_string())?;
     }
     Ok(true)
+}
+
+/// The pair the engine checks a waiting changeset's voidness with: the message right
+/// before it, and itself (both from the local stream; nothing when either is missing).
+pub async fn recheck<S: Source>(source: &S, gap: &Gap, before: Option<LogEntry>) -> Vec<LogEntry> {
+    let Some(before) = before else { return Vec::new() };
+    match source.local(&gap.stream, gap.stream_seq).await {
+        Ok(Some(payload)) => vec![before, LogEntry { seq: gap.stream_seq, payload }],
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

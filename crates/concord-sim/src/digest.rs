@@ -52,4 +52,5 @@ pub fn replica(h: &mut Fnv, name: &str, store: &MemStore) {
     for key in store.waiting.keys() {
         h.write(format!("{key:?}").as_bytes());
     }
+    h.write(format!("{:?}", store.void_from).as_bytes());
 }

@@ -1,8 +1,7 @@
 //! A deterministic fault simulator of Concord's replication engine.
 //!
 //! Seeded and single-threaded, with simulated time, in-memory logs (JetStream's rules:
-//! deduplication, expected-last-sequence and expected-last-message-id fencing) and
-//! in-memory stores (the node
+//! deduplication, expected-last-sequence fencing) and in-memory stores (the node
 //! store's semantics), it runs several regions, each with a leader and followers, all
 //! real [`concord_engine::Engine`]s, through random client writes and faults (see
 //! [`world`]; garbage published straight to a log among them), then settles (heals, restarts, delivers everything, and re-delivers every
@@ -33,15 +32,12 @@ pub mod world;
 
 use world::World;
 
-/// A deliberately broken rule: of the engine (see `concord_engine::Mutation`), or of
-/// the log.
+/// A deliberately broken engine rule (see `concord_engine::Mutation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutation {
     IgnoreVersionVector,
     ApplyPastGaps,
-    /// The log fences pipelined appends by their expected last sequence alone, ignoring
-    /// the message id of the append each must follow.
-    FenceBySequenceOnly,
+    WaitBehindVoid,
 }
 
 #[derive(Debug, Clone, Copy)]

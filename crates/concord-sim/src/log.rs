@@ -1,19 +1,17 @@
 //! A region's log in memory, with JetStream's rules: sequences from 1, deduplication by
-//! message id, and an append refused unless it names the log's last sequence and, when
-//! it names one, the last message's id (fencing).
+//! message id, and an append refused unless it names the log's last sequence (fencing).
 //! Mirrors are views of a prefix of it (`copied`), as NATS copies it to other regions.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use concord_core::changeset::Changeset;
 use concord_engine::Entry;
 
 #[derive(Default)]
 pub struct SimLog {
     entries: Vec<Bytes>,
     ids: BTreeMap<String, u64>,
-    /// The id of the last message stored.
-    last_id: Option<String>,
     /// The region's epoch allocator (compare-and-set in NATS key/value in production).
     epochs: u64,
 }
@@ -31,26 +29,31 @@ impl SimLog {
         self.entries.len() as u64
     }
 
-    /// Store `payload` if the log ends at `expected_last` and, when `expected_last_id` is
-    /// given, its last message has that id (a pipelined append).
-    pub fn append(
-        &mut self,
-        payload: Bytes,
-        msg_id: &str,
-        expected_last: u64,
-        expected_last_id: Option<&str>,
-    ) -> Appended {
+    /// Store `payload` if the log ends at `expected_last`.
+    pub fn append(&mut self, payload: Bytes, msg_id: &str, expected_last: u64) -> Appended {
         if let Some(&seq) = self.ids.get(msg_id) {
             return Appended::Stored(seq);
         }
-        let follows = expected_last_id.is_none_or(|id| self.last_id.as_deref() == Some(id));
-        if self.last_seq() != expected_last || !follows {
+        if self.last_seq() != expected_last {
             return Appended::Fenced;
         }
         self.entries.push(payload);
         self.ids.insert(msg_id.to_string(), self.last_seq());
-        self.last_id = Some(msg_id.to_string());
         Appended::Stored(self.last_seq())
+    }
+
+    /// Whether the changeset at `seq` is void: not its origin's first, and stored right
+    /// after a message that is not its predecessor, or after a void predecessor (the
+    /// engine's rule, `concord_engine::classify`, judged here from the log alone).
+    pub fn is_void(&self, seq: u64) -> bool {
+        let decode = |s: u64| Changeset::decode(&self.entries[s as usize - 1]).ok();
+        let Some(cs) = decode(seq) else { return false };
+        if cs.first_seq == 1 {
+            return false;
+        }
+        let prev = if seq > 1 { decode(seq - 1) } else { None };
+        let follows = prev.is_some_and(|p| p.origin == cs.origin && p.last_seq() + 1 == cs.first_seq);
+        !follows || self.is_void(seq - 1)
     }
 
     /// Entries `from..=to` (clamped to what exists).

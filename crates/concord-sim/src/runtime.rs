@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use concord_core::changeset::Changeset;
 use concord_engine::{Alert, AppendOutcome, CatchUp, CaughtUp, Entry, Output, WriteRequest};
 
-use crate::Mutation;
 use crate::log::Appended;
 use crate::world::{InFlight, World, own_stream};
 
@@ -85,14 +84,17 @@ impl World {
         let appended = if lost {
             None
         } else {
-            let after = append
-                .expected_last_id
-                .as_deref()
-                .filter(|_| self.opts.mutation != Some(Mutation::FenceBySequenceOnly));
-            Some(self.logs[region].append(append.payload.clone(), &append.msg_id, append.expected_last, after))
+            Some(self.logs[region].append(append.payload.clone(), &append.msg_id, append.expected_last))
         };
-        if let Some(Appended::Stored(_)) = appended {
-            self.oracle.landed(&append.origin, &append.seqs);
+        if let Some(Appended::Stored(seq)) = appended {
+            // Stored after a message that is not its predecessor (which the log refused):
+            // it can never apply (`concord_engine::classify`, "void"), so its writes
+            // never land; judged here from the log alone.
+            if !self.logs[region].is_void(seq) {
+                self.oracle.landed(&append.origin, &append.seqs);
+            } else {
+                self.count("void appends");
+            }
             self.note_seen(n, &append.origin, append.first_seq, append.last_seq);
         }
         let outcome = match appended {

@@ -147,10 +147,10 @@ impl World {
         }
         let mut cfg = EngineConfig::new(RegionId::new(name.as_str()).expect("valid"), own_stream(name), streams);
         cfg.appends_in_flight_max = self.appends_in_flight_max;
-        cfg.mutation = self.opts.mutation.and_then(|m| match m {
-            Mutation::IgnoreVersionVector => Some(concord_engine::Mutation::IgnoreVersionVector),
-            Mutation::ApplyPastGaps => Some(concord_engine::Mutation::ApplyPastGaps),
-            Mutation::FenceBySequenceOnly => None,
+        cfg.mutation = self.opts.mutation.map(|m| match m {
+            Mutation::IgnoreVersionVector => concord_engine::Mutation::IgnoreVersionVector,
+            Mutation::ApplyPastGaps => concord_engine::Mutation::ApplyPastGaps,
+            Mutation::WaitBehindVoid => concord_engine::Mutation::WaitBehindVoid,
         });
         cfg
     }
@@ -281,7 +281,7 @@ impl World {
         let r = self.rng.below(self.regions.len());
         let payload: &'static [u8] = if self.rng.chance(50) { b"not a changeset" } else { b"CCS\x00" };
         let last = self.logs[r].last_seq();
-        self.logs[r].append(bytes::Bytes::from_static(payload), &format!("garbage-{}", self.steps), last, None);
+        self.logs[r].append(bytes::Bytes::from_static(payload), &format!("garbage-{}", self.steps), last);
         self.count("garbage published");
     }
 

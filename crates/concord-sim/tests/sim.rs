@@ -63,6 +63,7 @@ fn many_seeds() {
         "partitions",
         "gaps opened",
         "abandoned appends",
+        "void appends",
     ] {
         assert!(totals.get(fault).copied().unwrap_or(0) > 0, "no run exercised {fault}");
     }
@@ -121,10 +122,11 @@ fn applying_past_a_gap_is_caught() {
 }
 
 #[test]
-fn pipelined_appends_fenced_by_sequence_alone_are_caught() {
+fn waiting_behind_a_void_changeset_is_caught() {
     // A deposed leader's second pipelined append lands right after the new leader's
-    // first message (it expected that sequence), after a hole in its origin.
-    let failed = caught(Mutation::FenceBySequenceOnly);
+    // first message (it expected that sequence), after a hole in its origin that never
+    // fills: a replica that waits for it never converges.
+    let failed = caught(Mutation::WaitBehindVoid);
     let why = failed.failure.expect("failed");
     assert!(why.contains("gaps"), "caught as a gap that never closes: {why}");
 }

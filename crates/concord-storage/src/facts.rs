@@ -77,6 +77,7 @@ impl Store {
             cursors: self.cursors()?.into_iter().collect(),
             waiting: self.waiting()?,
             dead_letters: self.last_dead_letter()?,
+            void_from: self.void_from()?,
         })
     }
 }

@@ -52,6 +52,9 @@ pub(crate) const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cur
 /// Automerge changes that arrived before a change they depend on (from another
 /// origin): kept here, durably, until their dependencies arrive.
 pub(crate) const DOC_PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc_pending");
+/// Origin → the first sequence from which its changesets are void (see
+/// `concord_engine::Durable::void_from`).
+pub(crate) const VOID_FROM: TableDefinition<&str, u64> = TableDefinition::new("void_from");
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -128,6 +131,7 @@ impl Store {
             tx.open_table(APPLIED).map_err(db_err)?;
             tx.open_table(CURSORS).map_err(db_err)?;
             tx.open_table(DOC_PENDING).map_err(db_err)?;
+            tx.open_table(VOID_FROM).map_err(db_err)?;
             tx.open_table(CONFLICTS).map_err(db_err)?;
             tx.open_table(CONFLICTS_BY_TIME).map_err(db_err)?;
             tx.open_table(CONFLICTS_OPEN).map_err(db_err)?;
@@ -238,6 +242,20 @@ impl Store {
         Ok(vv)
     }
 
+    /// Origins void from a sequence on.
+    pub fn void_from(&self) -> StorageResult<std::collections::BTreeMap<Origin, u64>> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(VOID_FROM).map_err(db_err)?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let origin: Origin =
+                k.value().parse().map_err(|source| StorageError::Corrupt { what: "void origins".into(), source })?;
+            out.insert(origin, v.value());
+        }
+        Ok(out)
+    }
+
     pub fn cursor(&self, stream: &str) -> StorageResult<u64> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let table = tx.open_table(CURSORS).map_err(db_err)?;
@@ -279,6 +297,14 @@ impl Store {
             let mut cursors = tx.open_table(CURSORS).map_err(db_err)?;
             for (stream, seq) in &batch.cursors {
                 cursors.insert(stream.as_str(), *seq).map_err(db_err)?;
+            }
+            if !batch.void_from.is_empty() {
+                let mut void = tx.open_table(VOID_FROM).map_err(db_err)?;
+                for (origin, seq) in &batch.void_from {
+                    let name = origin.to_string();
+                    let old = void.get(name.as_str()).map_err(db_err)?.map_or(u64::MAX, |v| v.value());
+                    void.insert(name.as_str(), old.min(*seq)).map_err(db_err)?;
+                }
             }
             write_conflicts(&tx, &batch.conflicts, self.conflicts_max, self.conflicts_max_age)?;
             write_held(&tx, &batch.waiting, &batch.dead_letters)?;

@@ -4,8 +4,9 @@
 //! The encoding is versioned: `"CSN" version(u8)` then records
 //! `table(u8) key(bytes) value(bytes)` and a final `0` table byte. Version 2 adds the
 //! changesets waiting behind gaps (table 9): they belong with the applied vector they
-//! were held back from. Dead letters stay with the replica that received them.
-//! Importing reads versions 1 and 2, refuses a non-empty store and writes everything in
+//! were held back from. Version 3 adds the origins void from a sequence on (table 10):
+//! they belong with the applied vector too. Dead letters stay with the replica that
+//! received them. Importing reads versions 1 to 3, refuses a non-empty store and writes everything in
 //! one transaction; a conflict-log record that does not fit its table's layout refuses
 //! the snapshot.
 
@@ -15,10 +16,10 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::conflicts::{CONFLICTS, CONFLICTS_BY_TIME, CONFLICTS_OPEN};
 use crate::held::WAITING;
-use crate::{APPLIED, CURSORS, DOC_PENDING, DOCS, KV, StorageError, StorageResult, Store, db_err};
+use crate::{APPLIED, CURSORS, DOC_PENDING, DOCS, KV, StorageError, StorageResult, Store, VOID_FROM, db_err};
 
 const MAGIC: &[u8; 3] = b"CSN";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const VALUE_BYTES_MAX: usize = 256 << 20;
 
 type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -26,6 +27,7 @@ const BYTE_TABLES: [(u8, BytesTable); 7] =
     [(1, KV), (2, DOCS), (3, DOC_PENDING), (4, CONFLICTS), (5, CONFLICTS_BY_TIME), (6, CONFLICTS_OPEN), (9, WAITING)];
 const APPLIED_TABLE: u8 = 7;
 const CURSORS_TABLE: u8 = 8;
+const VOID_FROM_TABLE: u8 = 10;
 
 fn corrupt(e: CoreError) -> StorageError {
     StorageError::Corrupt { what: "snapshot".into(), source: e }
@@ -47,7 +49,7 @@ impl Store {
                 w.bytes(v.value());
             }
         }
-        for (id, def) in [(APPLIED_TABLE, APPLIED), (CURSORS_TABLE, CURSORS)] {
+        for (id, def) in [(APPLIED_TABLE, APPLIED), (CURSORS_TABLE, CURSORS), (VOID_FROM_TABLE, VOID_FROM)] {
             let table = tx.open_table(def).map_err(db_err)?;
             for entry in table.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
@@ -80,14 +82,18 @@ impl Store {
                 break;
             }
             match table {
-                APPLIED_TABLE | CURSORS_TABLE => {
+                APPLIED_TABLE | CURSORS_TABLE | VOID_FROM_TABLE => {
                     let name = r.string(1024).map_err(corrupt)?;
                     let raw: [u8; 8] = r
                         .bytes(8)
                         .map_err(corrupt)?
                         .try_into()
                         .map_err(|_| corrupt(CoreError::Corrupt("bad sequence".into())))?;
-                    let def = if table == APPLIED_TABLE { APPLIED } else { CURSORS };
+                    let def = match table {
+                        APPLIED_TABLE => APPLIED,
+                        CURSORS_TABLE => CURSORS,
+                        _ => VOID_FROM,
+                    };
                     tx.open_table(def)
                         .map_err(db_err)?
                         .insert(name.as_str(), u64::from_be_bytes(raw))

@@ -6,8 +6,13 @@
 //! deterministic tests of the runtime without NATS.
 //!
 //! Fencing lives in the log: every append names the sequence it expects to follow
-//! (`expected_last`), and a pipelined one the message id of the append before it
-//! (`expected_last_id`), so a deposed leader's appends are refused ([`LogError::Fenced`]).
+//! (`expected_last`), so a deposed leader's appends are refused ([`LogError::Fenced`]).
+//! Pipelined appends are fenced the same way, each naming the sequence its predecessor
+//! will take. (Not by the predecessor's message id, `Nats-Expected-Last-Msg-Id`: on a
+//! three-server JetStream cluster, NATS 2.15.1, one append refused for it leaves the
+//! stream taking no more messages at all; `tests/nats_fencing.rs` shows it. What a
+//! sequence alone lets through, a pipelined append stored right after another writer's
+//! message, the engine recognizes: `concord_engine::classify`, "void".)
 //! An append whose outcome is unknown (timeout, disconnect) is [`LogError::Indeterminate`]:
 //! the caller must re-read the log before it appends again.
 
@@ -62,17 +67,16 @@ pub trait RegionLog: Send + Sync + 'static {
     type Sent: Future<Output = LogResult<u64>> + Send + 'static;
 
     /// Send an append: `payload`, to be stored if the log's last sequence is
-    /// `expected_last` and, when `expected_last_id` is given, the last message's id is
-    /// that one (a pipelined append follows exactly the append before it); `msg_id`
-    /// makes a retried append idempotent (a message already stored under it is not
-    /// checked again). Appends reach the log in the order they were sent: a writer
-    /// sends the next one once this returns, without waiting for the outcome.
+    /// `expected_last`; `msg_id` dedupes a retry (on a JetStream cluster the duplicate's
+    /// sequence comes back; a single server checks the expected sequence first and
+    /// refuses the retry of a stored append as fenced). Appends reach the log in the
+    /// order they were sent: a writer sends the next one once this returns, without
+    /// waiting for the outcome.
     fn send_append(
         &self,
         payload: bytes::Bytes,
         msg_id: String,
         expected_last: u64,
-        expected_last_id: Option<String>,
     ) -> impl Future<Output = LogResult<Self::Sent>> + Send;
 
     /// Send an append and wait for its outcome.
@@ -81,9 +85,8 @@ pub trait RegionLog: Send + Sync + 'static {
         payload: bytes::Bytes,
         msg_id: String,
         expected_last: u64,
-        expected_last_id: Option<String>,
     ) -> impl Future<Output = LogResult<u64>> + Send {
-        async move { self.send_append(payload, msg_id, expected_last, expected_last_id).await?.await }
+        async move { self.send_append(payload, msg_id, expected_last).await?.await }
     }
 
     /// The messages with sequences in `from..=to`, in order (messages removed by

@@ -16,8 +16,6 @@ pub struct MemoryLog {
 struct Inner {
     entries: Vec<Bytes>,
     ids: HashMap<String, u64>,
-    /// The id of the last message stored.
-    last_id: Option<String>,
     epochs: HashMap<String, u64>,
 }
 
@@ -29,25 +27,17 @@ impl RegionLog for MemoryLog {
     type Sent = std::future::Ready<LogResult<u64>>;
 
     /// Stored (or refused) at once.
-    async fn send_append(
-        &self,
-        payload: Bytes,
-        msg_id: String,
-        expected_last: u64,
-        expected_last_id: Option<String>,
-    ) -> LogResult<Self::Sent> {
+    async fn send_append(&self, payload: Bytes, msg_id: String, expected_last: u64) -> LogResult<Self::Sent> {
         let mut inner = self.inner.lock().unwrap();
         if let Some(&seq) = inner.ids.get(&msg_id) {
             return Ok(std::future::ready(Ok(seq)));
         }
-        let follows = expected_last_id.is_none_or(|id| inner.last_id.as_ref() == Some(&id));
-        if inner.entries.len() as u64 != expected_last || !follows {
+        if inner.entries.len() as u64 != expected_last {
             return Ok(std::future::ready(Err(LogError::Fenced { expected: expected_last })));
         }
         inner.entries.push(payload);
         let seq = inner.entries.len() as u64;
-        inner.ids.insert(msg_id.clone(), seq);
-        inner.last_id = Some(msg_id);
+        inner.ids.insert(msg_id, seq);
         Ok(std::future::ready(Ok(seq)))
     }
 
@@ -83,13 +73,10 @@ mod tests {
     #[tokio::test]
     async fn fences_and_dedupes_like_jetstream() {
         let log = MemoryLog::default();
-        assert_eq!(log.append("a".into(), "x:1".into(), 0, None).await, Ok(1));
-        assert_eq!(log.append("a".into(), "x:1".into(), 0, None).await, Ok(1));
-        assert_eq!(log.append("b".into(), "y:1".into(), 0, None).await, Err(LogError::Fenced { expected: 0 }));
-        // A pipelined append follows exactly the message it names.
-        let after_y = log.append("b".into(), "x:2".into(), 1, Some("y:1".into())).await;
-        assert_eq!(after_y, Err(LogError::Fenced { expected: 1 }));
-        assert_eq!(log.append("b".into(), "x:2".into(), 1, Some("x:1".into())).await, Ok(2));
+        assert_eq!(log.append("a".into(), "x:1".into(), 0).await, Ok(1));
+        assert_eq!(log.append("a".into(), "x:1".into(), 0).await, Ok(1));
+        assert_eq!(log.append("b".into(), "y:1".into(), 0).await, Err(LogError::Fenced { expected: 0 }));
+        assert_eq!(log.append("b".into(), "x:2".into(), 1).await, Ok(2));
         assert_eq!(log.read(2, 10, 1 << 20).await.unwrap().entries, vec![LogEntry { seq: 2, payload: "b".into() }]);
         let first = log.read(1, 2, 1).await.unwrap();
         assert_eq!((first.entries.len(), first.through), (1, 1), "bounded by bytes, at least one message");

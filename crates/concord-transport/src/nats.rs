@@ -365,18 +365,8 @@ impl RegionLog for NatsLog {
 
     type Sent = std::pin::Pin<Box<dyn std::future::Future<Output = LogResult<u64>> + Send>>;
 
-    async fn send_append(
-        &self,
-        payload: Bytes,
-        msg_id: String,
-        expected_last: u64,
-        expected_last_id: Option<String>,
-    ) -> LogResult<Self::Sent> {
-        let mut publish =
-            PublishMessage::build().payload(payload).message_id(msg_id).expected_last_sequence(expected_last);
-        if let Some(id) = expected_last_id {
-            publish = publish.expected_last_message_id(id);
-        }
+    async fn send_append(&self, payload: Bytes, msg_id: String, expected_last: u64) -> LogResult<Self::Sent> {
+        let publish = PublishMessage::build().payload(payload).message_id(msg_id).expected_last_sequence(expected_last);
         let ack = match self.js.send_publish(self.subject.clone(), publish).await {
             Ok(ack) => ack,
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
@@ -388,12 +378,7 @@ impl RegionLog for NatsLog {
             match tokio::time::timeout(APPEND_ACK_TIMEOUT, ack.into_future()).await {
                 Err(_) => Err(LogError::Indeterminate("no acknowledgement within 5 s".into())),
                 Ok(Ok(ack)) => Ok(ack.sequence),
-                Ok(Err(e))
-                    if matches!(
-                        e.kind(),
-                        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
-                    ) =>
-                {
+                Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     Err(LogError::Fenced { expected: expected_last })
                 }
                 Ok(Err(e)) => Err(LogError::Indeterminate(e.to_string())),

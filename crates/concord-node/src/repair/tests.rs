@@ -155,3 +155,26 @@ fn gaps_in_the_own_log_are_not_read_from_elsewhere() {
     let found = walked(&logs, &g).unwrap();
     assert!(found.entries.is_empty());
 }
+
+/// Nothing missing: the walk finds nothing to take, but keeps the message right before
+/// the first waiting changeset, which is handed over again with that changeset (the
+/// engine then tells whether it is void).
+#[tokio::test]
+async fn a_walk_that_finds_nothing_hands_over_the_pair_to_check_again() {
+    let mut logs = Logs::default();
+    for seq in 1..=39u64 {
+        logs.local.insert(seq, changeset("ap-south.1", 1 + 3 * (seq - 1), 3));
+    }
+    logs.local.insert(39, changeset("ap-south.2", 1, 1));
+    logs.local.insert(40, changeset("ap-south.1", 125, 2));
+    logs.origin = logs.local.clone();
+    let g = Gap { applied: 114, ..gap() };
+    let found = walk(&logs, &RegionId::new("us-east").unwrap(), &g).await.unwrap();
+    assert!(found.entries.is_empty(), "the mirror lacks nothing");
+    let before = found.before.clone().expect("the message before the waiting changeset");
+    assert_eq!(before.seq, 39);
+    let pair = recheck(&logs, &g, found.before).await;
+    assert_eq!(pair.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![39, 40]);
+    assert_eq!(pair[1].payload, logs.local[&40]);
+    assert!(recheck(&logs, &Gap { stream_seq: 41, ..g }, Some(before)).await.is_empty(), "not held: nothing");
+}
