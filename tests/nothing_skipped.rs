@@ -1,6 +1,7 @@
 //! Nothing is skipped silently, over real NATS: with us-east's leader stopped, the test
 //! writes us-east's log itself (as new origins, with epochs allocated the way a leader
-//! allocates them) — a gap in an origin's sequence, bytes that are no changeset, a
+//! allocates them) — a gap in an origin's sequence (a message removed from the log
+//! before eu-west's mirror copied it), bytes that are no changeset, a
 //! document change the document refuses, then a changeset of a newer format followed
 //! by the changeset that would close the gap — and watches eu-west, which reads that log
 //! through its mirror:
@@ -92,9 +93,17 @@ async fn gaps_dead_letters_and_newer_formats_hold_back_visibly() {
     };
     let mut late = changeset(&future, 1, vec![put(&future, 1, "after-the-park")]).to_vec();
     late[3] = 9; // a format version this build does not read
+    // The gap: sequence 2 of `gap` is stored between 1 and 3, then removed from the log
+    // before the other regions' mirrors copy it (they are cut off meanwhile), so their
+    // mirrors hold a hole there. (Stored right after 1 with nothing between, 3 would be void,
+    // not waiting: its predecessor could only ever be where 1 is; see
+    // `concord_engine::classify`.)
+    cluster.partition("eu-west");
+    cluster.partition("ap-south");
     let messages: Vec<Bytes> = vec![
         changeset(&gap, 1, vec![put(&gap, 1, "gap-1")]),
-        changeset(&gap, 3, vec![put(&gap, 3, "gap-3")]), // sequence 2 is missing
+        changeset(&gap, 2, vec![put(&gap, 2, "gap-2")]), // removed below
+        changeset(&gap, 3, vec![put(&gap, 3, "gap-3")]),
         Bytes::from_static(b"garbage, not a changeset"),
         changeset(&refused, 1, vec![doc_change(&refused, 1)]),
         changeset(&refused, 2, vec![doc_change(&refused, 2)]), // the same actor sequence again
@@ -106,7 +115,10 @@ async fn gaps_dead_letters_and_newer_formats_hold_back_visibly() {
     for m in messages {
         seqs.push(js.publish("concord.log.us-east", m).await.unwrap().await.unwrap().sequence);
     }
-    let (garbage_seq, refused_seq, park_seq) = (seqs[2], seqs[4], seqs[6]);
+    let log = js.get_stream("CONCORD_LOG_US_EAST").await.unwrap();
+    assert!(log.delete_message(seqs[1]).await.unwrap(), "sequence 2 of the gap is removed");
+    cluster.heal();
+    let (garbage_seq, refused_seq, park_seq) = (seqs[3], seqs[5], seqs[7]);
 
     // eu-west parks at the newer format; everything before it was taken in.
     let s = wait_for("eu-west parks its mirror of us-east", Duration::from_secs(30), || async {

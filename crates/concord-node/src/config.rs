@@ -14,6 +14,8 @@ pub use concord_api::Role;
 /// publishes awaiting their acknowledgements (DESIGN.md, "Known pitfalls"), and more in
 /// flight than this buys nothing.
 pub const APPENDS_IN_FLIGHT_LIMIT: usize = 64;
+/// The most `cache_mib` may be.
+pub const CACHE_MIB_MAX: usize = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +36,9 @@ pub struct NodeConfig {
     pub http_listen: String,
     /// Where local state lives.
     pub data_dir: PathBuf,
+    /// Most of the local database's pages kept in memory, in MiB (the rest are read
+    /// through the operating system's page cache).
+    pub cache_mib: usize,
     /// The largest value (or document request body) accepted, in bytes.
     pub value_bytes_max: usize,
     /// Most changes in one changeset (group commit).
@@ -44,6 +49,10 @@ pub struct NodeConfig {
     /// group commit: the next is made and sent while the ones before it are stored;
     /// they are acknowledged in order). 1: one at a time.
     pub appends_in_flight_max: usize,
+    /// While appends are in flight, the next changeset is made only once this many
+    /// writes wait (or none is in flight): bigger changesets cost every replica less
+    /// per write. 1: as soon as any write waits.
+    pub pipeline_batch_min: usize,
     /// Most writes waiting for the writer; beyond it, writes are refused with 503.
     pub write_queue_max: usize,
     /// How long a write waits for its acknowledgement before answering 504.
@@ -123,8 +132,10 @@ impl Default for NodeConfig {
             http_listen: "127.0.0.1:8301".into(),
             data_dir: PathBuf::from("data/us-east-1"),
             value_bytes_max: concord_core::input::VALUE_BYTES_MAX_DEFAULT,
+            cache_mib: concord_storage::CACHE_BYTES_DEFAULT >> 20,
             batch_changes_max: 512,
             appends_in_flight_max: concord_engine::APPENDS_IN_FLIGHT_MAX_DEFAULT,
+            pipeline_batch_min: 1,
             batch_bytes_max: 4 << 20,
             write_queue_max: 8192,
             write_timeout_ms: 30_000,
@@ -227,8 +238,14 @@ impl NodeConfig {
         if self.conflicts_max == 0 || self.conflicts_max_age_s == 0 {
             return Err(ConfigError::Invalid("conflicts_max and conflicts_max_age_s must be positive".into()));
         }
+        if self.cache_mib == 0 || self.cache_mib > CACHE_MIB_MAX {
+            return Err(ConfigError::Invalid(format!("cache_mib must be 1..={CACHE_MIB_MAX}")));
+        }
         if self.appends_in_flight_max == 0 || self.appends_in_flight_max > APPENDS_IN_FLIGHT_LIMIT {
             return Err(ConfigError::Invalid(format!("appends_in_flight_max must be 1..={APPENDS_IN_FLIGHT_LIMIT}")));
+        }
+        if self.pipeline_batch_min == 0 {
+            return Err(ConfigError::Invalid("pipeline_batch_min must be positive".into()));
         }
         if self.batch_changes_max == 0 || self.write_queue_max == 0 {
             return Err(ConfigError::Invalid("batch_changes_max and write_queue_max must be positive".into()));

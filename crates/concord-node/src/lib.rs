@@ -69,9 +69,13 @@ pub type RemoteStored = Vec<(RegionId, watch::Receiver<u64>)>;
 pub struct Node {
     pub cfg: NodeConfig,
     pub region: RegionId,
+    /// `region`, as the `Concord-Region` header every HTTP answer carries.
+    pub region_header: axum::http::HeaderValue,
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub applied: watch::Receiver<VersionVector>,
+    /// The session token of `applied`.
+    pub token: watch::Receiver<bytes::Bytes>,
     pub cursors: watch::Receiver<BTreeMap<String, u64>>,
     pub view: watch::Receiver<EngineView>,
     pub writes: mpsc::Sender<WriteRequest>,
@@ -111,7 +115,7 @@ const CONFLICTS_QUEUE: usize = 1024;
 /// error says which).
 pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), start::StartError> {
     let region = cfg.validate()?;
-    let store = Store::open(&cfg.data_dir)?
+    let store = Store::open_with_cache(&cfg.data_dir, cfg.cache_mib << 20)?
         .with_conflict_retention(cfg.conflicts_max, Duration::from_secs(cfg.conflicts_max_age_s));
     // The node's own stop signal: the caller's, or a critical failure.
     let stop_tx = Arc::new(watch::channel(false).0);
@@ -147,7 +151,8 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let timing = lease::Timing::of(&cfg);
     let (deadline_tx, deadline_rx) = watch::channel(held.map(|(_, sent)| sent + timing.deadline));
     spawn_gap_repair(&sup, &log, &region, &views, inbound_tx.clone(), &metrics);
-    let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone());
+    let origins = mirrors.iter().map(|(stream, region)| (stream.clone(), region.to_string())).collect();
+    let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone(), origins);
     let limits = start::limits(&cfg, max_payload);
     let clock = clock::WallClock::default();
     if !cfg.test_clock_skew_file.is_empty() {
@@ -182,10 +187,12 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         remote_wanted,
         followers,
         cfg,
+        region_header: axum::http::HeaderValue::from_str(region.as_str()).expect("a region name is a valid header"),
         region,
         store,
         metrics,
         applied: views.applied.clone(),
+        token: views.token.clone(),
         cursors: views.cursors.clone(),
         view: views.view.clone(),
         writes: writes_tx,

@@ -138,6 +138,7 @@ pub fn open_engine(
 pub fn limits(cfg: &NodeConfig, max_payload: usize) -> Limits {
     Limits {
         batch_changes_max: cfg.batch_changes_max,
+        pipeline_batch_min: cfg.pipeline_batch_min.min(cfg.batch_changes_max),
         batch_bytes_max: cfg.batch_bytes_max.min(max_payload.saturating_sub(CHANGESET_OVERHEAD_BYTES)).max(1),
         append_deadline: Duration::from_millis(cfg.write_timeout_ms / 2),
         inbound_entries_max: cfg.apply_batch_max,

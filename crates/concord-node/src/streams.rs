@@ -36,6 +36,9 @@ pub struct StreamSet {
     /// The cursors as last committed: where a restarted consumer resumes.
     cursors: watch::Receiver<BTreeMap<String, u64>>,
     running: BTreeMap<String, watch::Sender<bool>>,
+    /// Mirror stream → the region whose log it mirrors (read instead while the mirror
+    /// lags far behind: `concord_transport::follow`).
+    origins: BTreeMap<String, String>,
 }
 
 impl StreamSet {
@@ -44,8 +47,9 @@ impl StreamSet {
         tx: mpsc::Sender<(String, LogEntry)>,
         supervisor: Supervisor,
         cursors: watch::Receiver<BTreeMap<String, u64>>,
+        origins: BTreeMap<String, String>,
     ) -> StreamSet {
-        StreamSet { log, tx, supervisor, cursors, running: BTreeMap::new() }
+        StreamSet { log, tx, supervisor, cursors, running: BTreeMap::new(), origins }
     }
 }
 
@@ -56,16 +60,18 @@ impl StreamControl for StreamSet {
         let (stop_tx, stop_rx) = watch::channel(false);
         self.running.insert(stream.to_string(), stop_tx);
         let (log, tx, cursors, name) = (self.log.clone(), self.tx.clone(), self.cursors.clone(), stream.to_string());
+        let origin = self.origins.get(stream).cloned();
         self.supervisor.spawn(format!("follow {stream}"), Policy::Restart, move || {
             let resume = cursors.borrow().get(&name).map_or(0, |c| c + 1);
-            let (log, tx, name, mut stop) = (log.clone(), tx.clone(), name.clone(), stop_rx.clone());
+            let (log, tx, name, mut stop, origin) =
+                (log.clone(), tx.clone(), name.clone(), stop_rx.clone(), origin.clone());
             async move {
                 if *stop.borrow() {
                     return Ok(());
                 }
                 tokio::select! {
                     // `follow` returns only once the worker's channel closed: shutdown.
-                    _ = log.follow(name, from.max(resume), tx) => Ok(()),
+                    _ = log.follow(name, from.max(resume), origin, tx) => Ok(()),
                     _ = stop.changed() => Ok(()),
                 }
             }

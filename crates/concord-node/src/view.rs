@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+use concord_core::token;
 use concord_core::vv::VersionVector;
 use concord_engine::{Alert, Engine, Gap, Parked, RoleView, Stats};
 use tokio::sync::watch;
@@ -42,6 +44,9 @@ impl EngineView {
 /// The senders the worker publishes on.
 pub struct Watches {
     pub applied: watch::Sender<VersionVector>,
+    /// The session token of `applied`, encoded once per change (every answer carries
+    /// it): ASCII.
+    pub token: watch::Sender<Bytes>,
     pub cursors: watch::Sender<BTreeMap<String, u64>>,
     pub view: watch::Sender<EngineView>,
 }
@@ -50,6 +55,7 @@ pub struct Watches {
 #[derive(Clone)]
 pub struct Views {
     pub applied: watch::Receiver<VersionVector>,
+    pub token: watch::Receiver<Bytes>,
     pub cursors: watch::Receiver<BTreeMap<String, u64>>,
     pub view: watch::Receiver<EngineView>,
 }
@@ -57,14 +63,20 @@ pub struct Views {
 impl Watches {
     pub fn new(engine: &Engine) -> (Watches, Views) {
         let (applied, applied_rx) = watch::channel(engine.applied().clone());
+        let (token, token_rx) = watch::channel(Bytes::from(token::encode(engine.applied())));
         let (cursors, cursors_rx) = watch::channel(engine.cursors().clone());
         let (view, view_rx) = watch::channel(EngineView::of(engine));
-        (Watches { applied, cursors, view }, Views { applied: applied_rx, cursors: cursors_rx, view: view_rx })
+        let views = Views { applied: applied_rx, token: token_rx, cursors: cursors_rx, view: view_rx };
+        (Watches { applied, token, cursors, view }, views)
     }
 
-    /// Publish what changed.
+    /// Publish what changed (the token with the applied vector, before anyone who waits
+    /// on the vector can read the token).
     pub fn publish(&self, engine: &Engine) {
-        self.applied.send_if_modified(|v| replace_if_changed(v, engine.applied()));
+        if self.applied.borrow().ne(engine.applied()) {
+            self.token.send_replace(Bytes::from(token::encode(engine.applied())));
+            self.applied.send_replace(engine.applied().clone());
+        }
         self.cursors.send_if_modified(|c| replace_if_changed(c, engine.cursors()));
         let view = EngineView::of(engine);
         self.view.send_if_modified(|v| replace_if_changed(v, &view));

@@ -14,21 +14,24 @@
 //! writes queued meanwhile go out together in the next changeset). Stepping down and
 //! ticks wait for the pipeline to drain too.
 //!
-//! Which commits are durable (DESIGN.md: "the log is the write-ahead log"): while this
-//! replica writes its region's log, its commits are deferred (visible at once, on disk
-//! with the next durable commit, at most [`SYNC_INTERVAL`] later), because everything
-//! they hold is in a log already: what it acknowledged was stored by its region's log
-//! before the commit, and what it applied is read again from the cursors. A crash
-//! loses the deferred commits since the last durable one and nothing else, which is a
-//! crash before those commits: the replica restarts from that state and re-reads the
-//! logs from its stored cursors (a leader reads its own log to the end before it
-//! writes, in a new epoch, so no origin sequence or Automerge actor is reused; epochs
-//! come from the log's counter, not from here). Durable at once, always: a batch with
-//! conflict records (they are published) or dead letters, and every commit of a
-//! replica that does not write (a follower reports what it applied: `region`
-//! durability counts on it). A step after which this replica no longer writes (it
-//! stepped down, was deposed, an append failed) makes every deferred commit durable
-//! before anything follows it, and so does the shutdown.
+//! Which commits are durable (DESIGN.md: "the log is the write-ahead log"): commits
+//! are deferred (visible at once, on disk with the next durable commit, at most
+//! [`SYNC_INTERVAL`] later), because everything they hold is in a log already: what a
+//! writer acknowledged was stored by its region's log before the commit, and what any
+//! replica applied is read again from its cursors. A crash loses the deferred commits
+//! since the last durable one and nothing else, which is a crash before those commits:
+//! the replica restarts from that state and re-reads the logs from its stored cursors
+//! (a leader reads its own log to the end before it writes, in a new epoch, so no
+//! origin sequence or Automerge actor is reused; epochs come from the log's counter,
+//! not from here). Durable at once, always: a batch with conflict records (a writer
+//! publishes them) or dead letters, and the shutdown.
+//!
+//! This holds for followers too (they used to commit every step durably): a follower's
+//! progress report, which `region` durability waits for, says what it has applied and
+//! serves; after a crash it serves from its last durable commit and applies the rest
+//! again from the log, and a reader holding a session token waits until it has (the
+//! token names what the reader saw). `region` does not promise more than that: the
+//! write is durable in the region's log, which is what survives a node.
 //!
 //! A failure of local state (a commit that fails, a record that does not decode) ends
 //! the worker with [`NodeError::Fatal`]: the node stops rather than diverge from its disk.
@@ -68,6 +71,8 @@ pub struct WriteRequest {
 pub struct Limits {
     pub batch_changes_max: usize,
     pub batch_bytes_max: usize,
+    /// Writes that must wait before a changeset is made while appends are in flight.
+    pub pipeline_batch_min: usize,
     /// How long an append is retried before its writers get 503 (outcome unknown).
     pub append_deadline: Duration,
     pub inbound_entries_max: usize,
@@ -175,7 +180,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             if self.inflight.is_empty() && !self.catch_up(&mut shutdown).await? {
                 break;
             }
-            let room = self.engine().takes_writes();
+            let room = self.room_for_writes(&writes, carry.is_some());
             tokio::select! {
                 _ = shutdown.changed() => break,
                 outcome = self.inflight.next() => self.append_ended(outcome).await?,
@@ -221,6 +226,18 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         self.deferred.sync_now(&self.store).await?;
         info!("worker drained and stopped");
         Ok(())
+    }
+
+    /// Whether to make the next changeset now: the engine has room for one more append,
+    /// and either none is in flight or enough writes wait to fill a changeset of
+    /// `pipeline_batch_min` (every changeset costs each replica an append, a stored
+    /// message and an apply step, so while appends are in flight, writes gather into
+    /// bigger changesets rather than many small ones).
+    fn room_for_writes(&self, writes: &mpsc::Receiver<WriteRequest>, carried: bool) -> bool {
+        if !self.engine().takes_writes() {
+            return false;
+        }
+        self.inflight.is_empty() || writes.len() + usize::from(carried) >= self.limits.pipeline_batch_min
     }
 
     /// `first` and whatever else is queued, up to the batch limits.
@@ -378,7 +395,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         let unsynced = self.deferred.waiting();
         let (engine, result) = tokio::task::spawn_blocking(move || {
             let result = f(&mut engine, &store).and_then(|out| {
-                let persisted = persist(&engine, &store, out.commit.as_ref(), unsynced)?;
+                let persisted = persist(&store, out.commit.as_ref(), unsynced)?;
                 Ok((out, persisted))
             });
             (engine, result)
@@ -433,21 +450,9 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
 
 /// Commit a step's batch, deferred or durable as the module doc says; `unsynced`: whether
 /// deferred commits wait (and whether they are due).
-fn persist(
-    engine: &Engine,
-    store: &Store,
-    batch: Option<&Batch>,
-    unsynced: Option<bool>,
-) -> Result<Persisted, NodeError> {
-    let writing = matches!(engine.role(), concord_engine::RoleView::Leader { .. });
-    let Some(batch) = batch else {
-        if unsynced.is_some() && !writing {
-            store.sync()?;
-            return Ok(Persisted::Durable);
-        }
-        return Ok(Persisted::Unchanged);
-    };
-    let defer = writing && unsynced != Some(true) && batch.conflicts.is_empty() && batch.dead_letters.is_empty();
+fn persist(store: &Store, batch: Option<&Batch>, unsynced: Option<bool>) -> Result<Persisted, NodeError> {
+    let Some(batch) = batch else { return Ok(Persisted::Unchanged) };
+    let defer = unsynced != Some(true) && batch.conflicts.is_empty() && batch.dead_letters.is_empty();
     if defer {
         store.commit_with(batch, Fsync::Deferred)?;
         Ok(Persisted::Deferred)

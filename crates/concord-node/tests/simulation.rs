@@ -89,6 +89,8 @@ async fn start_region(name: &str, seed: u64, shutdown: watch::Receiver<bool>) ->
     let limits = Limits {
         batch_changes_max: 64,
         batch_bytes_max: 1 << 20,
+        // Every queued write may start another append while some are in flight.
+        pipeline_batch_min: 1,
         append_deadline: Duration::from_secs(5),
         inbound_entries_max: 1000,
         inbound_bytes_max: 16 << 20,

@@ -117,13 +117,23 @@ pub struct Store {
     pub(crate) db: std::sync::Arc<Database>,
     conflicts_max: u64,
     conflicts_max_age: std::time::Duration,
+    /// When the conflict log's retention last ran (ms since 1970; shared by the clones).
+    retained_at_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
-    /// Open (or create) the database at `dir/state.redb`.
+    /// Open (or create) the database at `dir/state.redb`, with a page cache of
+    /// [`CACHE_BYTES_DEFAULT`].
     pub fn open(dir: &Path) -> StorageResult<Store> {
+        Store::open_with_cache(dir, CACHE_BYTES_DEFAULT)
+    }
+
+    /// Open (or create) the database at `dir/state.redb`, caching at most `cache_bytes`
+    /// of its pages in memory (the rest are read through the operating system's page
+    /// cache, which does not count in the process's resident memory).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> StorageResult<Store> {
         std::fs::create_dir_all(dir).map_err(db_err)?;
-        let db = Database::create(dir.join("state.redb")).map_err(db_err)?;
+        let db = redb::Builder::new().set_cache_size(cache_bytes).create(dir.join("state.redb")).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         {
             tx.open_table(KV).map_err(db_err)?;
@@ -143,6 +153,7 @@ impl Store {
             db: std::sync::Arc::new(db),
             conflicts_max: CONFLICTS_MAX_DEFAULT,
             conflicts_max_age: CONFLICTS_MAX_AGE_DEFAULT,
+            retained_at_ms: Default::default(),
         })
     }
 
@@ -272,21 +283,28 @@ impl Store {
         self.db.begin_write().map_err(db_err)?.commit().map_err(db_err)
     }
 
-    /// Write a whole batch in one transaction, durable as `sync` says.
+    /// Write a whole batch in one transaction, durable as `sync` says. Only the tables
+    /// the batch writes are opened (a commit is on every write's path); the conflict
+    /// log's retention runs when records are written, and otherwise at most once per
+    /// [`RETENTION_EVERY`], so records still age out of a log that takes no new ones.
     pub fn commit_with(&self, batch: &Batch, sync: Fsync) -> StorageResult<()> {
         let mut tx = self.db.begin_write().map_err(db_err)?;
         if sync == Fsync::Deferred {
             tx.set_durability(Durability::None).map_err(db_err)?;
         }
-        {
+        if !batch.kv.is_empty() {
             let mut kv = tx.open_table(KV).map_err(db_err)?;
             for ((bucket, key), register) in &batch.kv {
                 kv.insert(record_key(bucket, key).as_slice(), stored::encode(register).as_slice()).map_err(db_err)?;
             }
+        }
+        if !batch.docs.is_empty() {
             let mut docs = tx.open_table(DOCS).map_err(db_err)?;
             for ((bucket, key), bytes) in &batch.docs {
                 docs.insert(record_key(bucket, key).as_slice(), bytes.as_slice()).map_err(db_err)?;
             }
+        }
+        if !batch.applied.is_empty() {
             let mut applied = tx.open_table(APPLIED).map_err(db_err)?;
             for (origin, seq) in &batch.applied {
                 let name = origin.to_string();
@@ -294,20 +312,31 @@ impl Store {
                 assert!(*seq >= old, "the applied vector never goes back ({origin}: {old} -> {seq})");
                 applied.insert(name.as_str(), *seq).map_err(db_err)?;
             }
+        }
+        if !batch.cursors.is_empty() {
             let mut cursors = tx.open_table(CURSORS).map_err(db_err)?;
             for (stream, seq) in &batch.cursors {
                 cursors.insert(stream.as_str(), *seq).map_err(db_err)?;
             }
-            if !batch.void_from.is_empty() {
-                let mut void = tx.open_table(VOID_FROM).map_err(db_err)?;
-                for (origin, seq) in &batch.void_from {
-                    let name = origin.to_string();
-                    let old = void.get(name.as_str()).map_err(db_err)?.map_or(u64::MAX, |v| v.value());
-                    void.insert(name.as_str(), old.min(*seq)).map_err(db_err)?;
-                }
+        }
+        if !batch.void_from.is_empty() {
+            let mut void = tx.open_table(VOID_FROM).map_err(db_err)?;
+            for (origin, seq) in &batch.void_from {
+                let name = origin.to_string();
+                let old = void.get(name.as_str()).map_err(db_err)?.map_or(u64::MAX, |v| v.value());
+                void.insert(name.as_str(), old.min(*seq)).map_err(db_err)?;
             }
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let last = self.retained_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let retain = !batch.conflicts.is_empty() || now_ms.saturating_sub(last) >= RETENTION_EVERY.as_millis() as u64;
+        if retain {
             write_conflicts(&tx, &batch.conflicts, self.conflicts_max, self.conflicts_max_age)?;
+        }
+        if !batch.waiting.is_empty() || !batch.dead_letters.is_empty() {
             write_held(&tx, &batch.waiting, &batch.dead_letters)?;
+        }
+        if !batch.pending.is_empty() {
             let mut pending = tx.open_table(DOC_PENDING).map_err(db_err)?;
             for ((bucket, key), changes) in &batch.pending {
                 let k = record_key(bucket, key);
@@ -318,9 +347,20 @@ impl Store {
                 }
             }
         }
-        tx.commit().map_err(db_err)
+        tx.commit().map_err(db_err)?;
+        if retain {
+            self.retained_at_ms.store(now_ms, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
+
+/// The page cache a store keeps unless told otherwise: redb's own default is 1 GiB,
+/// which a replica's resident memory grows into as its data does.
+pub const CACHE_BYTES_DEFAULT: usize = 64 << 20;
+
+/// How often a commit that writes no conflict record runs the conflict log's retention.
+pub const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@
 //! the caller must re-read the log before it appends again.
 
 pub mod backoff;
+pub mod follow;
 pub mod lease;
 pub mod memory;
 pub mod nats;

@@ -22,8 +22,6 @@ pub const APPEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const EPOCH_BUCKET: &str = "concord_epochs";
 const LEADERS_BUCKET: &str = "concord_leaders";
-/// How long `follow` waits for a message before checking whether its consumer stalled.
-const FOLLOW_STALL_CHECK: Duration = Duration::from_secs(2);
 
 pub fn stream_name(region: &str) -> String {
     format!("CONCORD_LOG_{}", region.to_ascii_uppercase().replace('-', "_"))
@@ -65,7 +63,7 @@ fn unavailable(e: impl std::fmt::Display) -> LogError {
 }
 
 pub struct NatsLog {
-    js: jetstream::Context,
+    pub(crate) js: jetstream::Context,
     stream: String,
     subject: String,
     /// Copies of every stream and bucket this node creates (1, or 3 on a region's
@@ -244,85 +242,6 @@ impl NatsLog {
             Ok(msg) => Ok(Some(msg.payload)),
             Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(unavailable(e)),
-        }
-    }
-
-    /// Follow a local stream from `from` on, for ever: an ordered consumer that
-    /// recreates itself after errors. Entries go to `tx` in order; the task ends when
-    /// `tx` closes.
-    pub async fn follow(&self, stream_name: String, from: u64, tx: tokio::sync::mpsc::Sender<(String, LogEntry)>) {
-        let mut next = from.max(1);
-        let mut backoff = Backoff::network();
-        loop {
-            let consumer = async {
-                let stream = self.js.get_stream_no_info(&stream_name).await.map_err(unavailable)?;
-                stream
-                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                        deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: next },
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(unavailable)?
-                    .messages()
-                    .await
-                    .map_err(unavailable)
-            };
-            let mut messages = match consumer.await {
-                Ok(m) => m,
-                Err(e) => {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    warn!(stream = %stream_name, error = %e, "cannot follow the stream yet; retrying");
-                    backoff.wait().await;
-                    continue;
-                }
-            };
-            backoff.reset();
-            loop {
-                // A consumer can stall silently (its server restarted, its pull request
-                // lost); the client notices only after missed heartbeats (tens of
-                // seconds). So when nothing arrives for a while but the stream holds more
-                // than was delivered, recreate the consumer at once.
-                let msg = match tokio::time::timeout(FOLLOW_STALL_CHECK, messages.next()).await {
-                    Ok(Some(msg)) => msg,
-                    Ok(None) => {
-                        warn!(stream = %stream_name, next, "the stream's consumer ended; recreating it");
-                        break;
-                    }
-                    Err(_) => {
-                        let behind = match self.js.get_stream(&stream_name).await {
-                            Ok(mut s) => s.info().await.map(|i| i.state.last_sequence >= next).unwrap_or(true),
-                            Err(_) => true,
-                        };
-                        if behind {
-                            warn!(stream = %stream_name, next, "the stream has more than was delivered; recreating its consumer");
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(stream = %stream_name, error = %e, "following the stream failed; resuming");
-                        break;
-                    }
-                };
-                let Ok(info) = msg.info() else { continue };
-                let seq = info.stream_sequence;
-                if seq < next {
-                    continue;
-                }
-                next = seq + 1;
-                if tx.send((stream_name.clone(), LogEntry { seq, payload: msg.payload.clone() })).await.is_err() {
-                    return;
-                }
-            }
-            if tx.is_closed() {
-                return;
-            }
-            backoff.wait().await;
         }
     }
 

@@ -13,9 +13,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
 use concord_api::ErrorCode;
 
 use super::limits::{Class, Deadline, Limits};
@@ -23,51 +21,129 @@ use super::{Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
 
+/// The node's HTTP service: one dispatcher (a request is classed, admitted under its
+/// class's limits, routed, and its answer stamped), rather than a stack of router and
+/// middleware layers, each of which boxes every request's future (measured on the read
+/// path: the layers cost more than the read).
 pub fn router(node: Arc<Node>) -> Router {
     let timeout = Duration::from_millis(node.cfg.request_timeout_ms);
     let limits = Arc::new(Limits::new(node.cfg.http_concurrency_max, timeout, node.metrics.clone()));
-    let limited = |class: Class| middleware::from_fn_with_state((limits.clone(), class), limit);
-    let operator = Router::new().route("/v1/status", get(status)).route("/metrics", get(metrics));
-    let bulk = Router::new().route("/v1/snapshot", get(snapshot));
-    let data = Router::new()
-        .route("/v1/kv/{*rest}", any(kv))
-        .route("/v1/docs/{*rest}", any(docs))
-        .route("/v1/conflicts", get(conflicts_list))
-        .route("/v1/conflicts/{id}", get(conflict_get))
-        .route("/v1/conflicts/{id}/resolve", axum::routing::post(conflict_resolve))
-        .route("/v1/dead-letters", get(dead_letters));
-    Router::new()
-        .merge(operator.layer(limited(Class::Operator)))
-        .merge(bulk.layer(limited(Class::Bulk)))
-        .merge(data.layer(limited(Class::Data)))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(node.clone(), stamp))
-        .with_state(node)
+    Router::new().fallback(dispatch).with_state(Http { node, limits })
+}
+
+#[derive(Clone)]
+struct Http {
+    node: Arc<Node>,
+    limits: Arc<Limits>,
+}
+
+/// The routes (DESIGN.md, "Interfaces").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Status,
+    Metrics,
+    Snapshot,
+    Kv,
+    Docs,
+    ConflictsList,
+    Conflict,
+    ConflictResolve,
+    DeadLetters,
+    NotFound,
+}
+
+impl Route {
+    fn of(path: &str) -> Route {
+        match path {
+            "/v1/status" => Route::Status,
+            "/metrics" => Route::Metrics,
+            "/v1/snapshot" => Route::Snapshot,
+            "/v1/conflicts" => Route::ConflictsList,
+            "/v1/dead-letters" => Route::DeadLetters,
+            p if p.starts_with("/v1/kv/") => Route::Kv,
+            p if p.starts_with("/v1/docs/") => Route::Docs,
+            p => match p.strip_prefix("/v1/conflicts/").map(|rest| rest.split('/').collect::<Vec<_>>()).as_deref() {
+                Some([id]) if !id.is_empty() => Route::Conflict,
+                Some([id, "resolve"]) if !id.is_empty() => Route::ConflictResolve,
+                _ => Route::NotFound,
+            },
+        }
+    }
+
+    fn class(self) -> Class {
+        match self {
+            Route::Status | Route::Metrics => Class::Operator,
+            Route::Snapshot => Class::Bulk,
+            _ => Class::Data,
+        }
+    }
+
+    /// The one method a route takes, when it takes one (kv and docs take several).
+    fn method(self) -> Option<Method> {
+        match self {
+            Route::ConflictResolve => Some(Method::POST),
+            Route::Kv | Route::Docs | Route::NotFound => None,
+            _ => Some(Method::GET),
+        }
+    }
 }
 
 /// Admit the request under the limits of its class (or answer 503 `overloaded`), hand
-/// its deadline to the handler, and answer 504 `timeout` if it runs past it.
-async fn limit(State((limits, class)): State<(Arc<Limits>, Class)>, mut req: Request, next: Next) -> Response {
-    let admitted = match limits.admit(class) {
-        Ok(admitted) => admitted,
-        Err(e) => return respond(Reply::error(&e)),
+/// its deadline to the handler, answer 504 `timeout` if it runs past it, and stamp the
+/// answer: every response carries the session token and the region.
+async fn dispatch(State(http): State<Http>, mut req: Request) -> Response {
+    let route = Route::of(req.uri().path());
+    let resp = if route == Route::NotFound {
+        respond(Reply::error(&NodeError::NotFound("no such route".into())))
+    } else if route.method().is_some_and(|m| m != req.method()) {
+        method_not_allowed(req.method())
+    } else {
+        match http.limits.admit(route.class()) {
+            Err(e) => respond(Reply::error(&e)),
+            Ok(admitted) => {
+                req.extensions_mut().insert(admitted.deadline);
+                let resp = http.limits.within(route.class(), serve(&http.node, route, req)).await;
+                drop(admitted);
+                resp.unwrap_or_else(|e| respond(Reply::error(&e)))
+            }
+        }
     };
-    req.extensions_mut().insert(admitted.deadline);
-    let resp = limits.within(class, next.run(req)).await;
-    drop(admitted);
-    resp.unwrap_or_else(|e| respond(Reply::error(&e)))
+    stamp(&http.node, resp)
 }
 
-/// Every response carries the session token and the region.
-async fn stamp(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
+async fn serve(node: &Arc<Node>, route: Route, req: Request) -> Response {
+    match route {
+        Route::Status => respond(super::status(node).await),
+        Route::Metrics => metrics(node).await,
+        Route::Snapshot => respond(super::snapshot(node).await.into()),
+        Route::Kv => kv(node, req).await,
+        Route::Docs => docs(node, req).await,
+        Route::ConflictsList => {
+            let (parts, _) = req.into_parts();
+            respond(super::conflicts_list(node, &request_params(&parts)).await.into())
+        }
+        Route::Conflict => respond(super::conflict_get(node, &conflict_id(req.uri().path())).await.into()),
+        Route::ConflictResolve => conflict_resolve(node, req).await,
+        Route::DeadLetters => respond(super::dead_letters(node, &params(req.uri().query())).await.into()),
+        Route::NotFound => unreachable!("answered before admission"),
+    }
+}
+
+/// The `{id}` of `/v1/conflicts/{id}[/resolve]`, percent-decoded.
+fn conflict_id(path: &str) -> String {
+    let rest = path.strip_prefix("/v1/conflicts/").unwrap_or("");
+    String::from_utf8_lossy(&percent_decode(rest.split('/').next().unwrap_or(""))).into_owned()
+}
+
+const TOKEN: header::HeaderName = header::HeaderName::from_static("concord-token");
+const REGION: header::HeaderName = header::HeaderName::from_static("concord-region");
+
+fn stamp(node: &Node, mut resp: Response) -> Response {
     let headers = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&super::current_token(&node)) {
-        headers.insert("concord-token", v);
+    if let Ok(v) = HeaderValue::from_maybe_shared(super::current_token(node)) {
+        headers.insert(TOKEN, v);
     }
-    if let Ok(v) = HeaderValue::from_str(node.region.as_str()) {
-        headers.insert("concord-region", v);
-    }
+    headers.insert(REGION, node.region_header.clone());
     resp
 }
 
@@ -80,15 +156,7 @@ fn respond(reply: Reply) -> Response {
     resp
 }
 
-async fn status(State(node): State<Arc<Node>>) -> Response {
-    respond(super::status(&node).await)
-}
-
-async fn snapshot(State(node): State<Arc<Node>>) -> Response {
-    respond(super::snapshot(&node).await.into())
-}
-
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
+async fn metrics(node: &Node) -> Response {
     let labels = format!("region=\"{}\",node=\"{}\"", node.region, node.cfg.node);
     let mut body = node.metrics.render(&labels);
     crate::metrics::render_gauges(&mut body, &labels, &node.view.borrow());
@@ -101,11 +169,6 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         );
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
-}
-
-async fn conflicts_list(State(node): State<Arc<Node>>, req: Request) -> Response {
-    let (parts, _) = req.into_parts();
-    respond(super::conflicts_list(&node, &request_params(&parts)).await.into())
 }
 
 /// The parameters of a request: its query, its session headers, its path, and the
@@ -121,30 +184,15 @@ fn request_params(parts: &axum::http::request::Parts) -> Params {
     p
 }
 
-async fn dead_letters(State(node): State<Arc<Node>>, uri: axum::http::Uri) -> Response {
-    respond(super::dead_letters(&node, &params(uri.query())).await.into())
-}
-
-async fn conflict_get(State(node): State<Arc<Node>>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
-    respond(super::conflict_get(&node, &id).await.into())
-}
-
-async fn conflict_resolve(
-    State(node): State<Arc<Node>>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    req: Request,
-) -> Response {
+async fn conflict_resolve(node: &Node, req: Request) -> Response {
+    let id = conflict_id(req.uri().path());
     let (parts, body) = req.into_parts();
     let p = request_params(&parts);
-    let reply = match read_body(&node, body).await {
-        Ok(b) => super::conflict_resolve(&node, &id, b, &p).await,
+    let reply = match read_body(node, body).await {
+        Ok(b) => super::conflict_resolve(node, &id, b, &p).await,
         Err(e) => Err(e),
     };
     respond(reply.into())
-}
-
-async fn not_found() -> Response {
-    respond(Reply::error(&NodeError::NotFound("no such route".into())))
 }
 
 fn method_not_allowed(method: &Method) -> Response {
@@ -229,25 +277,25 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, NodeError> {
     Ok(Bytes::from(buf))
 }
 
-async fn kv(State(node): State<Arc<Node>>, req: Request) -> Response {
+async fn kv(node: &Node, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().trim_start_matches("/v1/kv/").to_string();
     let p = request_params(&parts);
     let (bucket, key) = bucket_and_key(&rest);
     let reply = match (&parts.method, key) {
-        (&Method::GET, None) => super::kv_list(&node, &bucket, &p).await,
-        (&Method::GET, Some(k)) => super::kv_get(&node, &bucket, &k, &p).await,
-        (&Method::PUT, Some(k)) => match read_body(&node, body).await {
-            Ok(b) => super::kv_put(&node, &bucket, &k, b, &p).await,
+        (&Method::GET, None) => super::kv_list(node, &bucket, &p).await,
+        (&Method::GET, Some(k)) => super::kv_get(node, &bucket, &k, &p).await,
+        (&Method::PUT, Some(k)) => match read_body(node, body).await {
+            Ok(b) => super::kv_put(node, &bucket, &k, b, &p).await,
             Err(e) => Err(e),
         },
-        (&Method::DELETE, Some(k)) => super::kv_delete(&node, &bucket, &k, &p).await,
+        (&Method::DELETE, Some(k)) => super::kv_delete(node, &bucket, &k, &p).await,
         (m, _) => return method_not_allowed(m),
     };
     respond(reply.into())
 }
 
-async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {
+async fn docs(node: &Node, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let rest = parts.uri.path().trim_start_matches("/v1/docs/").to_string();
     let p = request_params(&parts);
@@ -259,9 +307,9 @@ async fn docs(State(node): State<Arc<Node>>, req: Request) -> Response {
         )));
     };
     let reply = match parts.method {
-        Method::GET => super::doc_get(&node, &bucket, &key, &p).await,
-        Method::POST => match read_body(&node, body).await {
-            Ok(b) => super::doc_apply(&node, &bucket, &key, b, &p).await,
+        Method::GET => super::doc_get(node, &bucket, &key, &p).await,
+        Method::POST => match read_body(node, body).await {
+            Ok(b) => super::doc_apply(node, &bucket, &key, b, &p).await,
             Err(e) => Err(e),
         },
         ref m => return method_not_allowed(m),

@@ -228,7 +228,8 @@ async fn handle(node: &Node, op: Op, req: &Request, deadline: Deadline) -> Reply
 async fn respond(node: &Node, req: Request, reply: Reply) {
     let mut headers = HeaderMap::new();
     headers.insert("Concord-Status", reply.status.to_string().as_str());
-    headers.insert("Concord-Token", super::current_token(node).as_str());
+    let token = super::current_token(node);
+    headers.insert("Concord-Token", std::str::from_utf8(&token).unwrap_or_default());
     headers.insert("Concord-Region", node.region.as_str());
     headers.insert("Content-Type", reply.content_type);
     if let Err(e) = req.respond_with_headers(Ok(reply.body), headers).await {

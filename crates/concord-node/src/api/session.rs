@@ -53,7 +53,7 @@ pub(super) async fn await_session(node: &Node, p: &Params) -> Result<(), NodeErr
     })
 }
 
-/// The session token of this replica now.
-pub fn current_token(node: &Node) -> String {
-    token::encode(&node.applied.borrow())
+/// The session token of this replica now (encoded by the worker once per change).
+pub fn current_token(node: &Node) -> bytes::Bytes {
+    node.token.borrow().clone()
 }
