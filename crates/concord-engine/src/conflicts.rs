@@ -58,18 +58,19 @@ fn resolution(o: &Overlay<'_>, resolves: Option<Uuid>, version: String) -> Resol
 }
 
 impl Overlay<'_> {
-    /// The open record of `k` (and `path`), as this step sees it.
+    /// The open record of `k` (and `path`), as this step sees it: as this step wrote it,
+    /// else as loaded. (Only writes are kept in `open_records`: most keys have no record,
+    /// and this runs for every change.)
     fn open_record(&mut self, k: &DocKey, path: Option<&[Json]>) -> Option<ConflictRecord> {
-        let ok = open_key(&k.0, &k.1, path);
-        if let Some(cached) = self.open_records.get(&ok) {
-            return cached.clone();
+        if !self.open_records.is_empty()
+            && let Some(written) = self.open_records.get(&open_key(&k.0, &k.1, path))
+        {
+            return written.clone();
         }
-        let found = match path {
+        match path {
             None => self.facts.kv(k).open.clone(),
             Some(p) => self.facts.doc(k).open.iter().find(|r| r.path.as_deref() == Some(p)).cloned(),
-        };
-        self.open_records.insert(ok, found.clone());
-        found
+        }
     }
 
     fn write_record(&mut self, record: ConflictRecord, open: bool, replaces: Option<Uuid>) {

@@ -28,7 +28,7 @@ pub(crate) struct Overlay<'f> {
     pub pending: BTreeMap<DocKey, Vec<Vec<u8>>>,
     /// Conflict-log changes of this step, in order.
     pub conflicts: Vec<ConflictWrite>,
-    /// The open record per key (and path) as this step left it (`None`: none open).
+    /// The open record per key (and path) as this step wrote it (`None`: it closed it).
     pub open_records: BTreeMap<Vec<u8>, Option<ConflictRecord>>,
     /// Documents changed by a resolving write: the record it resolves.
     pub doc_resolves: BTreeMap<DocKey, Uuid>,
