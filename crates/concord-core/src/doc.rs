@@ -232,13 +232,18 @@ pub fn load_doc(bytes: &[u8]) -> CoreResult<Automerge> {
 /// or applies them and saves a document that no longer loads ("bad checksum"); found by
 /// fuzzing (`crates/concord-fuzz`, targets `automerge_change` and `log_entry`). A change
 /// Automerge encoded re-encodes to itself (the encoding is canonical): one whose ops,
-/// expanded and encoded again, hash differently is damaged. Expanding it may panic too,
-/// which is caught and refused the same way (it touches nothing but the change). Bytes
+/// expanded and encoded again, hash differently is damaged. Parsing it may panic too (an
+/// `unwrap` of an object id's counter that does not fit a `u32`, in `types.rs`; found by
+/// the `automerge_change` target in CI), and so may expanding it: both are caught and
+/// refused the same way (they touch nothing but the change). Bytes
 /// that are not one change chunk are refused before Automerge parses them: it can take
 /// the machine's memory parsing a few bytes of another chunk type (see `doc/chunks.rs`).
 pub fn decode_change(bytes: Vec<u8>) -> CoreResult<automerge::Change> {
     chunks::check_change(&bytes)?;
-    let change = automerge::Change::from_bytes(bytes).map_err(|e| CoreError::Corrupt(format!("{e}")))?;
+    let change = match std::panic::catch_unwind(|| automerge::Change::from_bytes(bytes)) {
+        Ok(parsed) => parsed.map_err(|e| CoreError::Corrupt(format!("{e}")))?,
+        Err(_) => return Err(CoreError::Corrupt("its decoder failed on damaged bytes".into())),
+    };
     let again = std::panic::catch_unwind(|| automerge::Change::from(change.decode()).hash());
     match again {
         Ok(hash) if hash == change.hash() => Ok(change),

@@ -1,8 +1,8 @@
 //! Inputs on which the fuzzers found Concord crashing, each replayed through the
 //! surface that found it, kept as regression tests now that each is fixed:
 //!
-//! - damaged Automerge changes inside a changeset (automerge 0.12 panicked applying
-//!   them): refused as dead letters (`concord_core::doc::decode_change`, and
+//! - damaged Automerge changes inside a changeset (automerge 0.12 panicked parsing or
+//!   applying them): refused as dead letters (`concord_core::doc::decode_change`, and
 //!   `apply_guarded`/`reloads` in the engine);
 //! - a snapshot with a short conflict-index key (the next commit panicked): refused on
 //!   import, and retention steps over such a key (`concord-storage`);
@@ -113,4 +113,22 @@ fn short_time_key_snapshot() -> Vec<u8> {
     w.bytes(&[]);
     w.u8(0);
     w.finish()
+}
+
+/// 108 bytes found by the `automerge_change` target in CI: a change whose op columns
+/// name an object by a counter past `u32::MAX`. automerge 0.12.0's `Change::from_bytes`
+/// panicked parsing it (`TryFromIntError` unwrapped in `types.rs:464`, under
+/// `ObjIdIter::try_next`), before Concord's own checks of its ops ran: as a changeset's
+/// document change it stopped every replica that read the log. Now the parse is guarded
+/// like the expansion after it, and the changeset is a dead letter.
+#[test]
+fn a_change_naming_an_object_past_u32_counters_is_refused() {
+    let change = hex(concat!(
+        "856f4a836cc331030162000965752d7765dd732e310101010a2d6c6320313030302e30000a0104020611",
+        "0413071509340242065606570570020000200601ffffffff230004030000037e000425017d0378016e01",
+        "74000b03047d00040104017d0014ffff1601746578740700",
+    ));
+    assert_eq!(change.len(), 108);
+    assert!(concord_core::doc::decode_change(change.clone()).is_err());
+    concord_fuzz::automerge_change(&change);
 }
