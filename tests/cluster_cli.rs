@@ -72,6 +72,11 @@ fn cluster_up_kill_start_and_the_client_commands() {
     let (ok, _, err) = concord(&["cluster", "kill", "--dir", d, "us-east-1"]);
     assert!(ok, "{err}");
     assert!(!concord(&["get", "--endpoint", &ep, "users", "alice"]).0);
+    // `concord status` shows the node down, and fails.
+    let (ok, table, _) = concord(&["status", "--dir", d]);
+    assert!(!ok, "status succeeds with a node down: {table}");
+    let row = table.lines().find(|l| l.starts_with("us-east")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("us-east-1") && row.contains("DOWN"), "{table}");
     let (ok, _, err) = concord(&["cluster", "start", "--dir", d, "us-east-1"]);
     assert!(ok, "{err}");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -84,9 +89,19 @@ fn cluster_up_kill_start_and_the_client_commands() {
         assert!(Instant::now() < deadline, "us-east-1 did not come back");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (_, status, _) = concord(&["status", "--endpoint", &ep]);
-    let status: concord_api::StatusBody = serde_json::from_str(&status).unwrap();
+    let (ok, status, err) = concord(&["status", "--endpoint", &ep, "--json"]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 1, "{status}");
+    let status: concord_api::StatusBody = serde_json::from_value(status["nodes"][0]["status"].clone()).unwrap();
     assert_eq!(status.epoch, 2, "a restarted leader starts a new epoch: {status:?}");
+    // The deployment as a table, from cluster.json: the header, then each node's row.
+    let (ok, table, err) = concord(&["status", "--dir", d]);
+    assert!(ok, "{err}");
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("REGION  "), "{table}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[..5], ["us-east", "us-east-1", "leader", "writing", "2"], "{table}");
 
     // SIGTERM stops everything.
     let mut pids = Vec::new();

@@ -3,7 +3,8 @@
 //! winner and holds the same record listing all three versions; resolving it from one
 //! region makes every region read the resolution and the record read as resolved.
 //! A `manual` bucket answers 300 with the siblings until resolved. Records are also
-//! published on NATS, and `concord conflicts` shows them.
+//! published on NATS and streamed as server-sent events (`GET /v1/conflicts/events`), and
+//! `concord conflicts` shows them (`--follow` from that stream).
 
 use std::time::Duration;
 
@@ -36,16 +37,41 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
     assert_eq!(r.status(), 200);
     cluster.wait_converged(Duration::from_secs(30)).await;
 
+    // ap-south's stream of the records it commits, opened before any exists.
+    let mut events =
+        client.get(format!("{}/v1/conflicts/events?key=dana", cluster.url("ap-south"))).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+
     for r in REGIONS {
         cluster.partition(r);
     }
     // `concord conflicts --follow --json` tails the log: it prints each record as it
     // appears and again when it changes.
-    let follow = std::process::Command::new(concord_tests::concord_bin())
+    let mut follow = std::process::Command::new(concord_tests::concord_bin())
         .args(["conflicts", "--endpoint", &cluster.url("us-east"), "--follow", "--json", "--bucket", "users"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let (lines_tx, followed) = std::sync::mpsc::channel::<Value>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(serde_json::from_str(&line).expect("--follow --json prints JSON lines"));
+        }
+    });
+    // It follows us-east's stream rather than polling the list.
+    let streams_open = async || {
+        let m = client.get(format!("{}/metrics", cluster.url("us-east"))).send().await.unwrap().text().await.unwrap();
+        let line = m.lines().find(|l| l.starts_with("concord_conflict_streams_open{")).unwrap().to_string();
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    while streams_open().await != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "concord conflicts --follow opened no stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for r in REGIONS {
         let url = cluster.url(r);
         let put = client.put(format!("{url}/v1/kv/users/dana")).body(format!("plan from {r}")).send().await.unwrap();
@@ -109,9 +135,6 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
         }))
         .await;
     assert!(docs.windows(2).all(|w| w[0] == w[1]), "{docs:?}");
-
-    // (Leave the records open long enough for `--follow`, which polls every second.)
-    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     // The manual bucket shows every sibling with 300 until someone resolves them.
     for r in REGIONS {
@@ -182,15 +205,42 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
     assert_eq!(again.status(), 409);
 
     // The follower printed the record open, then resolved.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut lines = Vec::new();
+    while !lines.iter().any(|r: &Value| r["id"] == record["id"] && r["resolved"]["by"] == "resolve") {
+        match followed.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => lines.push(line),
+            Err(e) => panic!("--follow printed no resolved record ({e}): {lines:?}"),
+        }
+    }
+    assert!(lines.iter().any(|r| r["key"] == "dana" && r["resolved"].is_null()), "{lines:?}");
+    assert!(lines.iter().all(|r| r["bucket"] == "users"), "{lines:?}");
     unsafe {
         libc::kill(follow.id() as i32, libc::SIGTERM);
     }
-    let out = follow.wait_with_output().unwrap();
-    let lines: Vec<Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.iter().any(|r| r["key"] == "dana" && r["resolved"].is_null()), "{lines:?}");
-    assert!(lines.iter().any(|r| r["id"] == record["id"] && r["resolved"]["by"] == "resolve"), "{lines:?}");
+    follow.wait().unwrap();
+
+    // ap-south streamed the record as it committed it: open (with every version), then
+    // resolved; nothing of other keys.
+    let mut streamed = Vec::new();
+    let mut buf = Vec::new();
+    while !streamed.iter().any(|r: &Value| r["resolved"]["by"] == "resolve") {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(30), events.chunk()).await.expect("an event").unwrap().unwrap();
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block = String::from_utf8(buf.drain(..end + 2).collect()).unwrap();
+            if let Some(data) = block.strip_prefix("event: conflict\ndata: ") {
+                streamed.push(serde_json::from_str::<Value>(data.trim_end()).unwrap());
+            } else {
+                assert!(block.starts_with(':'), "only records and keep-alive comments: {block:?}");
+            }
+        }
+    }
+    assert!(streamed.iter().all(|r| r["id"] == record["id"]), "{streamed:?}");
+    assert!(
+        streamed.iter().any(|r| r["resolved"].is_null() && r["versions"].as_array().unwrap().len() == 3),
+        "{streamed:?}"
+    );
 
     // Subscribers on NATS saw ap-south's records.
     let mut seen = Vec::new();

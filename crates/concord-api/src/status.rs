@@ -59,6 +59,9 @@ pub struct StatusBody {
     /// lists those kept).
     #[serde(default)]
     pub dead_letters: u64,
+    /// Conflict records not resolved yet, in this replica's conflict log.
+    #[serde(default)]
+    pub open_conflicts: u64,
 }
 
 /// Where a replica is in one stream.

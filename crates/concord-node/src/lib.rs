@@ -94,6 +94,12 @@ pub struct Node {
     /// Whether this node answers reads over NATS now (a follower always; a leader only
     /// while no follower is alive).
     pub serves_nats_reads: std::sync::atomic::AtomicBool,
+    /// The conflict records this node commits, as it commits them.
+    pub conflict_feed: tokio::sync::broadcast::Sender<concord_core::conflict::ConflictRecord>,
+    /// The `GET /v1/conflicts/events` streams open now.
+    pub conflict_streams: api::OpenStreams,
+    /// True once the node is stopping (long-lived answers end then).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl Node {
@@ -199,6 +205,9 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         log,
         leader_cache: Default::default(),
         serves_nats_reads: Default::default(),
+        conflict_feed: views.conflicts.clone(),
+        conflict_streams: Default::default(),
+        shutdown: sup.shutdown(),
     });
     serve(node, sup, &mut fatal, &stop_tx, &client).await
 }

@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use concord_core::conflict::ConflictRecord;
 use concord_core::token;
 use concord_core::vv::VersionVector;
 use concord_engine::{Alert, Engine, Gap, Parked, RoleView, Stats};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::{error, info, warn};
 
 use crate::metrics::{self, Metrics};
@@ -49,6 +50,9 @@ pub struct Watches {
     pub token: watch::Sender<Bytes>,
     pub cursors: watch::Sender<BTreeMap<String, u64>>,
     pub view: watch::Sender<EngineView>,
+    /// Every conflict record this replica commits, as it commits it (for
+    /// `GET /v1/conflicts/events`; a slow receiver lags, it never holds up the worker).
+    pub conflicts: broadcast::Sender<ConflictRecord>,
 }
 
 /// The receivers the API and other tasks read.
@@ -58,6 +62,8 @@ pub struct Views {
     pub token: watch::Receiver<Bytes>,
     pub cursors: watch::Receiver<BTreeMap<String, u64>>,
     pub view: watch::Receiver<EngineView>,
+    /// Subscribe to it for the records committed from then on.
+    pub conflicts: broadcast::Sender<ConflictRecord>,
 }
 
 impl Watches {
@@ -66,8 +72,15 @@ impl Watches {
         let (token, token_rx) = watch::channel(Bytes::from(token::encode(engine.applied())));
         let (cursors, cursors_rx) = watch::channel(engine.cursors().clone());
         let (view, view_rx) = watch::channel(EngineView::of(engine));
-        let views = Views { applied: applied_rx, token: token_rx, cursors: cursors_rx, view: view_rx };
-        (Watches { applied, token, cursors, view }, views)
+        let (conflicts, _) = broadcast::channel(crate::api::CONFLICT_FEED_CAPACITY);
+        let views = Views {
+            applied: applied_rx,
+            token: token_rx,
+            cursors: cursors_rx,
+            view: view_rx,
+            conflicts: conflicts.clone(),
+        };
+        (Watches { applied, token, cursors, view, conflicts }, views)
     }
 
     /// Publish what changed (the token with the applied vector, before anyone who waits

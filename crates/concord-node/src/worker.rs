@@ -414,6 +414,11 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     pub(crate) fn after(&mut self, out: Output) {
         if let Some(batch) = &out.commit {
             metrics::add(&self.metrics.conflict_records_written_total, batch.conflicts.len() as u64);
+            if self.watches.conflicts.receiver_count() > 0 {
+                for w in &batch.conflicts {
+                    let _ = self.watches.conflicts.send(w.record.clone());
+                }
+            }
             let writing = matches!(self.engine().role(), concord_engine::RoleView::Leader { .. });
             if let Some(tx) = self.conflicts.as_ref().filter(|_| writing) {
                 for w in &batch.conflicts {

@@ -90,6 +90,14 @@ impl Store {
         self.get_conflict(&id)
     }
 
+    /// How many records are unresolved (one per register or property that holds
+    /// competing versions).
+    pub fn open_conflicts_count(&self) -> StorageResult<u64> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(CONFLICTS_OPEN).map_err(db_err)?;
+        table.len().map_err(db_err)
+    }
+
     /// Every unresolved record of `bucket/key`, whatever the path (documents).
     pub fn open_conflicts_of(&self, bucket: &str, key: &str) -> StorageResult<Vec<ConflictRecord>> {
         let ids: Vec<uuid::Uuid> = {

@@ -123,11 +123,3 @@ pub async fn doc(
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
 }
-
-pub async fn status(ep: &Endpoint) -> anyhow::Result<()> {
-    let body = send(http().get(format!("{}/v1/status", ep.endpoint))).await?;
-    let status: concord_api::StatusBody =
-        serde_json::from_slice(&body).with_context(|| format!("{} answered no Concord status", ep.endpoint))?;
-    println!("{}", serde_json::to_string_pretty(&status)?);
-    Ok(())
-}

@@ -80,51 +80,137 @@ fn header() -> String {
 }
 
 pub async fn show(ep: &Endpoint, f: Filter, as_json: bool, follow: bool) -> anyhow::Result<()> {
-    let records = fetch(ep, &f).await?;
-    if as_json && !follow {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+    if !follow {
+        let records = fetch(ep, &f).await?;
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&records)?);
+        } else {
+            println!("{}", header());
+            // Oldest first, as when following: the newest ends up at the bottom.
+            records.iter().rev().for_each(|r| println!("{}", row(r)));
+            if records.is_empty() {
+                eprintln!("(no conflicts)");
+            }
+        }
         return Ok(());
     }
     if !as_json {
         println!("{}", header());
     }
-    // Oldest first on screen, so the newest ends up at the bottom as it does when following.
-    let mut seen: HashMap<String, Value> = HashMap::new();
-    for r in records.iter().rev() {
-        if as_json {
-            println!("{}", serde_json::to_string(r)?);
-        } else {
-            println!("{}", row(r));
-        }
-        seen.insert(r["id"].as_str().unwrap_or("").to_string(), r.clone());
-    }
-    if !follow {
-        if records.is_empty() {
-            eprintln!("(no conflicts)");
-        }
-        return Ok(());
-    }
+    let mut shown = Shown { seen: HashMap::new(), as_json };
+    // Subscribe, then list: a record committed in between is in the stream, and one
+    // listed and streamed alike is printed once. A stream that breaks is opened again.
+    let mut events = subscribe(ep, &f).await?;
+    shown.print_changed(fetch(ep, &f).await?.iter().rev());
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let records = match fetch(ep, &f).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("(retrying: {e:#})");
+        let ended = match tail(&mut events, &mut shown).await {
+            Ok(()) => "the node closed the stream".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        eprintln!("(reconnecting: {ended})");
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let reopened = async {
+                let events = subscribe(ep, &f).await?;
+                let records = fetch(ep, &f).await?;
+                anyhow::Ok((events, records))
+            };
+            match reopened.await {
+                Ok((e, records)) => {
+                    events = e;
+                    shown.print_changed(records.iter().rev());
+                    break;
+                }
+                Err(e) => eprintln!("(retrying: {e:#})"),
+            }
+        }
+    }
+}
+
+/// What `--follow` has printed: each record's last printed state, by id.
+struct Shown {
+    seen: HashMap<String, Value>,
+    as_json: bool,
+}
+
+impl Shown {
+    /// Print the records that are new or changed since they were last printed.
+    fn print_changed<'a>(&mut self, records: impl Iterator<Item = &'a Value>) {
+        for r in records {
+            let id = r["id"].as_str().unwrap_or("").to_string();
+            if self.seen.get(&id) == Some(r) {
                 continue;
             }
-        };
-        for r in records.iter().rev() {
-            let id = r["id"].as_str().unwrap_or("").to_string();
-            if seen.get(&id) != Some(r) {
-                if as_json {
-                    println!("{}", serde_json::to_string(r)?);
-                } else {
-                    println!("{}", row(r));
-                }
-                seen.insert(id, r.clone());
+            if self.as_json {
+                println!("{r}");
+            } else {
+                println!("{}", row(r));
             }
+            self.seen.insert(id, r.clone());
         }
     }
+}
+
+/// `GET /v1/conflicts/events` with the filter's bucket and key (server-sent events).
+async fn subscribe(ep: &Endpoint, f: &Filter) -> anyhow::Result<reqwest::Response> {
+    let mut url = format!("{}/v1/conflicts/events", ep.endpoint);
+    let mut sep = '?';
+    for (name, v) in [("bucket", &f.bucket), ("key", &f.key)] {
+        if let Some(v) = v {
+            url.push_str(&format!("{sep}{name}={}", encode_segment(v)));
+            sep = '&';
+        }
+    }
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("{status}: {}", resp.text().await.unwrap_or_default().trim());
+    }
+    Ok(resp)
+}
+
+/// Print each record the stream brings until it ends. A `lagged` event (the node's feed
+/// moved on without us) means records were missed: the caller lists again.
+async fn tail(events: &mut reqwest::Response, shown: &mut Shown) -> anyhow::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = events.chunk().await? {
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = buf.drain(..end + 2).collect();
+            let (name, data) = sse_fields(&String::from_utf8_lossy(&block));
+            match name.as_deref() {
+                Some("conflict") => {
+                    let record: Value = serde_json::from_str(&data).context("a conflict event's record")?;
+                    shown.print_changed(std::iter::once(&record));
+                }
+                Some("lagged") => bail!("the stream fell behind the node's feed ({data})"),
+                _ => {}
+            }
+        }
+        anyhow::ensure!(buf.len() <= EVENT_BYTES_MAX, "an event over {EVENT_BYTES_MAX} bytes");
+    }
+    Ok(())
+}
+
+/// Longest server-sent event `--follow` takes (a record carries every competing value).
+const EVENT_BYTES_MAX: usize = 64 << 20;
+
+/// The `event:` name and the `data:` lines (joined) of one server-sent event.
+fn sse_fields(block: &str) -> (Option<String>, String) {
+    let (mut name, mut data) = (None, Vec::new());
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    (name, data.join("\n"))
 }
 
 pub async fn resolve(ep: &Endpoint, id: &str, value: Option<String>, pick: Option<String>) -> anyhow::Result<()> {

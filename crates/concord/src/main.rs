@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod cluster;
 mod conflicts;
+mod status;
 
 use std::path::PathBuf;
 
@@ -104,11 +105,9 @@ enum Command {
         #[arg(long)]
         pick: Option<String>,
     },
-    /// Show a node's status.
-    Status {
-        #[command(flatten)]
-        ep: client::Endpoint,
-    },
+    /// The whole deployment as a table (`--dir DIR` or `--endpoint URL,...`; `--json`,
+    /// `--watch`): role, epoch, lag per origin, parked streams, gaps, open conflicts.
+    Status(status::StatusArgs),
     /// Exit 0 if `URL` answers 2xx within `--timeout-ms`, else 1: a container health
     /// check (the images hold no shell and no curl).
     Probe {
@@ -185,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Doc { ep, bucket, key, ops, automerge_out } => {
                 client::doc(&ep, &bucket, &key, ops, automerge_out).await
             }
-            Command::Status { ep } => client::status(&ep).await,
+            Command::Status(args) => status::run(args).await,
             Command::Conflicts { ep, bucket, key, since, limit, json, follow } => {
                 conflicts::show(&ep, conflicts::Filter { bucket, key, since, limit }, json, follow).await
             }

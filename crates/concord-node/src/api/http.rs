@@ -46,6 +46,7 @@ enum Route {
     Kv,
     Docs,
     ConflictsList,
+    ConflictEvents,
     Conflict,
     ConflictResolve,
     DeadLetters,
@@ -59,6 +60,7 @@ impl Route {
             "/metrics" => Route::Metrics,
             "/v1/snapshot" => Route::Snapshot,
             "/v1/conflicts" => Route::ConflictsList,
+            "/v1/conflicts/events" => Route::ConflictEvents,
             "/v1/dead-letters" => Route::DeadLetters,
             p if p.starts_with("/v1/kv/") => Route::Kv,
             p if p.starts_with("/v1/docs/") => Route::Docs,
@@ -122,10 +124,25 @@ async fn serve(node: &Arc<Node>, route: Route, req: Request) -> Response {
             let (parts, _) = req.into_parts();
             respond(super::conflicts_list(node, &request_params(&parts)).await.into())
         }
+        Route::ConflictEvents => conflict_events(node, req),
         Route::Conflict => respond(super::conflict_get(node, &conflict_id(req.uri().path())).await.into()),
         Route::ConflictResolve => conflict_resolve(node, req).await,
         Route::DeadLetters => respond(super::dead_letters(node, &params(req.uri().query())).await.into()),
         Route::NotFound => unreachable!("answered before admission"),
+    }
+}
+
+/// `GET /v1/conflicts/events`: server-sent events, one per conflict record committed.
+fn conflict_events(node: &Node, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    match super::conflict_events(node, &request_params(&parts)) {
+        Err(e) => respond(Reply::error(&e)),
+        Ok(events) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+            Body::from_stream(events),
+        )
+            .into_response(),
     }
 }
 
@@ -160,12 +177,26 @@ async fn metrics(node: &Node) -> Response {
     let labels = format!("region=\"{}\",node=\"{}\"", node.region, node.cfg.node);
     let mut body = node.metrics.render(&labels);
     crate::metrics::render_gauges(&mut body, &labels, &node.view.borrow());
+    let streams = node.conflict_streams.count() as u64;
+    crate::metrics::render_gauge(
+        &mut body,
+        &labels,
+        ("conflict_streams_open", "GET /v1/conflicts/events streams open now.", streams),
+    );
     let store = node.store.clone();
-    if let Ok(Ok(docs)) = tokio::task::spawn_blocking(move || store.pending_docs()).await {
+    let counts = tokio::task::spawn_blocking(move || {
+        Ok::<_, concord_storage::StorageError>((store.pending_docs()?, store.open_conflicts_count()?))
+    });
+    if let Ok(Ok((docs, open))) = counts.await {
         crate::metrics::render_gauge(
             &mut body,
             &labels,
             ("documents_waiting", "Documents holding changes that wait for a dependency from another origin.", docs),
+        );
+        crate::metrics::render_gauge(
+            &mut body,
+            &labels,
+            ("conflicts_open", "Conflict records not resolved yet.", open),
         );
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

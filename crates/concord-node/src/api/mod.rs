@@ -8,6 +8,7 @@
 mod conflicts;
 mod dead_letters;
 mod docs;
+mod events;
 pub mod http;
 mod kv;
 mod leader;
@@ -21,6 +22,7 @@ mod write;
 pub use conflicts::{conflict_get, conflict_resolve, conflicts_list};
 pub use dead_letters::dead_letters;
 pub use docs::{doc_apply, doc_get};
+pub use events::{CONFLICT_FEED_CAPACITY, CONFLICT_STREAMS_MAX, OpenStreams, conflict_events};
 pub use kv::{kv_delete, kv_get, kv_list, kv_put};
 pub use leader::leader_address;
 pub use nats_op::Op;

@@ -107,6 +107,21 @@ pub async fn status_body(node: &Node) -> StatusBody {
         gaps,
         waiting: view.waiting as u64,
         dead_letters: view.dead_letters,
+        open_conflicts: open_conflicts(node).await,
+    }
+}
+
+/// The unresolved records of this replica's conflict log (0 if the store fails to say:
+/// status answers regardless, and the failure shows in the node's log).
+async fn open_conflicts(node: &Node) -> u64 {
+    let store = node.store.clone();
+    match tokio::task::spawn_blocking(move || store.open_conflicts_count()).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not count open conflicts");
+            0
+        }
+        Err(_) => 0,
     }
 }
 
