@@ -195,6 +195,19 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
             assert_eq!(found[0]["resolved"]["by"], "resolve", "{r} {key}: {}", found[0]);
         }
     }
+    // Conflict records by rule and state, in every region's metrics.
+    for r in REGIONS {
+        let page = concord_tests::metrics_page(&client, &cluster.url(r)).await;
+        for (rule, state) in
+            [("lww-hlc", "open"), ("lww-hlc", "resolved"), ("automerge", "open"), ("manual", "resolved")]
+        {
+            let labels = [("rule", rule), ("state", state)];
+            let n = concord_tests::metric(&page, "concord_conflict_records_by_rule_total", &labels);
+            assert!(n.is_some_and(|n| n >= 1.0), "{r} {labels:?}: {n:?}");
+        }
+        assert_eq!(concord_tests::metric(&page, "concord_conflicts_open", &[]), Some(0.0), "{r}: all resolved");
+    }
+
     // Resolving twice is refused.
     let again = client
         .post(format!("{}/v1/conflicts/{id}/resolve", cluster.url("ap-south")))

@@ -116,6 +116,11 @@ async fn failover(name: &str, fault: impl Fn(&Cluster), repair: impl Fn(&Cluster
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!((rejoined.role.as_str(), rejoined.leader.as_str()), ("follower", leader.as_str()));
+    // The failover shows in the new leader's metrics.
+    let page = concord_tests::metrics_page(&http(), &cluster.nodes[&leader]).await;
+    let promotions = concord_tests::metric(&page, "concord_promotions_total", &[]);
+    assert!(promotions.is_some_and(|n| n >= 1.0), "{name}: promotions {promotions:?}");
+    assert_eq!(concord_tests::metric(&page, "concord_leader", &[]), Some(1.0), "{name}");
     let late = direct_write(&old, "to-the-old-leader").await;
     assert_ne!(late, reqwest::StatusCode::OK, "{name}: the old leader accepted a write");
     let acked = load.stop().await;

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use concord_api::{StatusBody, WriteAck};
-use concord_tests::{Cluster, Node, http, status};
+use concord_tests::{Cluster, Node, http, metric, metrics_page, status};
 use serde_json::Value;
 
 fn token(resp: &reqwest::Response) -> String {
@@ -124,6 +124,36 @@ async fn followers_serve_reads_with_session_guarantees() {
     assert_eq!(served[0], 0, "the leader served reads while followers were alive: {switches:#?}");
     assert_eq!(served[1] + served[2], READS);
     assert!(served[1] >= READS / 5 && served[2] >= READS / 5, "reads did not spread: {served:?}");
+
+    // What the nodes measure: latency histograms of writes (by durability), reads and
+    // applying; lag per origin region; a leader's followers' lag, its epoch.
+    let leader = metrics_page(&client, &us).await;
+    let count = |page: &str, name: &str, labels: &[(&str, &str)]| {
+        metric(page, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} in {page}"))
+    };
+    assert!(count(&leader, "concord_write_seconds_count", &[("durability", "async")]) >= 30.0);
+    assert!(count(&leader, "concord_write_seconds_count", &[("durability", "region")]) >= 1.0);
+    let slow = count(&leader, "concord_write_seconds_bucket", &[("durability", "async"), ("le", "+Inf")]);
+    assert_eq!(
+        slow,
+        count(&leader, "concord_write_seconds_count", &[("durability", "async")]),
+        "+Inf holds every sample"
+    );
+    assert_eq!(count(&leader, "concord_leader", &[("region", "us-east"), ("node", "us-east-1")]), 1.0);
+    assert!(count(&leader, "concord_epoch", &[]) >= 1.0);
+    for f in ["us-east-2", "us-east-3"] {
+        assert!(count(&leader, "concord_follower_lag_messages", &[("follower", f)]) >= 0.0);
+    }
+    assert_eq!(count(&leader, "concord_mirror_connected", &[("origin_region", "eu-west")]), 1.0);
+    let follower = metrics_page(&client, &n("eu-west-2")).await;
+    assert!(count(&follower, "concord_read_seconds_count", &[]) >= 5.0, "eu-west-2 served reads");
+    assert!(count(&follower, "concord_apply_seconds_count", &[]) >= 1.0, "eu-west-2 applied batches");
+    assert_eq!(count(&follower, "concord_leader", &[]), 0.0);
+    for origin in ["us-east", "eu-west"] {
+        let lag = count(&follower, "concord_replication_lag_messages", &[("origin_region", origin)]);
+        assert!(lag < 1000.0, "{origin}: {lag}");
+        assert!(count(&follower, "concord_replication_lag_seconds", &[("origin_region", origin)]) < 60.0);
+    }
 
     // A follower cut off from its region's log answers a newer token with a lag error.
     cluster.partition("us-east-3");

@@ -174,7 +174,7 @@ async fn gaps_dead_letters_and_newer_formats_hold_back_visibly() {
     let read = client.get(format!("{eu}/v1/kv/skip/from-ap-south?wait_ms=10000")).header("concord-token", token);
     assert_eq!(read.send().await.unwrap().text().await.unwrap(), "ap");
     let metrics = client.get(format!("{eu}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.lines().any(|l| l.starts_with("concord_streams_parked{") && l.ends_with(" 1")), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("concord_parked_streams{") && l.ends_with(" 1")), "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("concord_origin_gaps{") && !l.ends_with(" 0")));
     // The dead letters are counted: the counter of this run and the gauge of all time.
     let value = |name: &str| -> u64 {
@@ -182,7 +182,7 @@ async fn gaps_dead_letters_and_newer_formats_hold_back_visibly() {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert!(value("concord_dead_letters_total") >= 2, "the garbage and the refusal are counted");
-    assert_eq!(value("concord_dead_letters"), s.dead_letters, "the gauge is what status says");
+    assert_eq!(value("concord_dead_letters_recorded"), s.dead_letters, "the gauge is what status says");
 
     // After a restart: the same park, the same gaps (the cursor stayed; waiting is durable).
     cluster.kill("eu-west-1");

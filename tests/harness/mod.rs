@@ -498,3 +498,24 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// The value of the sample `name` whose labels include every one of `labels`, in a
+/// `/metrics` page (OpenMetrics text).
+pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let wanted = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (n == name && wanted).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// A node's `/metrics` page, checked to be OpenMetrics text.
+pub async fn metrics_page(client: &reqwest::Client, url: &str) -> String {
+    let resp = client.get(format!("{url}/metrics")).send().await.unwrap();
+    let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let page = resp.text().await.unwrap();
+    assert!(page.ends_with("# EOF\n"), "an OpenMetrics page ends with # EOF");
+    page
+}

@@ -1,23 +1,68 @@
-//! Counters served at `/metrics` in the Prometheus text format, and the gauges of what a
-//! replica holds back (read from the engine's view when rendered).
+//! What a node counts and measures, served at `/metrics` in the OpenMetrics text format
+//! (`prometheus-client`): counters of what happened, latency histograms (writes by
+//! durability, reads, applying a batch), conflict records by rule, and at each scrape the
+//! gauges of what the replica holds back, its lag behind each origin, its followers' lag
+//! and its epoch. Every sample carries the node's `region` and `node` labels.
+//!
+//! The metrics are plain handles (an atomic each, shared by clone); the registry that
+//! names them is built for each scrape, with that scrape's gauges (a few dozen entries:
+//! microseconds).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::borrow::Cow;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Labels of one sample (`[("durability", "async")]`).
+pub type Labels = Vec<(String, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Latency buckets: 0.25 ms to 4 s, doubling.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
 
 macro_rules! counters {
     ($($name:ident: $help:literal),* $(,)?) => {
-        #[derive(Default)]
-        pub struct Metrics { $(pub $name: AtomicU64,)* }
+        pub struct Metrics {
+            $(pub $name: Counter,)*
+            /// Acknowledged writes, from the request to the answer, by durability.
+            pub write_seconds: Histograms,
+            /// Reads over HTTP (values, listings, documents), from the request to the answer.
+            pub read_seconds: Histogram,
+            /// One batch of log entries applied: load, apply, commit.
+            pub apply_seconds: Histogram,
+            /// Conflict-log records written, by rule and state (`open`, `resolved`).
+            pub conflict_records: Family<Labels, Counter>,
+        }
+
+        impl Default for Metrics {
+            fn default() -> Metrics {
+                Metrics {
+                    $($name: Counter::default(),)*
+                    write_seconds: Family::new_with_constructor(latency as fn() -> Histogram),
+                    read_seconds: latency(),
+                    apply_seconds: latency(),
+                    conflict_records: Family::default(),
+                }
+            }
+        }
 
         impl Metrics {
-            pub fn render(&self, labels: &str) -> String {
-                let mut out = String::new();
+            fn register(&self, reg: &mut Registry) {
                 $(
-                    let _ = writeln!(out, "# HELP concord_{} {}", stringify!($name), $help);
-                    let _ = writeln!(out, "# TYPE concord_{} counter", stringify!($name));
-                    let _ = writeln!(out, "concord_{}{{{}}} {}", stringify!($name), labels, self.$name.load(Ordering::Relaxed));
+                    let name = stringify!($name);
+                    reg.register(name.strip_suffix("_total").unwrap_or(name), $help.trim_end_matches('.'), self.$name.clone());
                 )*
-                out
+                reg.register_with_unit("write", "Acknowledged writes, request to answer, by durability", Unit::Seconds, self.write_seconds.clone());
+                reg.register_with_unit("read", "HTTP reads, request to answer", Unit::Seconds, self.read_seconds.clone());
+                reg.register_with_unit("apply", "Batches of log entries applied (load, apply, commit)", Unit::Seconds, self.apply_seconds.clone());
+                reg.register("conflict_records_by_rule", "Conflict-log records written, by rule and state", self.conflict_records.clone());
             }
         }
     };
@@ -44,32 +89,87 @@ counters! {
     conflicts_unpublished_total: "Conflict records not published on NATS (publisher queue full).",
     requests_overloaded_total: "Requests refused with 503 overloaded (HTTP or NATS concurrency limit reached).",
     requests_timed_out_total: "Requests answered with 504 timeout after request_timeout_ms.",
+    promotions_total: "Times this node took its region's lease as a follower and became its leader (failovers).",
 }
 
-/// The gauges: what this replica holds back now.
-pub fn render_gauges(out: &mut String, labels: &str, view: &crate::view::EngineView) {
-    let gauges = [
-        ("streams_parked", "Streams parked now (see /v1/status: streams).", view.parked.len() as u64),
-        ("origin_gaps", "Origins whose changesets wait behind a gap now.", view.gaps.len() as u64),
-        ("changesets_waiting", "Changesets waiting behind gaps now.", view.waiting as u64),
-        ("dead_letters", "Dead letters ever recorded by this replica (see /v1/dead-letters).", view.dead_letters),
-    ];
-    for gauge in gauges {
-        render_gauge(out, labels, gauge);
+/// What a scrape adds to the counters: gauges read at that moment.
+#[derive(Default)]
+pub struct Scrape {
+    /// (name, help, value) of plain gauges.
+    pub gauges: Vec<(&'static str, &'static str, i64)>,
+    /// Gauges by label.
+    pub families: Vec<GaugeFamily>,
+}
+
+/// A gauge with a value per label set.
+pub struct GaugeFamily {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub unit: Option<Unit>,
+    pub samples: Vec<(Labels, f64)>,
+}
+
+impl Scrape {
+    pub fn gauge(&mut self, name: &'static str, help: &'static str, value: u64) {
+        self.gauges.push((name, help, i64::try_from(value).unwrap_or(i64::MAX)));
+    }
+
+    pub fn family(&mut self, name: &'static str, help: &'static str, unit: Option<Unit>, samples: Vec<(Labels, f64)>) {
+        self.families.push(GaugeFamily { name, help, unit, samples });
     }
 }
 
-/// One gauge: (name, help, value).
-pub fn render_gauge(out: &mut String, labels: &str, (name, help, value): (&str, &str, u64)) {
-    let _ = writeln!(out, "# HELP concord_{name} {help}");
-    let _ = writeln!(out, "# TYPE concord_{name} gauge");
-    let _ = writeln!(out, "concord_{name}{{{labels}}} {value}");
+impl Metrics {
+    /// The OpenMetrics text of the counters, histograms and `scrape`'s gauges.
+    pub fn render(&self, region: &str, node: &str, scrape: Scrape) -> String {
+        let labels: [(Cow<'static, str>, Cow<'static, str>); 2] =
+            [("region".into(), region.to_string().into()), ("node".into(), node.to_string().into())];
+        let mut reg = Registry::with_prefix_and_labels("concord", labels.into_iter());
+        self.register(&mut reg);
+        for (name, help, value) in scrape.gauges {
+            let g: Gauge = Gauge::default();
+            g.set(value);
+            reg.register(name, help.trim_end_matches('.'), g);
+        }
+        for GaugeFamily { name, help, unit, samples } in scrape.families {
+            let family: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+            for (l, v) in samples {
+                family.get_or_create(&l).set(v);
+            }
+            match unit {
+                Some(unit) => reg.register_with_unit(name, help, unit, family),
+                None => reg.register(name, help, family),
+            }
+        }
+        let mut out = String::new();
+        encode(&mut out, &reg).expect("writing to a String does not fail");
+        out
+    }
+
+    /// An acknowledged write of durability `level` that took `took`.
+    pub fn observe_write(&self, level: &str, took: Duration) {
+        self.write_seconds
+            .get_or_create(&vec![("durability".to_string(), level.to_string())])
+            .observe(took.as_secs_f64());
+    }
 }
 
-pub fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+/// The gauges of what this replica holds back now.
+pub fn view_gauges(scrape: &mut Scrape, view: &crate::view::EngineView) {
+    scrape.gauge("parked_streams", "Streams parked now (see /v1/status: streams)", view.parked.len() as u64);
+    scrape.gauge("origin_gaps", "Origins whose changesets wait behind a gap now", view.gaps.len() as u64);
+    scrape.gauge("changesets_waiting", "Changesets waiting behind gaps now", view.waiting as u64);
+    scrape.gauge(
+        "dead_letters_recorded",
+        "Dead letters ever recorded by this replica (see /v1/dead-letters)",
+        view.dead_letters,
+    );
 }
 
-pub fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+pub fn inc(c: &Counter) {
+    c.inc();
+}
+
+pub fn add(c: &Counter, n: u64) {
+    c.inc_by(n);
 }

@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(why, "vital: disk gone");
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(starts.load(Ordering::SeqCst), 3, "panicked twice, then runs");
-        assert_eq!(metrics.task_failures_total.load(Ordering::Relaxed), 3);
+        assert_eq!(metrics.task_failures_total.get(), 3);
         stop_tx.send(true).unwrap();
         // The flaky task never looks at the signal: the drain aborts it at the deadline.
         assert!(!sup.drain(Duration::from_secs(1)).await);

@@ -330,6 +330,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
 
     pub(crate) async fn apply(&mut self, stream: String, entries: Vec<Entry>) -> Result<(), NodeError> {
         let now = self.clock.now_ms();
+        let started = std::time::Instant::now();
         let out = self
             .step(move |e, s| {
                 let prepared = e.prepare(&stream, entries, now);
@@ -337,6 +338,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 Ok(e.apply(prepared, &facts)?)
             })
             .await?;
+        self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         self.after(out);
         Ok(())
     }
@@ -358,7 +360,10 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     /// the lease's).
     pub(crate) async fn on_lease(&mut self, event: LeaseEvent) -> Result<(), NodeError> {
         let out = match event {
-            LeaseEvent::Acquired if self.engine().role_follows() => self.step(|e, _| Ok(e.promote())).await?,
+            LeaseEvent::Acquired if self.engine().role_follows() => {
+                metrics::inc(&self.metrics.promotions_total);
+                self.step(|e, _| Ok(e.promote())).await?
+            }
             LeaseEvent::Acquired => return Ok(()),
             LeaseEvent::Lost => {
                 self.drain_appends().await?;
@@ -414,6 +419,13 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     pub(crate) fn after(&mut self, out: Output) {
         if let Some(batch) = &out.commit {
             metrics::add(&self.metrics.conflict_records_written_total, batch.conflicts.len() as u64);
+            for w in &batch.conflicts {
+                let state = if w.record.resolved.is_some() { "resolved" } else { "open" };
+                let rule = serde_json::to_value(w.record.rule).ok().and_then(|v| v.as_str().map(String::from));
+                let labels =
+                    vec![("rule".to_string(), rule.unwrap_or_default()), ("state".to_string(), state.to_string())];
+                self.metrics.conflict_records.get_or_create(&labels).inc();
+            }
             if self.watches.conflicts.receiver_count() > 0 {
                 for w in &batch.conflicts {
                     let _ = self.watches.conflicts.send(w.record.clone());

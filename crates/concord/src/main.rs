@@ -197,11 +197,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .init();
+    // RUST_LOG filters; CONCORD_LOG_FORMAT=json writes one JSON object per event (for a
+    // log shipper), anything else the readable lines.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into());
+    match std::env::var("CONCORD_LOG_FORMAT").as_deref() {
+        Ok("json") => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        Ok("text") | Err(_) => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        Ok(other) => anyhow::bail!("CONCORD_LOG_FORMAT={other:?}: json or text"),
+    }
     let mut cfg = NodeConfig::load(args.config.as_deref()).context("loading the configuration")?;
     if let Some(r) = args.role {
         cfg.role = r.into();

@@ -114,6 +114,16 @@ async fn dispatch(State(http): State<Http>, mut req: Request) -> Response {
 }
 
 async fn serve(node: &Arc<Node>, route: Route, req: Request) -> Response {
+    let read = matches!(route, Route::Kv | Route::Docs) && req.method() == Method::GET;
+    let started = std::time::Instant::now();
+    let resp = route_to(node, route, req).await;
+    if read {
+        node.metrics.read_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    resp
+}
+
+async fn route_to(node: &Arc<Node>, route: Route, req: Request) -> Response {
     match route {
         Route::Status => respond(super::status(node).await),
         Route::Metrics => metrics(node).await,
@@ -174,32 +184,10 @@ fn respond(reply: Reply) -> Response {
 }
 
 async fn metrics(node: &Node) -> Response {
-    let labels = format!("region=\"{}\",node=\"{}\"", node.region, node.cfg.node);
-    let mut body = node.metrics.render(&labels);
-    crate::metrics::render_gauges(&mut body, &labels, &node.view.borrow());
-    let streams = node.conflict_streams.count() as u64;
-    crate::metrics::render_gauge(
-        &mut body,
-        &labels,
-        ("conflict_streams_open", "GET /v1/conflicts/events streams open now.", streams),
-    );
-    let store = node.store.clone();
-    let counts = tokio::task::spawn_blocking(move || {
-        Ok::<_, concord_storage::StorageError>((store.pending_docs()?, store.open_conflicts_count()?))
-    });
-    if let Ok(Ok((docs, open))) = counts.await {
-        crate::metrics::render_gauge(
-            &mut body,
-            &labels,
-            ("documents_waiting", "Documents holding changes that wait for a dependency from another origin.", docs),
-        );
-        crate::metrics::render_gauge(
-            &mut body,
-            &labels,
-            ("conflicts_open", "Conflict records not resolved yet.", open),
-        );
-    }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    let scrape = super::scrape(node).await;
+    let body = node.metrics.render(node.region.as_str(), &node.cfg.node, scrape);
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// The parameters of a request: its query, its session headers, its path, and the

@@ -152,7 +152,7 @@ mod tests {
         let _b = l.admit(Class::Bulk).unwrap();
         let refused = l.admit(Class::Data).unwrap_err();
         assert_eq!((refused.status(), refused.code()), (503, ErrorCode::Overloaded));
-        assert_eq!(l.metrics.requests_overloaded_total.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(l.metrics.requests_overloaded_total.get(), 1);
         let ops: Vec<_> = (0..OPERATOR_CONCURRENCY_MAX).map(|_| l.admit(Class::Operator).unwrap()).collect();
         assert!(l.admit(Class::Operator).is_err());
         drop((a, ops));

@@ -27,7 +27,7 @@ pub use kv::{kv_delete, kv_get, kv_list, kv_put};
 pub use leader::leader_address;
 pub use nats_op::Op;
 pub use session::{SESSION_WAIT_MS_MAX, current_token};
-pub use status::{status, status_body};
+pub use status::{scrape, status, status_body};
 pub use write::{DURABILITY_WAIT_MS_MAX, Durability};
 
 use bytes::Bytes;

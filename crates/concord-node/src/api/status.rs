@@ -7,8 +7,11 @@ use concord_api::{FollowerStatus, GapStatus, MirrorLag, ParkedStatus, StatusBody
 use concord_core::ids::Origin;
 use concord_engine::RoleView;
 
+use prometheus_client::registry::Unit;
+
 use super::{Reply, leader_address};
 use crate::Node;
+use crate::metrics::Scrape;
 use crate::view::EngineView;
 
 pub async fn status(node: &Node) -> Reply {
@@ -47,37 +50,14 @@ pub async fn status_body(node: &Node) -> StatusBody {
     let view = node.view.borrow().clone();
     let applied: BTreeMap<String, u64> = view.applied.iter().map(|(o, s)| (o.to_string(), s)).collect();
     let (role, writer, origin) = role_of(node, &view.role);
-    let mut lag = BTreeMap::new();
-    for remote in node.cfg.remote_regions() {
-        let mirror = concord_transport::nats::mirror_name(remote.as_str());
-        lag.insert(remote.to_string(), stream_lag(node, &view, &mirror).await);
-    }
+    let lag = lags(node, &view).await;
     let leading = node.writes_here();
-    if !leading {
-        // A follower also lags behind its own region's log.
-        lag.insert(node.region.to_string(), stream_lag(node, &view, node.log.stream()).await);
-    }
     let (leader_name, leader_epoch) = if leading {
         (node.cfg.node.clone(), origin.epoch)
     } else {
         leader_address(node).await.map(|(n, _, epoch)| (n, epoch)).unwrap_or_default()
     };
-    let log_last =
-        if leading { node.log.position(node.log.stream()).await.map(|p| p.last_seq).unwrap_or(0) } else { 0 };
-    // Every node collects its region's reports; only a leader lists them as its followers.
-    let reports = if leading { node.followers.live() } else { Vec::new() };
-    let followers = reports
-        .into_iter()
-        .map(|(r, age)| {
-            let info = FollowerStatus {
-                applied_log_seq: r.log_seq,
-                lag_seq: log_last.saturating_sub(r.log_seq),
-                reported_ms_ago: age.as_millis() as u64,
-                token: r.token,
-            };
-            (r.node, info)
-        })
-        .collect();
+    let followers = followers(node, leading).await;
     let remote_stored = node.remote_stored.iter().map(|(r, rx)| (r.to_string(), *rx.borrow())).collect();
     let gaps = view
         .gaps
@@ -109,6 +89,105 @@ pub async fn status_body(node: &Node) -> StatusBody {
         dead_letters: view.dead_letters,
         open_conflicts: open_conflicts(node).await,
     }
+}
+
+/// Per region this node reads a log of (the other regions' mirrors; for a follower also
+/// its own region's log): how far behind it is.
+async fn lags(node: &Node, view: &EngineView) -> BTreeMap<String, StreamLag> {
+    let mut lag = BTreeMap::new();
+    for remote in node.cfg.remote_regions() {
+        let mirror = concord_transport::nats::mirror_name(remote.as_str());
+        lag.insert(remote.to_string(), stream_lag(node, view, &mirror).await);
+    }
+    if !node.writes_here() {
+        // A follower also lags behind its own region's log.
+        lag.insert(node.region.to_string(), stream_lag(node, view, node.log.stream()).await);
+    }
+    lag
+}
+
+/// A leader's live followers and how far each is behind its log (none on a follower:
+/// every node collects its region's reports, only a leader lists them).
+async fn followers(node: &Node, leading: bool) -> BTreeMap<String, FollowerStatus> {
+    if !leading {
+        return BTreeMap::new();
+    }
+    let log_last = node.log.position(node.log.stream()).await.map(|p| p.last_seq).unwrap_or(0);
+    node.followers
+        .live()
+        .into_iter()
+        .map(|(r, age)| {
+            let info = FollowerStatus {
+                applied_log_seq: r.log_seq,
+                lag_seq: log_last.saturating_sub(r.log_seq),
+                reported_ms_ago: age.as_millis() as u64,
+                token: r.token,
+            };
+            (r.node, info)
+        })
+        .collect()
+}
+
+/// The gauges of one `/metrics` scrape: what the replica holds back, its lag behind each
+/// origin region (messages and seconds; whether the mirror hears its upstream), a
+/// leader's followers' lag, its epoch, the open conflicts and streams.
+pub async fn scrape(node: &Node) -> Scrape {
+    let view = node.view.borrow().clone();
+    let mut scrape = Scrape::default();
+    crate::metrics::view_gauges(&mut scrape, &view);
+    let (_, _, origin) = role_of(node, &view.role);
+    let leading = node.writes_here();
+    scrape.gauge("leader", "1 while this node holds its region's lease and writes", u64::from(leading));
+    scrape.gauge("epoch", "The epoch of this node's origin (0 for a follower)", origin.epoch);
+    scrape.gauge(
+        "conflict_streams_open",
+        "GET /v1/conflicts/events streams open now",
+        node.conflict_streams.count() as u64,
+    );
+    let region = |r: &str| vec![("origin_region".to_string(), r.to_string())];
+    let (mut msgs, mut secs, mut connected) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, l) in lags(node, &view).await {
+        let Some(m) = &l.mirror else { continue };
+        msgs.push((region(&r), m.seq as f64));
+        secs.push((region(&r), m.ms as f64 / 1000.0));
+        if r != node.region.as_str() {
+            connected.push((region(&r), if m.mirror_connected { 1.0 } else { 0.0 }));
+        }
+    }
+    let lag_help = "Messages of an origin region's log this replica has not applied (its mirror's and not yet copied)";
+    scrape.family("replication_lag_messages", lag_help, None, msgs);
+    let age_help = "Age of the oldest message of an origin region's log this replica has not applied";
+    scrape.family("replication_lag", age_help, Some(Unit::Seconds), secs);
+    scrape.family(
+        "mirror_connected",
+        "1 while the mirror of an origin region heard from it in the last 5 s",
+        None,
+        connected,
+    );
+    let follower_lag = followers(node, leading)
+        .await
+        .into_iter()
+        .map(|(name, f)| (vec![("follower".to_string(), name)], f.lag_seq as f64))
+        .collect();
+    scrape.family(
+        "follower_lag_messages",
+        "A leader's followers: messages of its log each has not applied",
+        None,
+        follower_lag,
+    );
+    let store = node.store.clone();
+    let counts = tokio::task::spawn_blocking(move || {
+        Ok::<_, concord_storage::StorageError>((store.pending_docs()?, store.open_conflicts_count()?))
+    });
+    if let Ok(Ok((docs, open))) = counts.await {
+        scrape.gauge(
+            "documents_waiting",
+            "Documents holding changes that wait for a dependency from another origin",
+            docs,
+        );
+        scrape.gauge("conflicts_open", "Conflict records not resolved yet", open);
+    }
+    scrape
 }
 
 /// The unresolved records of this replica's conflict log (0 if the store fails to say:

@@ -66,6 +66,7 @@ pub(super) async fn write_resolving(
     if !node.writes_here() {
         return Err(redirect_to_leader(node, p).await);
     }
+    let started = std::time::Instant::now();
     let level = durability(p)?;
     match level {
         Durability::Region if node.followers.live().is_empty() => {
@@ -128,6 +129,13 @@ pub(super) async fn write_resolving(
         }
         confirmed.push(node.region.to_string());
     }
+    let name = match level {
+        Durability::Async => "async",
+        Durability::Region => "region",
+        Durability::Remote => "remote",
+        Durability::All => "all",
+    };
+    node.metrics.observe_write(name, started.elapsed());
     Ok(WriteAck {
         ok: true,
         origin: ack.origin.to_string(),
