@@ -1,5 +1,6 @@
 //! `concord`: serve a node, run a local deployment, and talk to a node as a client.
 
+mod backup;
 mod bench;
 mod client;
 mod cluster;
@@ -108,6 +109,22 @@ enum Command {
     /// The whole deployment as a table (`--dir DIR` or `--endpoint URL,...`; `--json`,
     /// `--watch`): role, epoch, lag per origin, parked streams, gaps, open conflicts.
     Status(status::StatusArgs),
+    /// Write a node's whole state (a consistent snapshot with its applied vector) to
+    /// `--out FILE`, checked before it is renamed into place.
+    Backup {
+        #[command(flatten)]
+        ep: client::Endpoint,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build a node's data directory from a backup; a node of the backup's region
+    /// started on it catches up from the logs.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Exit 0 if `URL` answers 2xx within `--timeout-ms`, else 1: a container health
     /// check (the images hold no shell and no curl).
     Probe {
@@ -185,6 +202,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 client::doc(&ep, &bucket, &key, ops, automerge_out).await
             }
             Command::Status(args) => status::run(args).await,
+            Command::Backup { ep, out } => backup::backup(&ep, &out).await,
+            Command::Restore { from, data_dir } => backup::restore(&from, &data_dir),
             Command::Conflicts { ep, bucket, key, since, limit, json, follow } => {
                 conflicts::show(&ep, conflicts::Filter { bucket, key, since, limit }, json, follow).await
             }

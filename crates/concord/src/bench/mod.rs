@@ -14,6 +14,8 @@ mod load;
 mod plot;
 mod wire;
 
+pub use load::bar;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
