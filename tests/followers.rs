@@ -144,7 +144,13 @@ async fn followers_serve_reads_with_session_guarantees() {
     for f in ["us-east-2", "us-east-3"] {
         assert!(count(&leader, "concord_follower_lag_messages", &[("follower", f)]) >= 0.0);
     }
-    assert_eq!(count(&leader, "concord_mirror_connected", &[("origin_region", "eu-west")]), 1.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&metrics_page(&client, &us).await, "concord_mirror_connected", &[("origin_region", "eu-west")])
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "us-east's mirror of eu-west never shows connected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let follower = metrics_page(&client, &n("eu-west-2")).await;
     assert!(count(&follower, "concord_read_seconds_count", &[]) >= 5.0, "eu-west-2 served reads");
     assert!(count(&follower, "concord_apply_seconds_count", &[]) >= 1.0, "eu-west-2 applied batches");

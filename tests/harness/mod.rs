@@ -505,7 +505,8 @@ pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     page.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
         let (series, value) = line.rsplit_once(' ')?;
         let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-        let wanted = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        let set = rest.trim_end_matches('}');
+        let wanted = labels.iter().all(|(k, v)| set.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
         (n == name && wanted).then(|| value.parse().ok()).flatten()
     })
 }

@@ -361,8 +361,9 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     pub(crate) async fn on_lease(&mut self, event: LeaseEvent) -> Result<(), NodeError> {
         let out = match event {
             LeaseEvent::Acquired if self.engine().role_follows() => {
+                let out = self.step(|e, _| Ok(e.promote())).await?;
                 metrics::inc(&self.metrics.promotions_total);
-                self.step(|e, _| Ok(e.promote())).await?
+                out
             }
             LeaseEvent::Acquired => return Ok(()),
             LeaseEvent::Lost => {

@@ -134,11 +134,15 @@ struct Shown {
 }
 
 impl Shown {
-    /// Print the records that are new or changed since they were last printed.
+    /// Print the records that are new or changed since they were last printed. A record
+    /// only grows (versions join it; it is resolved once), so an older state of one
+    /// already printed (an event queued before the listing that showed a newer one) is
+    /// skipped: a record never goes backwards on screen.
     fn print_changed<'a>(&mut self, records: impl Iterator<Item = &'a Value>) {
+        let progress = |r: &Value| (!r["resolved"].is_null(), r["versions"].as_array().map_or(0, Vec::len));
         for r in records {
             let id = r["id"].as_str().unwrap_or("").to_string();
-            if self.seen.get(&id) == Some(r) {
+            if self.seen.get(&id).is_some_and(|last| last == r || progress(last) > progress(r)) {
                 continue;
             }
             if self.as_json {
@@ -178,9 +182,21 @@ async fn subscribe(ep: &Endpoint, f: &Filter) -> anyhow::Result<reqwest::Respons
 /// moved on without us) means records were missed: the caller lists again.
 async fn tail(events: &mut reqwest::Response, shown: &mut Shown) -> anyhow::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = events.chunk().await? {
+    // Where the search for an event's end goes on from (the buffer before it has none).
+    let mut scanned = 0;
+    loop {
+        // The node sends a comment every 15 s: silence for three of them is a dead link
+        // (a cut that reset nothing), and the stream is opened again.
+        let chunk = match tokio::time::timeout(Duration::from_secs(45), events.chunk()).await {
+            Err(_) => bail!("nothing from the node for 45 s"),
+            Ok(chunk) => match chunk? {
+                Some(chunk) => chunk,
+                None => return Ok(()),
+            },
+        };
         buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+        while let Some(end) = buf[scanned..].windows(2).position(|w| w == b"\n\n").map(|at| scanned + at) {
+            scanned = 0;
             let block: Vec<u8> = buf.drain(..end + 2).collect();
             let (name, data) = sse_fields(&String::from_utf8_lossy(&block));
             match name.as_deref() {
@@ -192,9 +208,10 @@ async fn tail(events: &mut reqwest::Response, shown: &mut Shown) -> anyhow::Resu
                 _ => {}
             }
         }
+        // An event's end may straddle two chunks: search again from its last byte.
+        scanned = buf.len().saturating_sub(1);
         anyhow::ensure!(buf.len() <= EVENT_BYTES_MAX, "an event over {EVENT_BYTES_MAX} bytes");
     }
-    Ok(())
 }
 
 /// Longest server-sent event `--follow` takes (a record carries every competing value).

@@ -18,6 +18,8 @@ use serde::Serialize;
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Shortest `--watch` interval.
 const WATCH_MIN: Duration = Duration::from_millis(200);
+/// Longest `--watch` interval.
+const WATCH_MAX: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -63,8 +65,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let targets = targets(&args)?;
     let every = match args.watch {
         None => None,
-        Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s).max(WATCH_MIN)),
-        Some(s) => anyhow::bail!("--watch {s}: a number of seconds please"),
+        Some(s) => match Duration::try_from_secs_f64(s) {
+            Ok(every) if every <= WATCH_MAX => Some(every.max(WATCH_MIN)),
+            _ => anyhow::bail!("--watch {s}: a number of seconds up to {} please", WATCH_MAX.as_secs()),
+        },
     };
     let client = reqwest::Client::builder().timeout(ASK_TIMEOUT).build().context("an HTTP client")?;
     loop {

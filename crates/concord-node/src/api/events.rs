@@ -30,8 +30,10 @@ use crate::error::NodeError;
 
 /// Most conflict streams open on one node at once.
 pub const CONFLICT_STREAMS_MAX: usize = 64;
-/// Records held for the slowest stream before it lags (the feed's capacity).
-pub const CONFLICT_FEED_CAPACITY: usize = 1024;
+/// Records the feed holds for the slowest stream before it lags: one ring shared by
+/// every stream, so this bounds the feed's memory whatever the streams do (a record
+/// holds its competing values, each at most `value_bytes_max`).
+pub const CONFLICT_FEED_CAPACITY: usize = 256;
 /// How often an idle stream carries a comment.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
