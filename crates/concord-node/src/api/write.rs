@@ -27,17 +27,31 @@ pub enum Durability {
     All,
 }
 
-fn durability(p: &Params) -> Result<Durability, NodeError> {
-    match p.durability.as_deref().unwrap_or("async") {
-        "async" => Ok(Durability::Async),
-        "region" => Ok(Durability::Region),
-        "remote" => Ok(Durability::Remote),
-        "all" => Ok(Durability::All),
-        other => Err(NodeError::bad(
-            ErrorCode::BadDurability,
-            format!("durability {other:?}: use async, region, remote or all"),
-        )),
+impl Durability {
+    /// Every level, in the order of [`Durability::index`].
+    pub const ALL: [Durability; 4] = [Durability::Async, Durability::Region, Durability::Remote, Durability::All];
+
+    /// The name a request gives it (`?durability=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Async => "async",
+            Durability::Region => "region",
+            Durability::Remote => "remote",
+            Durability::All => "all",
+        }
     }
+
+    /// Its place in [`Durability::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+fn durability(p: &Params) -> Result<Durability, NodeError> {
+    let asked = p.durability.as_deref().unwrap_or("async");
+    Durability::ALL.into_iter().find(|d| d.name() == asked).ok_or_else(|| {
+        NodeError::bad(ErrorCode::BadDurability, format!("durability {asked:?}: use async, region, remote or all"))
+    })
 }
 
 /// How long the write waits for its durability level, as asked (`timeout_ms`).
@@ -129,13 +143,7 @@ pub(super) async fn write_resolving(
         }
         confirmed.push(node.region.to_string());
     }
-    let name = match level {
-        Durability::Async => "async",
-        Durability::Region => "region",
-        Durability::Remote => "remote",
-        Durability::All => "all",
-    };
-    node.metrics.observe_write(name, started.elapsed());
+    node.metrics.observe_write(level, started.elapsed());
     Ok(WriteAck {
         ok: true,
         origin: ack.origin.to_string(),
