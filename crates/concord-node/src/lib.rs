@@ -339,7 +339,8 @@ async fn spawn_node_tasks(
     let listener = tokio::net::TcpListener::bind(&node.cfg.http_listen).await?;
     info!(addr = %listener.local_addr()?, "HTTP API listening");
     let mut http_stop = stop.clone();
-    let http = axum::serve(listener, api::http::router(node.clone())).with_graceful_shutdown(async move {
+    let deployment = api::deployment::spawn(sup, node, client);
+    let http = axum::serve(listener, api::http::router(node.clone(), deployment)).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
     });
     sup.spawn_once("HTTP API", async move { http.await.map_err(|e| e.to_string()) });

@@ -5,6 +5,9 @@
 //! Every route runs under the node's HTTP limits ([`super::limits`]): beyond
 //! `http_concurrency_max` requests at once, 503 `overloaded` at once; past
 //! `request_timeout_ms`, 504 `timeout`. Status and metrics have a budget of their own.
+//!
+//! Beyond the contract: `GET /ui` (the dashboard, [`super::ui`]) and `GET /v1/deployment`
+//! (every node's status, [`super::deployment`]), on the operator's budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use concord_api::ErrorCode;
 
+use super::deployment::Gatherer;
 use super::limits::{Class, Deadline, Limits};
 use super::{Params, Reply};
 use crate::Node;
@@ -25,16 +29,17 @@ use crate::error::NodeError;
 /// class's limits, routed, and its answer stamped), rather than a stack of router and
 /// middleware layers, each of which boxes every request's future (measured on the read
 /// path: the layers cost more than the read).
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(node: Arc<Node>, deployment: Arc<Gatherer>) -> Router {
     let timeout = Duration::from_millis(node.cfg.request_timeout_ms);
     let limits = Arc::new(Limits::new(node.cfg.http_concurrency_max, timeout, node.metrics.clone()));
-    Router::new().fallback(dispatch).with_state(Http { node, limits })
+    Router::new().fallback(dispatch).with_state(Http { node, limits, deployment })
 }
 
 #[derive(Clone)]
 struct Http {
     node: Arc<Node>,
     limits: Arc<Limits>,
+    deployment: Arc<Gatherer>,
 }
 
 /// The routes (DESIGN.md, "Interfaces").
@@ -50,6 +55,8 @@ enum Route {
     Conflict,
     ConflictResolve,
     DeadLetters,
+    Deployment,
+    Ui,
     NotFound,
 }
 
@@ -62,6 +69,9 @@ impl Route {
             "/v1/conflicts" => Route::ConflictsList,
             "/v1/conflicts/events" => Route::ConflictEvents,
             "/v1/dead-letters" => Route::DeadLetters,
+            "/v1/deployment" => Route::Deployment,
+            "/ui" => Route::Ui,
+            p if p.starts_with("/ui/") => Route::Ui,
             p if p.starts_with("/v1/kv/") => Route::Kv,
             p if p.starts_with("/v1/docs/") => Route::Docs,
             p => match p.strip_prefix("/v1/conflicts/").map(|rest| rest.split('/').collect::<Vec<_>>()).as_deref() {
@@ -74,7 +84,7 @@ impl Route {
 
     fn class(self) -> Class {
         match self {
-            Route::Status | Route::Metrics => Class::Operator,
+            Route::Status | Route::Metrics | Route::Deployment | Route::Ui => Class::Operator,
             Route::Snapshot => Class::Bulk,
             _ => Class::Data,
         }
@@ -104,7 +114,7 @@ async fn dispatch(State(http): State<Http>, mut req: Request) -> Response {
             Err(e) => respond(Reply::error(&e)),
             Ok(admitted) => {
                 req.extensions_mut().insert(admitted.deadline);
-                let resp = http.limits.within(route.class(), serve(&http.node, route, req)).await;
+                let resp = http.limits.within(route.class(), serve(&http, route, req)).await;
                 drop(admitted);
                 resp.unwrap_or_else(|e| respond(Reply::error(&e)))
             }
@@ -113,10 +123,15 @@ async fn dispatch(State(http): State<Http>, mut req: Request) -> Response {
     stamp(&http.node, resp)
 }
 
-async fn serve(node: &Arc<Node>, route: Route, req: Request) -> Response {
+async fn serve(http: &Http, route: Route, req: Request) -> Response {
+    let node = &http.node;
     let read = matches!(route, Route::Kv | Route::Docs) && req.method() == Method::GET;
     let started = std::time::Instant::now();
-    let resp = route_to(node, route, req).await;
+    let resp = match route {
+        Route::Deployment => respond(http.deployment.reply(node).await),
+        Route::Ui => ui(req.uri().path()),
+        _ => route_to(node, route, req).await,
+    };
     if read {
         node.metrics.read_seconds.observe(started.elapsed().as_secs_f64());
     }
@@ -138,8 +153,24 @@ async fn route_to(node: &Arc<Node>, route: Route, req: Request) -> Response {
         Route::Conflict => respond(super::conflict_get(node, &conflict_id(req.uri().path())).await.into()),
         Route::ConflictResolve => conflict_resolve(node, req).await,
         Route::DeadLetters => respond(super::dead_letters(node, &params(req.uri().query())).await.into()),
+        Route::Deployment | Route::Ui => unreachable!("served by `serve`"),
         Route::NotFound => unreachable!("answered before admission"),
     }
+}
+
+/// `GET /ui` and its assets, each with the policy that keeps the page on this origin.
+fn ui(path: &str) -> Response {
+    let Some(asset) = super::ui::asset(path) else {
+        return respond(Reply::error(&NodeError::NotFound(format!("no dashboard asset {path}"))));
+    };
+    let headers = [
+        (header::CONTENT_TYPE, asset.content_type),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::CONTENT_SECURITY_POLICY, super::ui::CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    (StatusCode::OK, headers, asset.body).into_response()
 }
 
 /// `GET /v1/conflicts/events`: server-sent events, one per conflict record committed.

@@ -7,6 +7,7 @@
 
 mod conflicts;
 mod dead_letters;
+pub mod deployment;
 mod docs;
 mod events;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod nats;
 mod nats_op;
 mod session;
 mod status;
+mod ui;
 mod write;
 
 pub use conflicts::{conflict_get, conflict_resolve, conflicts_list};
