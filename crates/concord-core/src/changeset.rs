@@ -153,7 +153,7 @@ fn parse_origin(s: &str) -> CoreResult<Origin> {
     s.parse().map_err(|e: CoreError| CoreError::Corrupt(e.to_string()))
 }
 
-fn encode_vv(w: &mut Writer, vv: &VersionVector) {
+pub(crate) fn encode_vv(w: &mut Writer, vv: &VersionVector) {
     w.u64(vv.len() as u64);
     for (origin, seq) in vv.iter() {
         w.str(&origin.to_string());
@@ -161,7 +161,7 @@ fn encode_vv(w: &mut Writer, vv: &VersionVector) {
     }
 }
 
-fn decode_vv(r: &mut Reader<'_>) -> CoreResult<VersionVector> {
+pub(crate) fn decode_vv(r: &mut Reader<'_>) -> CoreResult<VersionVector> {
     let n = r.len(VV_ENTRIES_MAX)?;
     let mut vv = VersionVector::new();
     for _ in 0..n {

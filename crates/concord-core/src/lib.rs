@@ -7,6 +7,7 @@
 //! - [`conflict`]: conflict-log records and their convergent ids.
 //! - [`changeset`]: the versioned binary encoding of what crosses the log.
 //! - [`doc`]: Automerge document operations and their JSON view.
+//! - [`merkle`]: the range-hash tree anti-entropy compares replicas' states with.
 //! - [`token`]: session tokens (an applied vector, compact and header-safe).
 //! - [`input`]: validation of keys, buckets and values at the API edge.
 //!
@@ -23,6 +24,7 @@ pub mod hlc;
 pub mod ids;
 pub mod input;
 pub mod lww;
+pub mod merkle;
 pub mod token;
 pub mod vv;
 

@@ -45,14 +45,23 @@ impl Prepared {
 }
 
 /// A changeset's identity: (origin, first sequence).
-type ChangesetRef = (Origin, u64);
+pub(crate) type ChangesetRef = (Origin, u64);
 
 /// What one attempt at applying a plan produced.
-struct Applied {
+pub(crate) struct Applied {
     batch: Batch,
     hlc_max: Hlc,
     stats: Stats,
     dropped: Vec<DeadLetter>,
+}
+
+/// What a step merged so far: LWW changes are in the overlay; document changes wait
+/// here, per document, to be applied in one batch each.
+#[derive(Default)]
+pub(crate) struct Merged {
+    pub stats: Stats,
+    pub hlc_max: Hlc,
+    pub docs: BTreeMap<DocKey, Vec<(ChangesetRef, automerge::Change)>>,
 }
 
 impl Engine {
@@ -108,29 +117,46 @@ impl Engine {
 
     fn attempt(&self, plan: &Plan, facts: &Facts, now_ms: u64) -> Result<Result<Applied, Refused>, Fatal> {
         let mut ov = Overlay::new(facts, self.cfg.region.as_str(), now_ms);
-        let mut stats = Stats::default();
-        let mut hlc_max = Hlc::ZERO;
-        let mut docs: BTreeMap<DocKey, Vec<(ChangesetRef, automerge::Change)>> = BTreeMap::new();
+        let mut merged = Merged::default();
+        self.merge_plan(plan, &mut ov, &mut merged);
+        self.finish_attempt(ov, merged)
+    }
+
+    /// Merge the changes of a plan's applied changesets into the step's state: LWW
+    /// changes at once, document changes gathered per document (see [`Self::finish_attempt`]).
+    pub(crate) fn merge_plan(&self, plan: &Plan, ov: &mut Overlay<'_>, merged: &mut Merged) {
         for item in &plan.items {
             let Item::Apply { cs, from_seq, docs: decoded, .. } = item else { continue };
             if self.drops(cs) {
-                stats.changesets_applied += 1;
+                merged.stats.changesets_applied += 1;
                 continue;
             }
             for (i, change) in cs.changes.iter().enumerate() {
                 if cs.first_seq + i as u64 >= *from_seq {
-                    hlc_max = hlc_max.max(change.hlc);
-                    self.merge(&mut ov, &cs.origin, change, &mut stats);
+                    merged.hlc_max = merged.hlc_max.max(change.hlc);
+                    self.merge(ov, &cs.origin, change, &mut merged.stats);
                 }
             }
             for (i, am) in decoded.iter().filter(|(i, _)| cs.first_seq + *i as u64 >= *from_seq) {
                 let c = &cs.changes[*i];
-                docs.entry((c.bucket.clone(), c.key.clone()))
+                merged
+                    .docs
+                    .entry((c.bucket.clone(), c.key.clone()))
                     .or_default()
                     .push(((cs.origin.clone(), cs.first_seq), am.clone()));
             }
-            stats.changesets_applied += 1;
+            merged.stats.changesets_applied += 1;
         }
+    }
+
+    /// Apply the gathered document changes, one batch per document, and build the
+    /// step's batch; `Err` names the changesets a document refused.
+    pub(crate) fn finish_attempt(
+        &self,
+        mut ov: Overlay<'_>,
+        merged: Merged,
+    ) -> Result<Result<Applied, Refused>, Fatal> {
+        let Merged { stats, hlc_max, docs } = merged;
         let mut refused = Refused::new();
         let mut dropped = Vec::new();
         for (k, changes) in docs {
@@ -160,6 +186,19 @@ impl Engine {
         };
         let k = (change.bucket.clone(), change.key.clone());
         let incoming = Version { value, hlc: change.hlc, origin: origin.clone(), vv: vv.clone() };
+        self.merge_version(ov, k, incoming, change.resolves, stats);
+    }
+
+    /// Merge one LWW version into its key's register, recording what it does to the
+    /// conflict log.
+    pub(crate) fn merge_version(
+        &self,
+        ov: &mut Overlay<'_>,
+        k: DocKey,
+        incoming: Version,
+        resolves: Option<uuid::Uuid>,
+        stats: &mut Stats,
+    ) {
         let (register, inserted) = match ov.register(&k) {
             None => (Register::new(incoming), Inserted { changed: true, cut: Vec::new() }),
             Some(mut register) => {
@@ -174,7 +213,7 @@ impl Engine {
             stats.lww_conflicts += 1;
         }
         let manual = self.cfg.manual_buckets.contains(&k.0);
-        ov.track_lww(&k, &register, &inserted.cut, change.resolves, manual);
+        ov.track_lww(&k, &register, &inserted.cut, resolves, manual);
         ov.kv.insert(k, register);
     }
 
@@ -211,11 +250,15 @@ impl Engine {
     }
 
     /// Take the applied plan into the engine's state and build the step's output.
-    fn finish(&mut self, stream: &str, mut plan: Plan, applied: Applied) -> Output {
+    pub(crate) fn finish(&mut self, stream: &str, mut plan: Plan, applied: Applied) -> Output {
         let Applied { mut batch, hlc_max, stats, dropped } = applied;
         let mut out = Output { stats, ..Output::default() };
         let gaps_before: Vec<Origin> = self.waiting.keys().cloned().collect();
         let before = self.applied.clone();
+        for (origin, to) in std::mem::take(&mut plan.lifted) {
+            out.alerts.push(Alert::Lifted { from: self.applied.get(&origin), to, origin: origin.clone() });
+            self.applied.observe(&origin, to);
+        }
         for item in plan.items {
             self.take_item(stream, item, &mut batch, &mut out);
         }

@@ -94,6 +94,9 @@ pub(crate) struct Plan {
     pub tails: Vec<Tail>,
     /// Origins found void from a sequence on (see the module doc).
     pub voided: Vec<(Origin, u64)>,
+    /// Origins whose applied sequence moves past a gap to here: a repair from a peer's
+    /// state holds what the gap held ([`classify_lift`]).
+    pub lifted: Vec<(Origin, u64)>,
 }
 
 /// What a changeset must satisfy before anything in it is applied: it comes from an
@@ -173,6 +176,7 @@ pub(crate) fn classify(engine: &Engine, stream: &str, entries: &[Entry], refused
             needs: Needs::default(),
             tails: Vec::new(),
             voided: Vec::new(),
+            lifted: Vec::new(),
         },
     };
     if engine.parked.contains_key(stream) {
@@ -203,6 +207,50 @@ pub(crate) fn classify(engine: &Engine, stream: &str, entries: &[Entry], refused
     }
     walk.plan
 }
+
+/// Plan a lift: each origin's applied sequence moves up to the sequence given (a repair
+/// from a peer's state holds the effects of every change of it up to there), and the
+/// changesets that waited behind the gap apply, with those they unblock. A lift never
+/// moves an origin back, nor onto its void sequences (a void origin's sequences from
+/// `void_from` on were never stored, so no peer can have applied them).
+pub(crate) fn classify_lift(engine: &Engine, through: &[(Origin, u64)], refused: &Refused, now_ms: u64) -> Plan {
+    let mut walk = Walk {
+        engine,
+        stream: LIFT_STREAM,
+        now_ms,
+        refused,
+        applied: engine.applied.clone(),
+        added: BTreeMap::new(),
+        removed: BTreeSet::new(),
+        waiting_count: engine.waiting_count(),
+        waiting_bytes: engine.waiting_bytes,
+        prev: None,
+        current: None,
+        void_from: engine.void_from.clone(),
+        plan: Plan {
+            items: Vec::new(),
+            consumed_to: None,
+            needs: Needs::default(),
+            tails: Vec::new(),
+            voided: Vec::new(),
+            lifted: Vec::new(),
+        },
+    };
+    for (origin, seq) in through {
+        let cap = engine.void_from.get(origin).map_or(u64::MAX, |from| from.saturating_sub(2));
+        let to = (*seq).min(cap);
+        if to > walk.applied.get(origin) {
+            walk.applied.observe(origin, to);
+            walk.plan.lifted.push((origin.clone(), to));
+        }
+    }
+    walk.drain_unblocked();
+    walk.plan
+}
+
+/// The stream a lift's dead letters name (they were read from their own streams long
+/// before; the lift is what applies or refuses them).
+pub(crate) const LIFT_STREAM: &str = "anti-entropy";
 
 impl Walk<'_> {
     fn letter(&self, seq: u64, cs: Option<&Changeset>, reason: String) -> DeadLetter {
@@ -453,6 +501,7 @@ impl Walk<'_> {
                 let docs = decode_docs(&held.cs);
                 if let Some(reason) = self.refused.get(&key).cloned().or(docs.as_ref().err().cloned()) {
                     let mut letter = self.letter(held.meta.stream_seq, Some(&held.cs), reason);
+                    letter.stream = held.meta.stream.clone();
                     letter.payload = held.meta.payload.to_vec();
                     self.plan.items.push(Item::DeadLetter { letter, waited: Some(key), refusal: true });
                     break;

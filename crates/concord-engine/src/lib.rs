@@ -56,6 +56,7 @@ mod conflicts;
 mod engine;
 mod output;
 mod overlay;
+mod repair;
 mod state;
 mod write;
 pub mod writer;
@@ -72,6 +73,7 @@ pub use engine::{
 pub use engine::{DROPPED_SEQ, Mutation};
 pub use memstore::MemStore;
 pub use output::{Ack, Alert, Append, AppendOutcome, Output, Stats, WriteError};
+pub use repair::{CHANGES_PER_DOC_MAX, PreparedRepair, Repair};
 pub use state::{
     Batch, ConflictWrite, DeadLetter, DocFacts, DocKey, Durable, Entry, Facts, KvFacts, Needs, Waiting, WaitingWrite,
 };

@@ -88,6 +88,20 @@ pub enum Alert {
         origin: Origin,
         applied: u64,
     },
+    /// A repair from a peer's state held what a gap of this origin lacked: its applied
+    /// sequence moved from `from` to `to` (anti-entropy).
+    Lifted {
+        origin: Origin,
+        from: u64,
+        to: u64,
+    },
+    /// A repair brought a peer's document changes that the document refused: they were
+    /// left out (the rest of the repair applied).
+    RepairRefused {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
     /// A message went to the dead-letter table.
     DeadLettered {
         stream: String,

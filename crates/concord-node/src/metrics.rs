@@ -99,6 +99,11 @@ counters! {
     requests_overloaded_total: "Requests refused with 503 overloaded (HTTP or NATS concurrency limit reached).",
     requests_timed_out_total: "Requests answered with 504 timeout after request_timeout_ms.",
     promotions_total: "Times this node took its region's lease as a follower and became its leader (failovers).",
+    anti_entropy_rounds_total: "Anti-entropy comparisons of this replica's state with a peer's that ran to the end.",
+    anti_entropy_failures_total: "Anti-entropy comparisons that failed (a peer that did not answer, a damaged reply); tried again later.",
+    anti_entropy_entries_repaired_total: "Registers and documents taken from a peer's state because they differed from this replica's.",
+    anti_entropy_refused_total: "Entries of a peer's state refused (they do not decode, or a document refused their changes).",
+    anti_entropy_gaps_lifted_total: "Gaps in an origin's sequence lifted by a repair from a peer's state (their messages were gone from every log).",
 }
 
 /// What a scrape adds to the counters: gauges read at that moment.

@@ -131,6 +131,14 @@ pub fn report(m: &Metrics, alerts: &[Alert], stats: &Stats) {
                 warn!(%origin, applied, first_seq, "gap in an origin's sequence: later changesets wait");
             }
             Alert::GapClosed { origin, applied } => info!(%origin, applied, "gap closed"),
+            Alert::Lifted { origin, from, to } => {
+                metrics::inc(&m.anti_entropy_gaps_lifted_total);
+                warn!(%origin, from, to, "gap lifted: a repair from a peer's state holds what its messages held");
+            }
+            Alert::RepairRefused { bucket, key, reason } => {
+                metrics::inc(&m.anti_entropy_refused_total);
+                error!(bucket, key, reason, "a peer's entry was left out of a repair");
+            }
             Alert::DeadLettered { stream, stream_seq, reason } => {
                 metrics::inc(&m.dead_letters_total);
                 error!(stream, stream_seq, reason, "a message went to the dead-letter table");

@@ -33,11 +33,13 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use thiserror::Error;
 
 mod conflicts;
+mod digest;
 mod facts;
 mod held;
 mod snapshot;
 
 pub use concord_engine::Batch;
+pub use digest::content_for_hash;
 pub use held::DEAD_LETTERS_MAX;
 pub use snapshot::check_header as check_snapshot_header;
 

@@ -1,0 +1,184 @@
+//! Repairing from a peer's state: the engine's side of anti-entropy.
+//!
+//! A replica whose streams lost messages that no log holds any more (retention, a
+//! removed message) cannot apply them: its origin waits behind the gap for ever. A peer
+//! that applied them holds their effects in its state, so the runtime compares digests
+//! of the two states (the node's anti-entropy) and hands the engine what differs: the
+//! peer's registers and documents ([`Repair`]). The engine merges them exactly as it
+//! merges changes from a log (registers are a join-semilattice, documents merge by
+//! Automerge), recording conflicts as they appear, so a repair never takes anything
+//! away and applying it twice changes nothing.
+//!
+//! **Lifting a gap.** Once the runtime has taken every entry in which the two states
+//! differed, from a peer that had applied an origin through sequence `n`, this replica
+//! holds the effects of that origin's changes up to `n`: the repair names `(origin, n)`
+//! in [`Repair::through`], and the applied vector moves past the gap to `n` (never
+//! back, never onto sequences found void); the changesets that waited behind the gap
+//! apply in the same step. The changes of the gap are then duplicates if they ever
+//! arrive. The runtime must only claim `through` for a complete comparison: the engine
+//! cannot check it, and a false claim skips changes.
+//!
+//! Known limits: a conflict that only the lost changes showed (two versions that the
+//! peer later overwrote) is not recorded here (the peer's conflict log has it); a
+//! document change of the peer that the document refuses is left out, with an alert.
+
+use std::collections::BTreeSet;
+
+use concord_core::doc;
+use concord_core::ids::Origin;
+use concord_core::lww::Register;
+
+use crate::Fatal;
+use crate::apply::Merged;
+use crate::classify::{LIFT_STREAM, Plan, Refused, classify_lift};
+use crate::engine::Engine;
+use crate::output::{Alert, Output};
+use crate::overlay::Overlay;
+use crate::state::{DocKey, Facts, Needs};
+
+/// What a peer's state holds where it differs from this replica's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Repair {
+    /// The peer's registers.
+    pub kv: Vec<(DocKey, Register)>,
+    /// The peer's documents, saved (they are loaded as defensively as any input).
+    pub docs: Vec<(DocKey, Vec<u8>)>,
+    /// Per origin: the repair holds the effects of every change of it up to here (see
+    /// the module doc: a lift).
+    pub through: Vec<(Origin, u64)>,
+}
+
+impl Repair {
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_empty() && self.docs.is_empty() && self.through.is_empty()
+    }
+}
+
+/// A repair, planned, waiting for its facts.
+pub struct PreparedRepair {
+    repair: Repair,
+    plan: Plan,
+    needs: Needs,
+    now_ms: u64,
+}
+
+impl PreparedRepair {
+    /// What to load before [`Engine::apply_repair`].
+    pub fn needs(&self) -> &Needs {
+        &self.needs
+    }
+}
+
+/// The origin that a repair's document changes are filed under while applied (their
+/// own origins are inside them): refusals name them by their place in the repair.
+fn repair_ref(i: usize) -> (Origin, u64) {
+    (Origin::new(concord_core::ids::RegionId::new("anti-entropy").expect("a valid region name"), 0), i as u64)
+}
+
+impl Engine {
+    /// Plan `repair`: what it needs loaded (its keys, and those of the changesets a lift
+    /// releases).
+    pub fn prepare_repair(&self, repair: Repair, now_ms: u64) -> PreparedRepair {
+        let plan = classify_lift(self, &repair.through, &Refused::new(), now_ms);
+        let needs = repair_needs(&repair, &plan);
+        PreparedRepair { repair, plan, needs, now_ms }
+    }
+
+    /// Merge a prepared repair with the facts its [`PreparedRepair::needs`] named.
+    pub fn apply_repair(&mut self, prepared: PreparedRepair, facts: &Facts) -> Result<Output, Fatal> {
+        assert!(!self.append_in_flight(), "a repair applied while an append is in flight");
+        let PreparedRepair { repair, mut plan, now_ms, .. } = prepared;
+        let mut refused = Refused::new();
+        let mut left_out: BTreeSet<usize> = BTreeSet::new();
+        let mut refusals = Vec::new();
+        loop {
+            let mut ov = Overlay::new(facts, self.cfg.region.as_str(), now_ms);
+            let mut merged = Merged::default();
+            for (k, register) in &repair.kv {
+                for v in register.versions() {
+                    merged.hlc_max = merged.hlc_max.max(v.hlc);
+                    self.merge_version(&mut ov, k.clone(), v.clone(), None, &mut merged.stats);
+                }
+            }
+            self.merge_plan(&plan, &mut ov, &mut merged);
+            let unloadable = self.gather_repair_docs(&repair, &left_out, &mut ov, &mut merged)?;
+            match self.finish_attempt(ov, merged)? {
+                Ok(applied) => {
+                    let mut out = self.finish(LIFT_STREAM, plan, applied);
+                    out.alerts.extend(unloadable);
+                    out.alerts.extend(refusals);
+                    return Ok(out);
+                }
+                Err(more) => {
+                    // Each round leaves out at least one more change or changeset: it ends.
+                    let repair_origin = repair_ref(0).0;
+                    let (ours, theirs): (Vec<_>, Vec<_>) =
+                        more.into_iter().partition(|((o, _), _)| *o == repair_origin);
+                    for ((_, i), why) in ours {
+                        let (k, _) = &repair.docs[i as usize / CHANGES_PER_DOC_MAX];
+                        refusals.push(Alert::RepairRefused { bucket: k.0.clone(), key: k.1.clone(), reason: why });
+                        assert!(left_out.insert(i as usize), "a refusal repeats");
+                    }
+                    assert!(theirs.iter().all(|(k, _)| !refused.contains_key(k)), "a refusal repeats");
+                    refused.extend(theirs);
+                    plan = classify_lift(self, &repair.through, &refused, now_ms);
+                }
+            }
+        }
+    }
+
+    /// The changes of the repair's documents that this replica lacks, gathered per
+    /// document with the step's other document changes. A peer's document that does not
+    /// load is left out, with an alert.
+    fn gather_repair_docs(
+        &self,
+        repair: &Repair,
+        left_out: &BTreeSet<usize>,
+        ov: &mut Overlay<'_>,
+        merged: &mut Merged,
+    ) -> Result<Vec<Alert>, Fatal> {
+        let mut alerts = Vec::new();
+        for (d, (k, saved)) in repair.docs.iter().enumerate() {
+            let peer = match doc::load_doc(saved) {
+                Ok(p) => p,
+                Err(e) => {
+                    let reason = format!("the peer's document does not load: {e}");
+                    alerts.push(Alert::RepairRefused { bucket: k.0.clone(), key: k.1.clone(), reason });
+                    continue;
+                }
+            };
+            let local = ov.doc_mut(k)?;
+            let missing = local.get_changes_added(&peer);
+            if missing.len() > CHANGES_PER_DOC_MAX {
+                let reason = format!(
+                    "the peer's document holds {} changes this one lacks; at most {CHANGES_PER_DOC_MAX} are taken in one repair",
+                    missing.len()
+                );
+                alerts.push(Alert::RepairRefused { bucket: k.0.clone(), key: k.1.clone(), reason });
+                continue;
+            }
+            let taken: Vec<_> = missing
+                .into_iter()
+                .enumerate()
+                .map(|(i, change)| (d * CHANGES_PER_DOC_MAX + i, change))
+                .filter(|(index, _)| !left_out.contains(index))
+                .map(|(index, change)| (repair_ref(index), change))
+                .collect();
+            if !taken.is_empty() {
+                merged.docs.entry(k.clone()).or_default().extend(taken);
+            }
+        }
+        Ok(alerts)
+    }
+}
+
+/// Most changes one repaired document may bring (they are numbered per document within
+/// a repair).
+pub const CHANGES_PER_DOC_MAX: usize = 1 << 20;
+
+fn repair_needs(repair: &Repair, plan: &Plan) -> Needs {
+    let mut needs = plan.needs.clone();
+    needs.kv.extend(repair.kv.iter().map(|(k, _)| k.clone()));
+    needs.docs.extend(repair.docs.iter().map(|(k, _)| k.clone()));
+    needs
+}
