@@ -112,6 +112,13 @@ pub struct NodeConfig {
     pub lease_ttl_ms: u64,
     /// How often the holder renews the lease (at most half of `lease_ttl_ms`).
     pub lease_renew_ms: u64,
+    /// A leader compares its state with every other region's leader this often, and
+    /// repairs what differs (anti-entropy). 0: never (gaps are still repaired).
+    pub anti_entropy_interval_s: u64,
+    /// A gap in an origin's sequence that stands this long (its messages could not be
+    /// read from any log) is repaired from the state of the origin region's leader, and
+    /// lifted. 0: never.
+    pub anti_entropy_gap_after_s: u64,
     /// Test only: a file holding a skew in milliseconds added to this node's wall clock
     /// (the time its writes carry), read again while the node runs. Empty: none.
     pub test_clock_skew_file: String,
@@ -157,6 +164,8 @@ impl Default for NodeConfig {
             waiting_bytes_max: concord_engine::WAITING_BYTES_MAX_DEFAULT,
             lease_ttl_ms: 3_000,
             lease_renew_ms: 750,
+            anti_entropy_interval_s: 300,
+            anti_entropy_gap_after_s: 20,
             test_clock_skew_file: String::new(),
             test_mutation: String::new(),
         }

@@ -22,6 +22,7 @@
 //! [`run`] starts a node and serves until shutdown, when it stops taking requests,
 //! drains queued writes and exits.
 
+pub mod anti_entropy;
 pub mod api;
 pub mod bootstrap;
 mod catch_up;
@@ -114,6 +115,8 @@ impl Node {
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Entries on their way from the stream consumers to the worker.
 const INBOUND_QUEUE: usize = 4096;
+/// Repairs on their way from anti-entropy to the worker (each waits for its commit).
+const REPAIRS_QUEUE: usize = 4;
 /// Conflict records on their way to NATS.
 const CONFLICTS_QUEUE: usize = 1024;
 
@@ -169,8 +172,10 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
             Ok(())
         });
     }
+    let repairs = spawn_anti_entropy(&sup, &cfg, &region, &client, &store, &views, &metrics, max_payload);
     let worker = Worker::new(engine, store.clone(), log.clone(), streams, metrics.clone(), watches, limits)
         .with_conflict_publisher(spawn_conflict_publisher(&sup, &client, &region))
+        .with_repairs(repairs)
         .with_lease(lease_rx, deadline_rx)
         .with_clock(clock);
     sup.spawn_once("worker", async move { worker.run(writes_rx, inbound_rx, stop).await.map_err(|e| e.to_string()) });
@@ -285,6 +290,42 @@ fn spawn_gap_repair(
     sup.spawn("gap repair", Policy::Restart, move || {
         repair::repair_gaps(l.clone(), r.clone(), v.clone(), inbound.clone(), m.clone(), s.clone())
     });
+}
+
+/// Anti-entropy: the answers this node gives its peers, and its own rounds. Returns
+/// where the rounds' repairs arrive for the worker.
+#[allow(clippy::too_many_arguments)]
+fn spawn_anti_entropy(
+    sup: &Supervisor,
+    cfg: &NodeConfig,
+    region: &RegionId,
+    client: &async_nats::Client,
+    store: &Store,
+    views: &Views,
+    metrics: &Arc<Metrics>,
+    max_payload: usize,
+) -> mpsc::Receiver<anti_entropy::RepairRequest> {
+    let responder =
+        Arc::new(anti_entropy::serve::Responder::new(store.clone(), region.to_string(), cfg.node.clone(), max_payload));
+    let (c, s) = (client.clone(), sup.shutdown());
+    sup.spawn("anti-entropy answers", Policy::Restart, move || responder.clone().serve(c.clone(), s.clone()));
+    let (tx, rx) = mpsc::channel(REPAIRS_QUEUE);
+    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    let ctx = anti_entropy::Ctx {
+        client: client.clone(),
+        store: store.clone(),
+        region: region.clone(),
+        node: cfg.node.clone(),
+        remote_regions: cfg.remote_regions(),
+        views: views.clone(),
+        repairs: tx,
+        metrics: metrics.clone(),
+        interval: secs(cfg.anti_entropy_interval_s),
+        gap_after: secs(cfg.anti_entropy_gap_after_s),
+    };
+    let s = sup.shutdown();
+    sup.spawn("anti-entropy", Policy::Restart, move || anti_entropy::run(ctx.clone(), s.clone()));
+    rx
 }
 
 /// The tasks that talk to the rest of the region and to the other regions: progress

@@ -48,6 +48,7 @@ use concord_transport::{LogEntry, RegionLog};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
+use crate::anti_entropy::RepairRequest;
 use crate::clock::WallClock;
 pub use crate::deferred::SYNC_INTERVAL;
 use crate::deferred::{Deferred, Persisted};
@@ -107,6 +108,8 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     deferred: Deferred,
     /// Appends on their way to the log, oldest first.
     pub(crate) inflight: InFlight,
+    /// Repairs from anti-entropy ([`crate::anti_entropy`]).
+    repairs: Option<mpsc::Receiver<RepairRequest>>,
 }
 
 impl<L: RegionLog, S: StreamControl> Worker<L, S> {
@@ -136,6 +139,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             clock: WallClock::default(),
             deferred: Deferred::default(),
             inflight: InFlight::default(),
+            repairs: None,
         };
         for (stream, from) in worker.engine().streams_to_follow() {
             worker.streams.follow(&stream, from);
@@ -153,6 +157,12 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     pub fn with_lease(mut self, events: mpsc::Receiver<LeaseEvent>, deadline: crate::lease::Deadline) -> Self {
         self.lease = Some(events);
         self.lease_deadline = Some(deadline);
+        self
+    }
+
+    /// Take repairs from anti-entropy.
+    pub fn with_repairs(mut self, repairs: mpsc::Receiver<RepairRequest>) -> Self {
+        self.repairs = Some(repairs);
         self
     }
 
@@ -196,6 +206,10 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                     self.apply_inbound(first, &mut inbound).await?;
                 }
                 Some(event) = next_lease_event(&mut self.lease) => self.on_lease(event).await?,
+                Some(request) = next_repair(&mut self.repairs) => {
+                    self.drain_appends().await?;
+                    self.repair(request).await?;
+                }
                 _ = tick.tick() => self.tick().await?,
                 synced = self.deferred.next() => {
                     synced?;
@@ -343,6 +357,22 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         Ok(())
     }
 
+    /// Merge a repair from a peer's state (anti-entropy), then answer its sender.
+    async fn repair(&mut self, request: RepairRequest) -> Result<(), NodeError> {
+        let now = self.clock.now_ms();
+        let RepairRequest { repair, reply } = request;
+        let out = self
+            .step(move |e, s| {
+                let prepared = e.prepare_repair(repair, now);
+                let facts = s.load(prepared.needs())?;
+                Ok(e.apply_repair(prepared, &facts)?)
+            })
+            .await?;
+        self.after(out);
+        let _ = reply.send(Ok(()));
+        Ok(())
+    }
+
     /// The lease's deadline passed (or this node holds none) while it still writes.
     pub(crate) fn lease_expired(&self) -> bool {
         let Some(deadline) = &self.lease_deadline else { return false };
@@ -482,6 +512,13 @@ fn persist(store: &Store, batch: Option<&Batch>, unsynced: Option<bool>) -> Resu
 
 async fn next_lease_event(lease: &mut Option<mpsc::Receiver<LeaseEvent>>) -> Option<LeaseEvent> {
     match lease {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_repair(repairs: &mut Option<mpsc::Receiver<RepairRequest>>) -> Option<RepairRequest> {
+    match repairs {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }

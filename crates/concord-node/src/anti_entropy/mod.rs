@@ -1,0 +1,315 @@
+//! Anti-entropy: replicas compare digests of their state and repair what differs
+//! (DESIGN.md, "Anti-entropy"), so what no log holds any more still reaches every
+//! replica.
+//!
+//! A **round** compares this replica with a peer node: the peer sends its range-hash
+//! tree (`concord_core::merkle`) with the applied vector it was built at; the replica
+//! builds its own and descends both from the root to the leaves that differ (equal
+//! states cost one comparison); it reads the peer's entries of those leaves, page by
+//! page, and hands every register and document that differs from its own to the worker
+//! as a repair (`concord_engine::Repair`), which merges them like changes from a log.
+//!
+//! **Lifting gaps.** A round that ran to the end, every page read and every repair
+//! committed, leaves this replica holding the effects of everything the peer had applied
+//! when it built its tree: for each entry, either the two were equal then, or the
+//! peer's entry (as of then or later) was merged here, and state only grows. So for each
+//! origin whose changesets wait behind a gap here, the applied sequence may move up to
+//! what the peer had applied of it (no further than the gap's end): the round hands the
+//! worker that lift, and the waiting changesets apply.
+//!
+//! **When.** A leader runs a round against every other region's leader every
+//! `anti_entropy_interval_s` (0: never); any replica whose gap has stood
+//! `anti_entropy_gap_after_s` (after the gap repair from the origins' logs had its
+//! chance) runs one against the leader of the gap's origin region. A round reads at most
+//! [`ROUND_BYTES_MAX`] of entries; one that stops there lifts nothing, and the next round
+//! starts from what is left.
+//!
+//! Peers are found through their region's status (`concord.api.<region>.status`, which
+//! any node of the region answers with the region's leader) and asked on per-node
+//! subjects, so one round talks to one peer ([`serve`]).
+
+pub mod serve;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use concord_api::StatusBody;
+use concord_core::changeset::stored;
+use concord_core::ids::{Origin, RegionId};
+use concord_core::merkle::{EntriesReply, EntriesRequest, Table, TreeReply};
+use concord_engine::{Gap, Repair, RoleView};
+use concord_storage::{Store, content_for_hash};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::error::NodeError;
+use crate::metrics::{self, Metrics};
+use crate::view::Views;
+
+/// A repair handed to the worker, answered once committed.
+pub struct RepairRequest {
+    pub repair: Repair,
+    pub reply: oneshot::Sender<Result<(), NodeError>>,
+}
+
+/// Most bytes of entries one round reads.
+pub const ROUND_BYTES_MAX: u64 = 256 << 20;
+/// Most bytes of entries one page asks for.
+const PAGE_BYTES_MAX: u64 = 1 << 20;
+/// Most entries in one repair handed to the worker (one engine step).
+const REPAIR_ENTRIES_MAX: usize = 512;
+/// How long a peer has to answer one request (a tree is a scan of its store).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the gaps are looked at.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two rounds for the same gap.
+const GAP_RETRY_MAX: Duration = Duration::from_secs(300);
+
+pub fn subject(region: &str, node: &str, op: &str) -> String {
+    format!("concord.ae.{region}.{node}.{op}")
+}
+
+/// What a round needs.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: async_nats::Client,
+    pub store: Store,
+    pub region: RegionId,
+    pub node: String,
+    pub remote_regions: Vec<RegionId>,
+    pub views: Views,
+    pub repairs: mpsc::Sender<RepairRequest>,
+    pub metrics: Arc<Metrics>,
+    pub interval: Option<Duration>,
+    pub gap_after: Option<Duration>,
+}
+
+/// How a round ended.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub peer: String,
+    /// Every page was read and every repair committed.
+    pub complete: bool,
+    pub differing_leaves: usize,
+    pub repaired: u64,
+    pub refused: u64,
+    pub lifted: Vec<(Origin, u64)>,
+}
+
+/// Run rounds until shutdown (see the module doc).
+pub async fn run(ctx: Ctx, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let mut next_periodic = ctx.interval.map(|i| Instant::now() + i);
+    // Per (origin, applied) of a gap: when to try it next, and the wait after that.
+    let mut gap_rounds: std::collections::BTreeMap<(Origin, u64), (Instant, Duration)> = Default::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
+        let now = Instant::now();
+        if let (Some(at), Some(interval)) = (next_periodic, ctx.interval)
+            && now >= at
+        {
+            if leads(&ctx.views) {
+                for region in &ctx.remote_regions {
+                    round_logged(&ctx, region, "periodic").await;
+                }
+            }
+            next_periodic = Some(Instant::now() + interval);
+        }
+        let Some(gap_after) = ctx.gap_after else { continue };
+        let gaps: Vec<Gap> = ctx.views.view.borrow().gaps.clone();
+        gap_rounds.retain(|(o, a), _| gaps.iter().any(|g| g.origin == *o && g.applied == *a));
+        for gap in gaps {
+            let due = gap_rounds.entry((gap.origin.clone(), gap.applied)).or_insert((now + gap_after, gap_after));
+            if now < due.0 {
+                continue;
+            }
+            let lifted = round_logged(&ctx, &gap.origin.region, "a gap stands").await;
+            due.1 = if lifted { gap_after } else { (due.1 * 2).min(GAP_RETRY_MAX) };
+            due.0 = Instant::now() + due.1;
+        }
+    }
+}
+
+fn leads(views: &Views) -> bool {
+    matches!(views.view.borrow().role, RoleView::Leader { .. })
+}
+
+/// A round against `region`'s leader, logged and counted; whether it lifted a gap.
+async fn round_logged(ctx: &Ctx, region: &RegionId, why: &str) -> bool {
+    match round(ctx, region).await {
+        Ok(r) => {
+            metrics::inc(&ctx.metrics.anti_entropy_rounds_total);
+            if r.repaired > 0 || !r.lifted.is_empty() || !r.complete {
+                info!(%region, peer = r.peer, why, complete = r.complete, leaves = r.differing_leaves,
+                    repaired = r.repaired, refused = r.refused, lifted = ?r.lifted, "anti-entropy round");
+            }
+            !r.lifted.is_empty()
+        }
+        Err(e) => {
+            metrics::inc(&ctx.metrics.anti_entropy_failures_total);
+            warn!(%region, why, error = %e, "anti-entropy round failed; trying again later");
+            false
+        }
+    }
+}
+
+/// Compare this replica with `region`'s leader and repair what differs (module doc).
+pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
+    let peer = leader_of(&ctx.client, region).await?;
+    if peer == ctx.node {
+        return Err("this node is the peer's region's leader".into());
+    }
+    let theirs = TreeReply::decode(&ask(&ctx.client, &subject(region.as_str(), &peer, "tree"), Bytes::new()).await?)
+        .map_err(|e| format!("{peer}'s tree: {e}"))?;
+    let store = ctx.store.clone();
+    let (mine, _) = tokio::task::spawn_blocking(move || store.digest())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let leaves = mine.differing_leaves(&theirs.tree);
+    let mut r = Round { peer: peer.clone(), differing_leaves: leaves.len(), ..Round::default() };
+    let mut req = EntriesRequest { leaves, after: None, bytes_max: PAGE_BYTES_MAX };
+    let mut read = 0u64;
+    let mut repair = Repair::default();
+    r.complete = loop {
+        if req.leaves.is_empty() {
+            break true;
+        }
+        if read >= ROUND_BYTES_MAX {
+            break false;
+        }
+        let bytes = ask(&ctx.client, &subject(region.as_str(), &peer, "entries"), Bytes::from(req.encode())).await?;
+        read += bytes.len() as u64;
+        let page = EntriesReply::decode(&bytes).map_err(|e| format!("{peer}'s entries: {e}"))?;
+        for e in &page.entries {
+            if !differs(&ctx.store, e).await? {
+                continue;
+            }
+            match to_repair(e, &mut repair) {
+                Ok(()) => r.repaired += 1,
+                Err(why) => {
+                    r.refused += 1;
+                    metrics::inc(&ctx.metrics.anti_entropy_refused_total);
+                    warn!(peer, why, "an entry of the peer's state was refused");
+                }
+            }
+            if repair.kv.len() + repair.docs.len() >= REPAIR_ENTRIES_MAX {
+                hand_over(ctx, std::mem::take(&mut repair)).await?;
+            }
+        }
+        match page.next {
+            Some(next) => req.after = Some(next),
+            None => break true,
+        }
+    };
+    hand_over(ctx, repair).await?;
+    metrics::add(&ctx.metrics.anti_entropy_entries_repaired_total, r.repaired);
+    if r.complete {
+        r.lifted = lifts(&ctx.views.view.borrow().gaps, &theirs.applied);
+        if !r.lifted.is_empty() {
+            hand_over(ctx, Repair { through: r.lifted.clone(), ..Repair::default() }).await?;
+        }
+    }
+    Ok(r)
+}
+
+/// For each gap: how far the peer's applied vector lets it be lifted (no further than the
+/// gap's end: the changesets behind it apply as usual).
+pub fn lifts(gaps: &[Gap], peer_applied: &concord_core::vv::VersionVector) -> Vec<(Origin, u64)> {
+    gaps.iter()
+        .filter_map(|g| {
+            let to = peer_applied.get(&g.origin).min(g.next_waiting - 1);
+            (to > g.applied).then(|| (g.origin.clone(), to))
+        })
+        .collect()
+}
+
+/// Whether the peer's entry differs from what this replica holds.
+async fn differs(store: &Store, e: &concord_core::merkle::RawEntry) -> Result<bool, String> {
+    let (store, table, key) = (store.clone(), e.table, e.key.clone());
+    let local = tokio::task::spawn_blocking(move || store.get_raw(table, &key))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(match local {
+        None => true,
+        Some(local) if local == e.value => false,
+        Some(local) => content_for_hash(table, &local) != content_for_hash(table, &e.value),
+    })
+}
+
+/// Check a peer's entry as any input from another region, and add it to `repair`.
+fn to_repair(e: &concord_core::merkle::RawEntry, repair: &mut Repair) -> Result<(), String> {
+    let mut parts = e.key.splitn(2, |b| *b == 0);
+    let (bucket, key) = (parts.next().unwrap_or_default(), parts.next().ok_or("a key without a bucket")?);
+    concord_core::input::check_bucket(std::str::from_utf8(bucket).map_err(|_| "a bucket that is not UTF-8")?)
+        .map_err(|e| e.to_string())?;
+    concord_core::input::check_key(key).map_err(|e| e.to_string())?;
+    let k = (String::from_utf8_lossy(bucket).into_owned(), String::from_utf8_lossy(key).into_owned());
+    match e.table {
+        Table::Kv => repair.kv.push((k, stored::decode(&e.value).map_err(|e| format!("a register: {e}"))?)),
+        // Loaded (defensively) by the engine, which leaves out one that does not load.
+        Table::Docs => repair.docs.push((k, e.value.clone())),
+    }
+    Ok(())
+}
+
+/// Hand a repair to the worker and wait until it is committed.
+async fn hand_over(ctx: &Ctx, repair: Repair) -> Result<(), String> {
+    if repair.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = oneshot::channel();
+    ctx.repairs.send(RepairRequest { repair, reply: tx }).await.map_err(|_| "the worker stopped")?;
+    rx.await.map_err(|_| "the worker stopped".to_string())?.map_err(|e| e.to_string())
+}
+
+/// The name of `region`'s leader, from the region's status (any node of it answers).
+async fn leader_of(client: &async_nats::Client, region: &RegionId) -> Result<String, String> {
+    let body = ask(client, &format!("{}.status", crate::api::nats::group(region.as_str())), Bytes::new()).await?;
+    let status: StatusBody = serde_json::from_slice(&body).map_err(|e| format!("{region}'s status: {e}"))?;
+    if status.leader.is_empty() {
+        return Err(format!("{region} has no leader now"));
+    }
+    Ok(status.leader)
+}
+
+/// A request, with a timeout; an answer whose `Concord-Status` is not 200 is an error.
+async fn ask(client: &async_nats::Client, subject: &str, payload: Bytes) -> Result<Bytes, String> {
+    let msg = tokio::time::timeout(REQUEST_TIMEOUT, client.request(subject.to_string(), payload))
+        .await
+        .map_err(|_| format!("{subject}: no answer within {} s", REQUEST_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("{subject}: {e}"))?;
+    let status = msg.headers.as_ref().and_then(|h| h.get("Concord-Status")).map(|v| v.as_str().to_string());
+    match status.as_deref() {
+        None | Some("200") => Ok(msg.payload),
+        Some(code) => Err(format!("{subject}: {code} {}", String::from_utf8_lossy(&msg.payload))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_is_lifted_only_as_far_as_the_peer_applied_and_no_further_than_its_end() {
+        let o = Origin::new(RegionId::new("eu-west").unwrap(), 1);
+        let gap = |applied, next_waiting| Gap {
+            origin: o.clone(),
+            applied,
+            next_waiting,
+            waiting: 1,
+            stream: "S".into(),
+            stream_seq: 9,
+        };
+        let peer = |seq| [(o.clone(), seq)].into_iter().collect();
+        assert_eq!(lifts(&[gap(2, 6)], &peer(10)), vec![(o.clone(), 5)]);
+        assert_eq!(lifts(&[gap(2, 6)], &peer(4)), vec![(o.clone(), 4)], "as far as the peer applied");
+        assert!(lifts(&[gap(2, 6)], &peer(2)).is_empty(), "the peer has nothing more");
+        assert!(lifts(&[gap(2, 6)], &Default::default()).is_empty());
+    }
+}

@@ -1,0 +1,111 @@
+//! The peer's side of anti-entropy: every node answers, on
+//! `concord.ae.<region>.<node>.tree` and `.entries` (core NATS, so across regions), with
+//! its tree and applied vector, and with the entries of the leaves it is asked for.
+//!
+//! A tree is a scan of the whole store: one is built at a time, and one built less than
+//! [`TREE_REUSE`] ago is answered again. A page of entries is bounded by the request's
+//! `bytes_max` and by what a NATS message may carry. A request that cannot be answered
+//! (it does not decode, the store failed) gets `Concord-Status: 400` or `500` and the
+//! reason as its body.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use concord_core::merkle::{EntriesRequest, TreeReply};
+use concord_storage::Store;
+use futures::StreamExt;
+use tokio::sync::{Mutex, watch};
+use tracing::warn;
+
+use super::subject;
+
+/// How long a built tree is answered again.
+pub const TREE_REUSE: Duration = Duration::from_secs(5);
+/// What a reply leaves free of the NATS server's `max_payload` (headers, framing).
+const REPLY_MARGIN_BYTES: usize = 64 << 10;
+
+/// What answers a peer.
+pub struct Responder {
+    pub store: Store,
+    pub region: String,
+    pub node: String,
+    /// The NATS server's `max_payload`.
+    pub max_payload: usize,
+    /// The last tree built: when, and its encoded reply.
+    last_tree: Mutex<Option<(Instant, Bytes)>>,
+}
+
+impl Responder {
+    pub fn new(store: Store, region: String, node: String, max_payload: usize) -> Responder {
+        Responder { store, region, node, max_payload, last_tree: Mutex::new(None) }
+    }
+
+    /// Answer requests until shutdown (an error when the subscription ends before).
+    pub async fn serve(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut sub = client.subscribe(subject(&self.region, &self.node, "*")).await.map_err(|e| e.to_string())?;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                msg = sub.next() => msg.ok_or("the anti-entropy subscription ended")?,
+            };
+            let Some(reply_to) = msg.reply.clone() else { continue };
+            let op = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+            let (status, body) = match self.answer(&op, &msg.payload).await {
+                Ok(body) => ("200", body),
+                Err((status, why)) => {
+                    warn!(op, why, "an anti-entropy request was not answered");
+                    (status, Bytes::from(why))
+                }
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert("Concord-Status", status);
+            if let Err(e) = client.publish_with_headers(reply_to, headers, body).await {
+                warn!(error = %e, "an anti-entropy reply was not sent");
+            }
+        }
+    }
+
+    async fn answer(&self, op: &str, payload: &[u8]) -> Result<Bytes, (&'static str, String)> {
+        match op {
+            "tree" => self.tree().await.map_err(|e| ("500", e)),
+            "entries" => {
+                let mut req = EntriesRequest::decode(payload).map_err(|e| ("400", e.to_string()))?;
+                req.bytes_max = req.bytes_max.min(self.max_payload.saturating_sub(REPLY_MARGIN_BYTES) as u64 / 2);
+                let store = self.store.clone();
+                let page = tokio::task::spawn_blocking(move || store.entries_in(&req))
+                    .await
+                    .map_err(|e| ("500", e.to_string()))?
+                    .map_err(|e| ("500", e.to_string()))?
+                    .encode();
+                if page.len() + REPLY_MARGIN_BYTES > self.max_payload {
+                    return Err(("500", format!("an entry of {} bytes does not fit in a NATS message", page.len())));
+                }
+                Ok(Bytes::from(page))
+            }
+            other => Err(("400", format!("unknown anti-entropy operation {other:?}"))),
+        }
+    }
+
+    async fn tree(&self) -> Result<Bytes, String> {
+        let mut last = self.last_tree.lock().await;
+        if let Some((at, bytes)) = last.as_ref()
+            && at.elapsed() < TREE_REUSE
+        {
+            return Ok(bytes.clone());
+        }
+        let store = self.store.clone();
+        let (tree, applied) = tokio::task::spawn_blocking(move || store.digest())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let bytes = Bytes::from(TreeReply { node: self.node.clone(), applied, tree }.encode());
+        *last = Some((Instant::now(), bytes.clone()));
+        Ok(bytes)
+    }
+}
