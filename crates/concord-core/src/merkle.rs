@@ -12,7 +12,8 @@
 //! An entry's hash covers its table, key and content. The content must be equal on two
 //! replicas exactly when their states for the key are: an LWW register's stored bytes
 //! are (replicas converge byte for byte), a document's saved bytes are not (they depend
-//! on the saving replica's actor order), so a document is hashed by its heads.
+//! on the saving replica's actor order), so a document is hashed by its heads, and its
+//! changes waiting for a dependency (they count as applied) by their hashes.
 //!
 //! The wire encodings here ([`TreeReply`], [`EntriesRequest`], [`EntriesReply`]) cross
 //! regions: versioned, and decoded defensively (damaged bytes are an error, never a
@@ -39,6 +40,8 @@ pub type Hash = [u8; 16];
 pub enum Table {
     Kv = 1,
     Docs = 2,
+    /// A document's changes that wait for a dependency (counted as applied already).
+    Pending = 3,
 }
 
 impl Table {
@@ -46,6 +49,7 @@ impl Table {
         match b {
             1 => Ok(Table::Kv),
             2 => Ok(Table::Docs),
+            3 => Ok(Table::Pending),
             t => Err(CoreError::Corrupt(format!("unknown table {t}"))),
         }
     }

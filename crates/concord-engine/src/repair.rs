@@ -43,14 +43,26 @@ pub struct Repair {
     pub kv: Vec<(DocKey, Register)>,
     /// The peer's documents, saved (they are loaded as defensively as any input).
     pub docs: Vec<(DocKey, Vec<u8>)>,
+    /// The peer's document changes that wait for a dependency (it counts them as
+    /// applied): they apply here, or wait here too.
+    pub pending: Vec<(DocKey, Vec<Vec<u8>>)>,
     /// Per origin: the repair holds the effects of every change of it up to here (see
     /// the module doc: a lift).
     pub through: Vec<(Origin, u64)>,
 }
 
 impl Repair {
+    /// The key of the `d`th document of the repair: its documents, then its waiting
+    /// changes.
+    fn doc_key(&self, d: usize) -> &DocKey {
+        match self.docs.get(d) {
+            Some((k, _)) => k,
+            None => &self.pending[d - self.docs.len()].0,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.kv.is_empty() && self.docs.is_empty() && self.through.is_empty()
+        self.kv.is_empty() && self.docs.is_empty() && self.pending.is_empty() && self.through.is_empty()
     }
 }
 
@@ -115,7 +127,7 @@ impl Engine {
                     let (ours, theirs): (Vec<_>, Vec<_>) =
                         more.into_iter().partition(|((o, _), _)| *o == repair_origin);
                     for ((_, i), why) in ours {
-                        let (k, _) = &repair.docs[i as usize / CHANGES_PER_DOC_MAX];
+                        let k = repair.doc_key(i as usize / CHANGES_PER_DOC_MAX);
                         refusals.push(Alert::RepairRefused { bucket: k.0.clone(), key: k.1.clone(), reason: why });
                         assert!(left_out.insert(i as usize), "a refusal repeats");
                     }
@@ -168,6 +180,26 @@ impl Engine {
                 merged.docs.entry(k.clone()).or_default().extend(taken);
             }
         }
+        for (p, (k, changes)) in repair.pending.iter().enumerate() {
+            let d = repair.docs.len() + p;
+            let mut taken = Vec::new();
+            for (i, bytes) in changes.iter().take(CHANGES_PER_DOC_MAX).enumerate() {
+                let index = d * CHANGES_PER_DOC_MAX + i;
+                if left_out.contains(&index) {
+                    continue;
+                }
+                match doc::decode_change(bytes.clone()) {
+                    Ok(change) => taken.push((repair_ref(index), change)),
+                    Err(e) => {
+                        let reason = format!("a waiting change of the peer does not decode: {e}");
+                        alerts.push(Alert::RepairRefused { bucket: k.0.clone(), key: k.1.clone(), reason });
+                    }
+                }
+            }
+            if !taken.is_empty() {
+                merged.docs.entry(k.clone()).or_default().extend(taken);
+            }
+        }
         Ok(alerts)
     }
 }
@@ -180,5 +212,6 @@ fn repair_needs(repair: &Repair, plan: &Plan) -> Needs {
     let mut needs = plan.needs.clone();
     needs.kv.extend(repair.kv.iter().map(|(k, _)| k.clone()));
     needs.docs.extend(repair.docs.iter().map(|(k, _)| k.clone()));
+    needs.docs.extend(repair.pending.iter().map(|(k, _)| k.clone()));
     needs
 }

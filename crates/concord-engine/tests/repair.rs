@@ -69,9 +69,11 @@ impl Replica {
     fn differences(&self, peer: &Replica) -> Repair {
         let kv = peer.store.kv.iter().filter(|(k, r)| self.store.kv.get(*k) != Some(*r));
         let docs = peer.store.docs.iter().filter(|(k, d)| self.store.docs.get(*k) != Some(*d));
+        let pending = peer.store.pending.iter().filter(|(k, p)| self.store.pending.get(*k) != Some(*p));
         Repair {
             kv: kv.map(|(k, r)| (k.clone(), r.clone())).collect(),
             docs: docs.map(|(k, d)| (k.clone(), d.clone())).collect(),
+            pending: pending.map(|(k, p)| (k.clone(), p.clone())).collect(),
             through: Vec::new(),
         }
     }
@@ -231,4 +233,28 @@ fn a_peers_document_that_does_not_load_is_left_out_and_the_rest_applies() {
     );
     assert_eq!(r.store.kv, peer.store.kv, "the registers applied");
     assert!(!r.store.docs.contains_key(&("d".into(), "broken".into())));
+}
+
+#[test]
+fn a_peers_waiting_document_changes_wait_here_too_until_their_dependency_arrives() {
+    use concord_core::doc;
+    use concord_core::hlc::Hlc;
+    let mut source = doc::new_doc();
+    let set = |prop: &str, v: i64| vec![DocOp::Set { path: vec![PathElem::Key(prop.into())], value: v.into() }];
+    doc::apply_ops(&mut source, b"eu-west.1", Hlc { wall_ms: 1, logical: 0 }, &set("x", 1)).unwrap().unwrap();
+    let with_first = source.save();
+    let second =
+        doc::apply_ops(&mut source, b"eu-west.1", Hlc { wall_ms: 2, logical: 0 }, &set("y", 2)).unwrap().unwrap();
+    let k = ("d".to_string(), "doc".to_string());
+
+    let mut r = Replica::new();
+    let waiting = Repair { pending: vec![(k.clone(), vec![second.raw_bytes().to_vec()])], ..Repair::default() };
+    r.repair(waiting);
+    assert_eq!(r.store.pending[&k], vec![second.raw_bytes().to_vec()], "it waits for its dependency here too");
+
+    let out = r.repair(Repair { docs: vec![(k.clone(), with_first)], ..Repair::default() });
+    assert!(out.alerts.is_empty(), "{:?}", out.alerts);
+    let d = doc::load_doc(&r.store.docs[&k]).unwrap();
+    assert_eq!(doc::to_json(&d), serde_json::json!({"x": 1, "y": 2}));
+    assert!(r.store.pending.get(&k).is_none_or(Vec::is_empty));
 }

@@ -1,5 +1,5 @@
-//! What anti-entropy reads of a store: the range-hash tree of its registers and
-//! documents with the applied vector it goes with ([`Store::digest`]), and the entries of
+//! What anti-entropy reads of a store: the range-hash tree of its registers, documents
+//! and documents' waiting changes, with the applied vector it goes with ([`Store::digest`]), and the entries of
 //! some of the tree's leaves ([`Store::entries_in`]). Each is one read transaction, so a
 //! tree and its applied vector describe one state.
 //!
@@ -13,13 +13,25 @@ use concord_core::merkle::{EntriesReply, EntriesRequest, Position, RawEntry, Tab
 use concord_core::vv::VersionVector;
 use redb::{ReadableDatabase, ReadableTable};
 
-use crate::{APPLIED, DOCS, KV, StorageError, StorageResult, Store, db_err};
+use crate::{APPLIED, DOC_PENDING, DOCS, KV, StorageError, StorageResult, Store, db_err};
 
 /// What an entry is hashed by: a register's stored bytes; a document's heads (its saved
 /// bytes depend on the replica that saved it). A document that does not load is hashed
 /// by its bytes (it differs from any peer's, and its repair says why).
 pub fn content_for_hash(table: Table, value: &[u8]) -> Vec<u8> {
     match table {
+        Table::Pending => {
+            let hashes: Result<Vec<[u8; 32]>, _> = crate::decode_changes(value).and_then(|changes| {
+                changes.into_iter().map(|c| concord_core::doc::decode_change(c).map(|c| c.hash().0)).collect()
+            });
+            match hashes {
+                Ok(mut hashes) => {
+                    hashes.sort_unstable();
+                    hashes.concat()
+                }
+                Err(_) => value.to_vec(),
+            }
+        }
         Table::Kv => value.to_vec(),
         Table::Docs => match concord_core::doc::load_doc(value) {
             Ok(doc) => {
@@ -33,7 +45,7 @@ pub fn content_for_hash(table: Table, value: &[u8]) -> Vec<u8> {
 }
 
 type BytesTable = redb::TableDefinition<'static, &'static [u8], &'static [u8]>;
-const TABLES: [(Table, BytesTable); 2] = [(Table::Kv, KV), (Table::Docs, DOCS)];
+const TABLES: [(Table, BytesTable); 3] = [(Table::Kv, KV), (Table::Docs, DOCS), (Table::Pending, DOC_PENDING)];
 
 impl Store {
     /// The tree of every register and document, and the applied vector, as of one moment.

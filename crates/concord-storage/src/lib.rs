@@ -93,7 +93,8 @@ fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {
     w.finish()
 }
 
-pub(crate) fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CoreError> {
+/// A document's stored waiting changes (a peer's, too: decoded defensively).
+pub fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>, CoreError> {
     let mut r = concord_core::codec::Reader::new(bytes);
     let n = r.len(bytes.len())?;
     let mut out = Vec::with_capacity(n.min(1024));

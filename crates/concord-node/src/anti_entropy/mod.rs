@@ -254,6 +254,10 @@ fn to_repair(e: &concord_core::merkle::RawEntry, repair: &mut Repair) -> Result<
         Table::Kv => repair.kv.push((k, stored::decode(&e.value).map_err(|e| format!("a register: {e}"))?)),
         // Loaded (defensively) by the engine, which leaves out one that does not load.
         Table::Docs => repair.docs.push((k, e.value.clone())),
+        Table::Pending => repair.pending.push((
+            k,
+            concord_storage::decode_changes(&e.value).map_err(|e| format!("waiting document changes: {e}"))?,
+        )),
     }
     Ok(())
 }
