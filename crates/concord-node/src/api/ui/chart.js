@@ -10,6 +10,8 @@ const NODES_MAX = 256;
 const SAMPLES_MAX = 1000;
 // Two samples further apart than this are not joined by a line.
 const GAP_MS = 6000;
+// The shortest time axis drawn.
+const SPAN_MIN_MS = 60 * 1000;
 const WIDTH = 640;
 const HEIGHT = 200;
 const PAD = { left: 52, right: 12, top: 10, bottom: 24 };
@@ -28,12 +30,14 @@ export class LagHistory {
         const lags = Object.values(n.lag || {}).filter((l) => typeof l.seq === "number");
         const seq = lags.reduce((sum, l) => sum + l.seq, 0);
         const ms = lags.reduce((worst, l) => Math.max(worst, l.ms), 0);
+        // A mirror that does not hear its upstream region cannot know how far behind it is.
+        const cut = Object.entries(n.lag || {}).some(([o, l]) => o !== region && typeof l.seq === "number" && !l.mirror_connected);
         if (!this.nodes.has(n.node)) {
           if (this.nodes.size >= NODES_MAX) continue;
           this.nodes.set(n.node, { region, samples: [] });
         }
         const samples = this.nodes.get(n.node).samples;
-        samples.push({ t, seq, ms });
+        samples.push({ t, seq, ms, cut });
         if (samples.length > SAMPLES_MAX) samples.shift();
       }
     }
@@ -68,14 +72,27 @@ function label(v, unit) {
   return unit === "ms" ? `${v} ms` : String(v);
 }
 
+// "10 min", "2.5 min", "30 s".
+function span(ms) {
+  return ms >= 60000 ? `${Math.round(ms / 6000) / 10} min` : `${Math.round(ms / 1000)} s`;
+}
+
 function chart(container, history, now, field, floor, unit) {
-  const x0 = now - history.windowMs;
   let top = 0;
-  for (const h of history.nodes.values()) for (const s of h.samples) top = Math.max(top, s[field]);
+  let oldest = now;
+  for (const h of history.nodes.values()) {
+    for (const s of h.samples) {
+      top = Math.max(top, s[field]);
+      oldest = Math.min(oldest, s.t);
+    }
+  }
+  // The time axis grows with the history, from one minute up to the whole window.
+  const width = Math.min(history.windowMs, Math.max(SPAN_MIN_MS, now - oldest));
+  const x0 = now - width;
   const yMax = niceMax(top, floor);
   const plotW = WIDTH - PAD.left - PAD.right;
   const plotH = HEIGHT - PAD.top - PAD.bottom;
-  const x = (t) => PAD.left + ((t - x0) / history.windowMs) * plotW;
+  const x = (t) => PAD.left + ((t - x0) / width) * plotW;
   const y = (v) => PAD.top + plotH - (v / yMax) * plotH;
   const root = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "data-field": field, "data-max": yMax });
   root.append(svg("title", {}, `${field === "seq" ? "messages behind" : "oldest unapplied"}, per node`));
@@ -84,10 +101,11 @@ function chart(container, history, now, field, floor, unit) {
     root.append(svg("line", { x1: PAD.left, x2: WIDTH - PAD.right, y1: y(v), y2: y(v), class: "grid" }));
     root.append(svg("text", { x: PAD.left - 6, y: y(v) + 4, "text-anchor": "end", class: "tick" }, label(v, unit)));
   }
-  for (const [t, text] of [[x0, "-10 min"], [x0 + history.windowMs / 2, "-5 min"], [now, "now"]]) {
+  for (const [t, text] of [[x0, `-${span(width)}`], [x0 + width / 2, `-${span(width / 2)}`], [now, "now"]]) {
     const anchor = t === x0 ? "start" : t === now ? "end" : "middle";
     root.append(svg("text", { x: x(t), y: HEIGHT - 6, "text-anchor": anchor, class: "tick" }, text));
   }
+  shadeCuts(root, history, x, x0, plotH);
   history.names().forEach((name, i) => {
     const color = PALETTE[i % PALETTE.length];
     const group = svg("g", { "data-node": name, class: "series" });
@@ -110,6 +128,28 @@ function chart(container, history, now, field, floor, unit) {
     root.append(group);
   });
   container.replaceChildren(root);
+}
+
+// Shade the times some node's mirror was cut off from its upstream region (its lag
+// there reads 0 but is unknown).
+function shadeCuts(root, history, x, x0, plotH) {
+  const times = [];
+  for (const h of history.nodes.values()) for (const s of h.samples) if (s.cut && s.t >= x0) times.push(s.t);
+  times.sort((a, b) => a - b);
+  const spans = [];
+  for (const t of times) {
+    const last = spans[spans.length - 1];
+    if (last && t - last[1] <= GAP_MS) last[1] = t;
+    else spans.push([t, t]);
+  }
+  for (const [from, to] of spans) {
+    const left = Math.max(PAD.left, x(from - 1000));
+    const right = Math.min(WIDTH - PAD.right, x(to + 1000));
+    const band = svg("rect", { x: left, y: PAD.top, width: Math.max(2, right - left), height: plotH, class: "cut-band" });
+    band.append(svg("title", {}, "a mirror was cut off from its upstream region: lag unknown"));
+    root.append(band);
+    root.append(svg("text", { x: left + 3, y: PAD.top + 11, class: "cut-label" }, "mirror cut"));
+  }
 }
 
 export function drawCharts(seqEl, msEl, legendEl, history, now) {

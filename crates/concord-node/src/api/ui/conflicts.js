@@ -30,7 +30,7 @@ const sameTarget = (a, b) => a.bucket === b.bucket && a.key === b.key && JSON.st
 function hlcText(hlc) {
   const d = new Date(hlc.wall_ms);
   const time = `${d.toISOString().slice(0, 10)} ${d.toISOString().slice(11, 23)}`;
-  return hlc.logical ? `${time} +${hlc.logical}` : time;
+  return hlc.logical ? `${time} UTC +${hlc.logical}` : `${time} UTC`;
 }
 
 function valueText(v) {

@@ -65,7 +65,7 @@ function nodeRow(n, region, leaderStatus) {
     el("td", { class: "writer" }, s.writer || ""),
     el("td", { class: "lags" }, lags.length ? lags : el("span", { class: "muted" }, "reads no other log")),
     el("td", { class: "open-conflicts" }, String(s.open_conflicts ?? 0)),
-    el("td", { class: problems.length ? "problems bad" : "problems muted" }, problems.length ? problems.join("; ") : heard || "none"),
+    el("td", { class: problems.length ? "problems bad" : "problems muted" }, problems.length ? problems.join("; ") : heard || "no problems"),
   );
 }
 
