@@ -12,9 +12,12 @@
 //! 3. The conflicts, committed after the page loaded, appear live with both competing
 //!    versions side by side as `GET /v1/conflicts/{id}` has them (value, encoding,
 //!    origin, HLC, the winner). The screenshot is kept at `target/dashboard.png`.
-//! 4. One conflict is resolved by clicking "Keep this version" on the losing version,
-//!    the other by typing a value: through the API, every region then holds the record
-//!    resolved and reads the chosen value, and the page drops both from the open ones.
+//! 4. A follower's page, asked to resolve, names its leader's dashboard and resolves
+//!    nothing (writes go to the leader; the page follows no redirect to another origin).
+//! 5. On the leader's page, one conflict is resolved by clicking "Keep this version" on
+//!    the losing version, the other by typing a value: through the API, every node then
+//!    holds the record resolved and reads the chosen value, and the page drops both from
+//!    the open ones.
 //!
 //! Chromium is Debian's package (`.ci/setup.sh` installs it). Without it the test fails
 //! under CI (`CI` set) and is skipped, saying so, elsewhere.
@@ -279,11 +282,27 @@ async fn the_dashboard_shows_the_deployment_and_resolves_conflicts() {
     std::fs::write(&kept, &png).unwrap();
     println!("screenshot: {} ({} bytes)", kept.display(), png.len());
 
-    // 4. Resolve alice by keeping the losing version, bob by a typed value.
+    // 4. A follower's dashboard does not resolve (writes go to the leader, and the page
+    // follows no redirect to another origin): it names the leader's dashboard.
     let alice_id = alice["id"].as_str().unwrap();
     let loser = alice["versions"].as_array().unwrap().iter().find(|v| v["id"] != alice["winner"]).unwrap().clone();
     let pick =
         format!(r#"[data-conflict-id="{alice_id}"] [data-version-id="{}"] button.pick"#, loser["id"].as_str().unwrap());
+    let on_follower = browser.new_page().await.unwrap();
+    on_follower.navigate(&format!("{}/ui", cluster.nodes["us-east-2"])).await.unwrap();
+    on_follower.wait_for("the conflict on the follower's page", &conflict_shown(alice_id), WAIT).await;
+    on_follower.click(&pick).await.unwrap();
+    let outcome = format!(r#"document.querySelector('[data-conflict-id="{alice_id}"] .outcome.bad')?.textContent"#);
+    let said = on_follower.wait_for("the follower's answer", &outcome, WAIT).await;
+    let said = said.as_str().unwrap();
+    let leader_ui = format!("{}/ui", cluster.url("us-east"));
+    assert!(said.contains("does not take writes") && said.contains(&leader_ui), "{said}");
+    let url = format!("{}/v1/conflicts/{alice_id}", cluster.url("us-east"));
+    let record: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+    assert!(record["resolved"].is_null(), "{record}");
+
+    // 5. On the leader's page: alice resolved by keeping the losing version, bob by a
+    // typed value.
     page.click(&pick).await.unwrap();
     resolved_everywhere(&client, &cluster, alice_id, "alice", loser["value"].as_str().unwrap().as_bytes()).await;
 
