@@ -208,6 +208,9 @@ async fn followers_serve_reads_with_session_guarantees() {
     );
     let log = std::fs::read_to_string(cluster.dir.0.join("us-east-9.log")).unwrap();
     assert!(log.contains("snapshot loaded"), "the late follower did not start from a snapshot:\n{log}");
+    assert!(log.contains("snapshot downloaded; loading it"), "streamed to a file first, then loaded:\n{log}");
+    let partial = cluster.dir.0.join("data/us-east-9/bootstrap.snapshot.partial");
+    assert!(!partial.exists(), "the downloaded snapshot is removed once loaded");
     let r = client.get(format!("{}/v1/kv/f/k0", late.url())).header("Concord-Token", &newest).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "v0", "data from before the trimmed log came with the snapshot");

@@ -68,9 +68,15 @@ pub struct NodeConfig {
     /// The HTTP address other nodes and clients use for this node (default: derived
     /// from `http_listen`). Followers redirect writers to the leader's.
     pub http_advertise: String,
-    /// The region's log keeps at most this many changesets (0: no limit). A replica
-    /// that falls behind the oldest kept one starts from a peer's snapshot.
+    /// Retention of the region's log and of this region's mirrors of the others' logs:
+    /// at most this many changesets (0: no limit)...
     pub log_max_msgs: i64,
+    /// ...at most this many bytes (0: no limit)...
+    pub log_max_bytes: i64,
+    /// ...and none older than this many seconds (0: no limit). The oldest leave first. A
+    /// new follower that falls behind the oldest kept changeset starts from its leader's
+    /// snapshot; any other replica repairs what it missed by anti-entropy.
+    pub log_max_age_s: u64,
     /// How long a read carrying a session token waits for this replica to apply what
     /// the token names before answering 503 `session_lag` (`?wait_ms=` overrides).
     pub session_wait_ms: u64,
@@ -151,6 +157,8 @@ impl Default for NodeConfig {
             durability_timeout_ms: 10_000,
             http_advertise: String::new(),
             log_max_msgs: 0,
+            log_max_bytes: LOG_MAX_BYTES_DEFAULT,
+            log_max_age_s: LOG_MAX_AGE_S_DEFAULT,
             session_wait_ms: 2_000,
             manual_buckets: Vec::new(),
             conflicts_max: concord_storage::CONFLICTS_MAX_DEFAULT,
@@ -171,6 +179,10 @@ impl Default for NodeConfig {
         }
     }
 }
+
+/// Retention by default: 1 GiB and 7 days of each log and mirror.
+pub const LOG_MAX_BYTES_DEFAULT: i64 = 1 << 30;
+pub const LOG_MAX_AGE_S_DEFAULT: u64 = 7 * 24 * 3600;
 
 /// The most `http_concurrency_max` / `nats_concurrency_max` may be.
 pub const CONCURRENCY_MAX: usize = 1 << 20;
@@ -281,6 +293,9 @@ impl NodeConfig {
                 "http_concurrency_max and nats_concurrency_max must be at most {CONCURRENCY_MAX}"
             )));
         }
+        if self.log_max_msgs < 0 || self.log_max_bytes < 0 {
+            return Err(ConfigError::Invalid("log_max_msgs and log_max_bytes must be 0 (no limit) or positive".into()));
+        }
         if self.request_timeout_ms < REQUEST_TIMEOUT_MS_MIN {
             return Err(ConfigError::Invalid(format!("request_timeout_ms must be at least {REQUEST_TIMEOUT_MS_MIN}")));
         }
@@ -294,6 +309,15 @@ impl NodeConfig {
             )));
         }
         Ok(region)
+    }
+
+    /// What the region's log and its mirrors keep.
+    pub fn retention(&self) -> concord_transport::nats::Retention {
+        concord_transport::nats::Retention {
+            max_msgs: (self.log_max_msgs > 0).then_some(self.log_max_msgs),
+            max_bytes: (self.log_max_bytes > 0).then_some(self.log_max_bytes),
+            max_age: (self.log_max_age_s > 0).then(|| std::time::Duration::from_secs(self.log_max_age_s)),
+        }
     }
 
     /// The region's NATS servers.
@@ -352,5 +376,14 @@ mod tests {
         assert!(with(|c| c.nats_concurrency_max = CONCURRENCY_MAX + 1).is_err());
         assert!(with(|c| c.request_timeout_ms = REQUEST_TIMEOUT_MS_MIN - 1).is_err());
         assert!(with(|c| c.request_timeout_ms = REQUEST_TIMEOUT_MS_MIN).is_ok());
+        assert!(with(|c| c.log_max_bytes = -1).is_err());
+    }
+
+    #[test]
+    fn logs_are_bounded_by_default() {
+        let r = NodeConfig::default().retention();
+        assert_eq!(r.max_msgs, None);
+        assert_eq!(r.max_bytes, Some(1 << 30));
+        assert_eq!(r.max_age, Some(std::time::Duration::from_secs(7 * 24 * 3600)));
     }
 }

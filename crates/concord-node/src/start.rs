@@ -88,12 +88,12 @@ async fn open_streams_once(
     region: &RegionId,
     client: &async_nats::Client,
 ) -> Result<(Arc<NatsLog>, BTreeMap<String, RegionId>), concord_transport::LogError> {
-    let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.log_max_msgs, cfg.nats_replicas).await?);
+    let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.retention(), cfg.nats_replicas).await?);
     let mut mirrors = BTreeMap::new();
     for remote in cfg.remote_regions() {
         // Whoever leads later needs it; creating it is idempotent.
         log.ensure_mirror_consumer(region.as_str(), remote.as_str()).await?;
-        let name = log.ensure_mirror(region.as_str(), remote.as_str()).await?;
+        let name = log.ensure_mirror(region.as_str(), remote.as_str(), cfg.retention()).await?;
         mirrors.insert(name, remote);
     }
     Ok((log, mirrors))

@@ -495,4 +495,70 @@ mod tests {
         assert!(c.import_snapshot(b"garbage").is_err());
         let _ = std::fs::remove_dir_all(&base);
     }
+
+    /// A snapshot is written as it is read and loaded as it arrives: the export hands its
+    /// writer one record at a time (and stops at the writer's first error), the import
+    /// takes its bytes in any pieces and says how far it is.
+    #[test]
+    fn snapshots_stream_record_by_record() {
+        let base = std::env::temp_dir().join(format!("concord-storage-stream-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let a = Store::open(&base.join("a")).unwrap();
+        let mut batch = Batch::default();
+        for i in 0..3000u64 {
+            batch.kv.push((("b".into(), format!("k{i}")), Register::new(version(Some("value"), i + 1))));
+        }
+        batch.applied.push((Origin::new(RegionId::new("us-east").unwrap(), 1), 3000));
+        a.commit(&batch).unwrap();
+
+        struct Counting {
+            writes: usize,
+            bytes: Vec<u8>,
+            fail_after: usize,
+        }
+        impl std::io::Write for Counting {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.bytes.len() >= self.fail_after {
+                    return Err(std::io::Error::other("the reader went away"));
+                }
+                self.writes += 1;
+                self.bytes.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = Counting { writes: 0, bytes: Vec::new(), fail_after: usize::MAX };
+        a.export_snapshot_to(&mut out).unwrap();
+        assert!(out.writes > 3000, "one write per record at least: {}", out.writes);
+        assert_eq!(out.bytes, a.export_snapshot().unwrap());
+        let mut cut = Counting { writes: 0, bytes: Vec::new(), fail_after: 1000 };
+        assert!(a.export_snapshot_to(&mut cut).is_err(), "a writer's error ends the export");
+        assert!(cut.bytes.len() < 2000, "it stopped there: {} bytes", cut.bytes.len());
+
+        /// Hands out its bytes seven at a time.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(7).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let b = Store::open(&base.join("b")).unwrap();
+        let mut seen = Vec::new();
+        b.import_snapshot_from(&mut Trickle(&out.bytes), &mut |read| seen.push(read)).unwrap();
+        assert_eq!(b.export_snapshot().unwrap(), out.bytes);
+        assert!(seen.len() >= 3 && seen.windows(2).all(|w| w[0] <= w[1]), "progress as it went: {seen:?}");
+        assert_eq!(*seen.last().unwrap(), out.bytes.len() as u64);
+        let c = Store::open(&base.join("c")).unwrap();
+        assert!(c.import_snapshot_from(&mut Trickle(&out.bytes[..out.bytes.len() / 2]), &mut |_| {}).is_err());
+        assert!(
+            c.applied().unwrap().is_empty() && c.get_kv("b", "k1").unwrap().is_none(),
+            "a cut snapshot leaves nothing"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

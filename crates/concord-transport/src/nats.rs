@@ -71,26 +71,71 @@ pub struct NatsLog {
     replicas: usize,
 }
 
+/// How much of a log (and of each mirror of it) JetStream keeps: the oldest messages
+/// leave first once any limit is passed. `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    pub max_msgs: Option<i64>,
+    pub max_bytes: Option<i64>,
+    pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    fn apply(&self, config: &mut stream::Config) {
+        config.max_messages = self.max_msgs.filter(|n| *n > 0).unwrap_or(-1);
+        config.max_bytes = self.max_bytes.filter(|n| *n > 0).unwrap_or(-1);
+        config.max_age = self.max_age.unwrap_or(Duration::ZERO);
+    }
+
+    fn holds(&self, config: &stream::Config) -> bool {
+        let mut wanted = config.clone();
+        self.apply(&mut wanted);
+        (wanted.max_messages, wanted.max_bytes, wanted.max_age)
+            == (config.max_messages, config.max_bytes, config.max_age)
+    }
+}
+
 impl NatsLog {
-    /// Create (or open) the region's stream, keeping at most `max_msgs` messages
-    /// (0: no limit), in `replicas` copies. Replicas that fall behind the oldest kept
-    /// message start from a peer's snapshot.
-    pub async fn open(client: async_nats::Client, region: &str, max_msgs: i64, replicas: usize) -> LogResult<NatsLog> {
+    /// Create (or open) the region's stream, keeping what `retention` allows, in
+    /// `replicas` copies. An existing stream takes the retention it is given. Replicas
+    /// that fall behind the oldest kept message repair from a peer (a new follower, from
+    /// its leader's snapshot; any other replica, by anti-entropy).
+    pub async fn open(
+        client: async_nats::Client,
+        region: &str,
+        retention: Retention,
+        replicas: usize,
+    ) -> LogResult<NatsLog> {
         let js = jetstream::new(client);
         let name = stream_name(region);
-        js.get_or_create_stream(stream::Config {
+        let mut config = stream::Config {
             name: name.clone(),
             subjects: vec![subject(region)],
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
             allow_direct: true,
-            max_messages: if max_msgs > 0 { max_msgs } else { -1 },
             num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(unavailable)?;
-        Ok(NatsLog { js, stream: name, subject: subject(region), replicas })
+        };
+        retention.apply(&mut config);
+        let stream = js.get_or_create_stream(config).await.map_err(unavailable)?;
+        let log = NatsLog { js, stream: name, subject: subject(region), replicas };
+        log.keep_retention(stream, retention).await?;
+        Ok(log)
+    }
+
+    /// Give an existing stream the retention it should have (a deployment that changed
+    /// its limits, or one made before they were on by default).
+    async fn keep_retention(&self, mut stream: stream::Stream, retention: Retention) -> LogResult<()> {
+        let config = stream.info().await.map_err(unavailable)?.config.clone();
+        if retention.holds(&config) {
+            return Ok(());
+        }
+        let mut updated = config;
+        retention.apply(&mut updated);
+        warn!(stream = updated.name, ?retention, "changing the stream's retention");
+        self.js.update_stream(updated).await.map_err(unavailable)?;
+        Ok(())
     }
 
     /// Record this node as its region's leader (`concord_leaders`, key = region, the
@@ -173,30 +218,35 @@ impl NatsLog {
     /// the remote domain's JetStream API (`$JS.<remote>.API`) and the durable consumer
     /// `remote_region` keeps for this region, so a partition only delays it and NATS
     /// resumes it after heal.
-    pub async fn ensure_mirror(&self, own_region: &str, remote_region: &str) -> LogResult<String> {
+    pub async fn ensure_mirror(
+        &self,
+        own_region: &str,
+        remote_region: &str,
+        retention: Retention,
+    ) -> LogResult<String> {
         let name = mirror_name(remote_region);
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                storage: stream::StorageType::File,
-                allow_direct: true,
-                num_replicas: self.replicas,
-                mirror: Some(stream::Source {
-                    name: stream_name(remote_region),
-                    external: Some(stream::External {
-                        api_prefix: format!("$JS.{remote_region}.API"),
-                        delivery_prefix: None,
-                    }),
-                    consumer: Some(stream::StreamConsumerSource::new(
-                        mirror_consumer_name(own_region),
-                        mirror_deliver_subject(remote_region, own_region),
-                    )),
-                    ..Default::default()
+        let mut config = stream::Config {
+            name: name.clone(),
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            num_replicas: self.replicas,
+            mirror: Some(stream::Source {
+                name: stream_name(remote_region),
+                external: Some(stream::External {
+                    api_prefix: format!("$JS.{remote_region}.API"),
+                    delivery_prefix: None,
                 }),
+                consumer: Some(stream::StreamConsumerSource::new(
+                    mirror_consumer_name(own_region),
+                    mirror_deliver_subject(remote_region, own_region),
+                )),
                 ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
+            }),
+            ..Default::default()
+        };
+        retention.apply(&mut config);
+        let stream = self.js.get_or_create_stream(config).await.map_err(unavailable)?;
+        self.keep_retention(stream, retention).await?;
         Ok(name)
     }
 

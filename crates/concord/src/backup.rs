@@ -49,12 +49,11 @@ pub async fn backup(ep: &Endpoint, out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
     let store = Store::open(data_dir).with_context(|| format!("opening a store in {}", data_dir.display()))?;
     if !store.applied()?.is_empty() {
         bail!("{} holds a node's state already: restore into an empty data directory", data_dir.display());
     }
-    store.import_snapshot(&bytes).with_context(|| format!("loading {}", from.display()))?;
+    load(&store, from, "restore").with_context(|| format!("loading {}", from.display()))?;
     let applied = describe(&store)?;
     println!(
         "restored {} into {}; applied: {applied}\nstart a node of the backup's region with --data-dir {}: it catches up from the logs",
@@ -108,15 +107,42 @@ fn progress(written: u64, total: Option<u64>, started: Instant, tty: bool) {
 
 /// Load the backup into a scratch store and describe its applied vector.
 fn check(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path)?;
     let scratch = tempdir(path)?;
     let result = (|| {
         let store = Store::open_with_cache(&scratch, SCRATCH_CACHE_BYTES)?;
-        store.import_snapshot(&bytes)?;
+        load(&store, path, "check")?;
         describe(&store)
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// Load the snapshot in `path` into `store`, streamed from the file, with a progress bar.
+pub(crate) fn load(store: &Store, path: &Path, what: &str) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0).max(1);
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty { Duration::from_millis(200) } else { Duration::from_secs(5) };
+    let (started, mut shown) = (Instant::now(), Instant::now());
+    let mut progress = |read: u64| {
+        if shown.elapsed() >= every {
+            shown = Instant::now();
+            loaded(what, read, total, started, tty);
+        }
+    };
+    store.import_snapshot_from(&mut std::io::BufReader::new(file), &mut progress)?;
+    loaded(what, total, total, started, tty);
+    if tty {
+        eprintln!();
+    }
+    Ok(())
+}
+
+fn loaded(what: &str, read: u64, total: u64, started: Instant, tty: bool) {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let rate = mib(read) / started.elapsed().as_secs_f64().max(1e-3);
+    let detail = format!("{:.1} of {:.1} MiB loaded, {rate:.1} MiB/s", mib(read), mib(total));
+    bar(what, (read as f64 / total as f64).min(1.0), &detail, tty);
 }
 
 fn describe(store: &Store) -> anyhow::Result<String> {

@@ -142,7 +142,14 @@ async fn route_to(node: &Arc<Node>, route: Route, req: Request) -> Response {
     match route {
         Route::Status => respond(super::status(node).await),
         Route::Metrics => metrics(node).await,
-        Route::Snapshot => respond(super::snapshot(node).await.into()),
+        Route::Snapshot => match super::snapshot_body(node) {
+            Ok(body) => {
+                let mut resp = Response::new(body);
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(super::OCTETS));
+                resp
+            }
+            Err(e) => respond(Reply::error(&e)),
+        },
         Route::Kv => kv(node, req).await,
         Route::Docs => docs(node, req).await,
         Route::ConflictsList => {

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod nats;
 mod nats_op;
 mod session;
+mod snapshot;
 mod status;
 mod ui;
 mod write;
@@ -29,6 +30,7 @@ pub use kv::{kv_delete, kv_get, kv_list, kv_put};
 pub use leader::leader_address;
 pub use nats_op::Op;
 pub use session::{SESSION_WAIT_MS_MAX, current_token};
+pub use snapshot::{EXPORTS_MAX, snapshot_body};
 pub use status::{scrape, status, status_body};
 pub use write::{DURABILITY_WAIT_MS_MAX, Durability};
 
@@ -133,13 +135,4 @@ pub(crate) fn page_limit(p: &Params, default: usize, max: usize) -> Result<usize
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| NodeError::bad(ErrorCode::BadLimit, format!("limit {l:?}: use 1 to {max}"))),
     }
-}
-
-/// `GET /v1/snapshot`: this replica's whole state, for a new replica to start from.
-pub async fn snapshot(node: &Node) -> Result<Reply, NodeError> {
-    let store = node.store.clone();
-    let bytes = tokio::task::spawn_blocking(move || store.export_snapshot())
-        .await
-        .map_err(|e| NodeError::Fatal(e.to_string()))??;
-    Ok(Reply { status: 200, content_type: OCTETS, body: Bytes::from(bytes), location: None })
 }
