@@ -37,6 +37,7 @@ mod pipeline;
 pub mod publish;
 pub mod remote;
 pub mod repair;
+pub mod replay;
 mod start;
 pub mod streams;
 pub mod supervisor;
@@ -124,6 +125,7 @@ const CONFLICTS_QUEUE: usize = 1024;
 /// error says which).
 pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), start::StartError> {
     let region = cfg.validate()?;
+    replay::marker::refuse_to_serve(&cfg.data_dir)?;
     let store = Store::open_with_cache(&cfg.data_dir, cfg.cache_mib << 20)?
         .with_conflict_retention(cfg.conflicts_max, Duration::from_secs(cfg.conflicts_max_age_s));
     // The node's own stop signal: the caller's, or a critical failure.
