@@ -118,13 +118,14 @@ enum Command {
         out: PathBuf,
     },
     /// Build a node's data directory from a backup; a node of the backup's region
-    /// started on it catches up from the logs.
-    Restore {
-        #[arg(long)]
-        from: PathBuf,
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
+    /// started on it catches up from the logs. With --until-time or --until-seq (and
+    /// --nats, --region) it replays the logs up to a point before a bad write instead,
+    /// and marks the directory so that no node catches up past it; --write-back then
+    /// writes the restored values of a bucket back into the live deployment.
+    Restore(backup::RestoreArgs),
+    /// Read a data directory offline (`--data-dir DIR kv|ls|doc|state`), or a region's
+    /// log (`log --nats URL --region R`) to find a bad write's sequence.
+    Inspect(backup::inspect::InspectArgs),
     /// Exit 0 if `URL` answers 2xx within `--timeout-ms`, else 1: a container health
     /// check (the images hold no shell and no curl).
     Probe {
@@ -203,7 +204,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Status(args) => status::run(args).await,
             Command::Backup { ep, out } => backup::backup(&ep, &out).await,
-            Command::Restore { from, data_dir } => backup::restore(&from, &data_dir),
+            Command::Restore(args) => backup::restore(args).await,
+            Command::Inspect(args) => backup::inspect::run(args).await,
             Command::Conflicts { ep, bucket, key, since, limit, json, follow } => {
                 conflicts::show(&ep, conflicts::Filter { bucket, key, since, limit }, json, follow).await
             }

@@ -1,5 +1,5 @@
 //! `concord backup` and `concord restore`: a node's whole state as one file, and a new
-//! node built from it.
+//! node built from it, as of the backup or of a later point before a bad write.
 //!
 //! A backup is the node's snapshot (`GET /v1/snapshot`: every table as of one read
 //! transaction, with the applied vector and the stream cursors it corresponds to). It is
@@ -12,6 +12,17 @@
 //! (refusing one that holds state). A node of the backup's region started on DIR goes
 //! on from the backup's cursors: it catches up from the logs like a node that was down
 //! since the backup was taken.
+//!
+//! With a point (`--until-time T` or `--until-seq N`, and the region's NATS), the
+//! restore then replays the region's log and mirrors up to the point ([`point`],
+//! `concord_node::replay`) and marks DIR so that no node starts on it and catches up
+//! past the point. From there the old values are read with `concord inspect`
+//! ([`inspect`]) and written back into the live deployment with `--write-back`
+//! ([`write_back`]).
+
+pub mod inspect;
+mod point;
+mod write_back;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -48,20 +59,54 @@ pub async fn backup(ep: &Endpoint, out: &Path) -> anyhow::Result<()> {
     }
 }
 
-pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
-    let store = Store::open(data_dir).with_context(|| format!("opening a store in {}", data_dir.display()))?;
+/// `concord restore`'s flags.
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file (`concord backup --out FILE`). Without it, --write-back writes
+    /// back from a data directory restored to a point already.
+    #[arg(long, required_unless_present = "write_back")]
+    pub from: Option<PathBuf>,
+    /// The new node's data directory: empty (with --from), or restored to a point
+    /// (--write-back alone).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub point: point::PointArgs,
+    #[command(flatten)]
+    pub write_back: write_back::WriteBackArgs,
+}
+
+pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let point = args.point.resolve()?;
+    if point.is_some() && args.from.is_none() {
+        bail!("a restore to a point starts from a backup: give --from FILE and an empty --data-dir");
+    }
+    let store =
+        Store::open(&args.data_dir).with_context(|| format!("opening a store in {}", args.data_dir.display()))?;
+    if let Some(from) = &args.from {
+        load_into_empty(&store, from, &args.data_dir)?;
+        match &point {
+            None => println!(
+                "restored {} into {}; applied: {}\nstart a node of the backup's region with --data-dir {}: it catches up from the logs",
+                from.display(),
+                args.data_dir.display(),
+                describe(&store)?,
+                args.data_dir.display()
+            ),
+            Some(point) => point::replay(&store, from, &args.data_dir, point).await?,
+        }
+    }
+    if let Some(url) = &args.write_back.write_back {
+        write_back::run(&store, &args.data_dir, url, &args.write_back).await?;
+    }
+    Ok(())
+}
+
+fn load_into_empty(store: &Store, from: &Path, data_dir: &Path) -> anyhow::Result<()> {
     if !store.applied()?.is_empty() {
         bail!("{} holds a node's state already: restore into an empty data directory", data_dir.display());
     }
-    load(&store, from, "restore").with_context(|| format!("loading {}", from.display()))?;
-    let applied = describe(&store)?;
-    println!(
-        "restored {} into {}; applied: {applied}\nstart a node of the backup's region with --data-dir {}: it catches up from the logs",
-        from.display(),
-        data_dir.display(),
-        data_dir.display()
-    );
-    Ok(())
+    load(store, from, "restore").with_context(|| format!("loading {}", from.display()))
 }
 
 /// Stream `url` into `path`, with a progress bar on stderr. Returns the bytes written.
@@ -145,7 +190,7 @@ fn loaded(what: &str, read: u64, total: u64, started: Instant, tty: bool) {
     bar(what, (read as f64 / total as f64).min(1.0), &detail, tty);
 }
 
-fn describe(store: &Store) -> anyhow::Result<String> {
+pub(crate) fn describe(store: &Store) -> anyhow::Result<String> {
     let applied = store.applied()?;
     if applied.is_empty() {
         return Ok("nothing (an empty node)".into());
