@@ -72,14 +72,17 @@ impl PointArgs {
 pub async fn replay(store: &Store, from: &Path, dir: &Path, req: &Request) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let mut bars = Bars { tty, every: if tty { Duration::from_millis(200) } else { Duration::from_secs(5) }, at: None };
-    let report = replay::replay(store, dir, req, &mut |s| bars.show(s)).await.with_context(|| {
-        format!(
-            "restoring {} to the point ({}); {} may hold a partial state now: empty it before restoring again",
-            from.display(),
-            req.point,
-            dir.display()
-        )
-    })?;
+    let report = match replay::replay(store, dir, req, &mut |s| bars.show(s)).await {
+        Ok(report) => report,
+        Err(e) => {
+            let left = match marker::read(dir) {
+                Ok(None) => "it holds the backup's state as loaded, without a point",
+                _ => "it holds a partial state (marked so: no node starts on it)",
+            };
+            let (from, point, dir) = (from.display(), req.point, dir.display());
+            bail!("restoring {from} to the point ({point}): {e}\n{dir}: {left}; empty it before restoring again");
+        }
+    };
     if tty {
         eprintln!();
     }
