@@ -49,6 +49,8 @@ use marker::Marker;
 /// Most messages, and bytes, one engine step applies.
 const STEP_ENTRIES_MAX: usize = 256;
 const STEP_BYTES_MAX: usize = 8 << 20;
+/// Dead letters a report describes one by one (the rest are counted).
+pub const DEAD_LETTERS_SHOWN_MAX: usize = 100;
 
 /// Why a replay stopped, grouped by what the operator does.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,14 @@ pub struct StreamReplay {
     pub upstream_lag: u64,
 }
 
+/// The messages a replay put in the dead-letter table: how many, and the first ones.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetters {
+    pub total: u64,
+    /// At most [`DEAD_LETTERS_SHOWN_MAX`], each "stream message seq: why".
+    pub shown: Vec<String>,
+}
+
 /// What a replay did.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -110,7 +120,7 @@ pub struct Report {
     pub streams: Vec<StreamReplay>,
     pub applied: VersionVector,
     /// Messages the engine put in the dead-letter table, and why.
-    pub dead_letters: Vec<String>,
+    pub dead_letters: DeadLetters,
     /// Origins whose changesets wait behind a gap after the replay.
     pub gaps: Vec<Gap>,
 }
@@ -141,7 +151,7 @@ pub async fn replay(
     marker::write(dir, &mark).map_err(ReplayError::Local)?;
     let cfg = EngineConfig::new(req.region.clone(), own.clone(), streams);
     let mut engine = Engine::open(cfg, durable, StartAs::Follower).map_err(|e| ReplayError::Local(e.to_string()))?;
-    let mut dead_letters = Vec::new();
+    let mut dead_letters = DeadLetters::default();
     for plan in &mut plans {
         progress(plan);
         engine =
@@ -178,7 +188,7 @@ async fn replay_stream(
     plan: &mut StreamReplay,
     own: bool,
     cut: &Cut,
-    dead_letters: &mut Vec<String>,
+    dead_letters: &mut DeadLetters,
     progress: &mut dyn FnMut(&StreamReplay),
 ) -> Result<Engine, ReplayError> {
     // The own log stops before the bad write (by sequence, whatever its time).
@@ -227,7 +237,7 @@ async fn step(
     store: &Store,
     plan: &mut StreamReplay,
     entries: Vec<Entry>,
-    dead_letters: &mut Vec<String>,
+    dead_letters: &mut DeadLetters,
 ) -> Result<Engine, ReplayError> {
     let (store, stream, n) = (store.clone(), plan.stream.clone(), entries.len() as u64);
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
@@ -245,12 +255,20 @@ async fn step(
     .map_err(|e| ReplayError::Local(format!("a replay step panicked: {e}")))??;
     for alert in &out.alerts {
         if let Alert::DeadLettered { stream, stream_seq, reason } = alert {
-            dead_letters.push(format!("{stream} message {stream_seq}: {reason}"));
+            dead_letters.total += 1;
+            if dead_letters.shown.len() < DEAD_LETTERS_SHOWN_MAX {
+                dead_letters.shown.push(format!("{stream} message {stream_seq}: {reason}"));
+            }
         }
     }
     if let Some(parked) = engine.parked().get(&plan.stream) {
+        let what = if parked.for_room {
+            "more changesets wait behind a gap than the engine keeps: the logs lack what they wait for"
+        } else {
+            "restore with a build that reads it"
+        };
         return Err(ReplayError::Parked(format!(
-            "{} parked at message {}: {} (restore with a build that reads it)",
+            "{} parked at message {}: {} ({what})",
             plan.stream, parked.stream_seq, parked.reason
         )));
     }

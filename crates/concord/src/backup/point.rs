@@ -139,8 +139,11 @@ fn print(r: &Report, from: &Path, dir: &Path, req: &Request, applied: &str) {
             );
         }
     }
-    for d in &r.dead_letters {
+    for d in &r.dead_letters.shown {
         println!("  dead letter: {d}");
+    }
+    if r.dead_letters.total > r.dead_letters.shown.len() as u64 {
+        println!("  ...{} dead letters in all (the directory's dead-letter table holds them)", r.dead_letters.total);
     }
     for g in &r.gaps {
         println!(
