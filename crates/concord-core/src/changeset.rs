@@ -9,9 +9,16 @@
 //!   kind 1 put:    value(bytes) vv
 //!   kind 2 delete: vv
 //!   kind 3 doc:    automerge change(bytes)
+//!   kind 4 mark:   floor(vv) stable(vv)           (version 2 only; bucket and key empty)
 //!   kind | 0x80:   the same, followed by the 16-byte id of the conflict it resolves
 //! vv = count(varint) (origin(str) seq(varint))*
 //! ```
+//!
+//! A changeset holding a mark is written as version 2 (so a node that predates marks
+//! parks the stream instead of misreading it); any other as version 1. A mark is a
+//! writer's statement of what it had applied (`floor`) and of what every region had
+//! applied as far as it knew (`stable`): tombstone collection rests on it
+//! (`concord_engine`'s `marks`).
 //!
 //! A decoder meets bytes from other regions, possibly newer builds or corrupt peers:
 //! [`Changeset::decode`] rejects anything it does not fully understand with an error,
@@ -25,7 +32,10 @@ use crate::vv::VersionVector;
 use crate::{CoreError, CoreResult};
 
 const MAGIC: &[u8; 3] = b"CCS";
-pub const FORMAT_VERSION: u8 = 1;
+/// The newest format this build reads and writes (2: marks).
+pub const FORMAT_VERSION: u8 = 2;
+/// The format of a changeset without marks (read by every build).
+const FORMAT_VERSION_PLAIN: u8 = 1;
 /// No changeset may hold more changes than this (a decoder's limit, not a batch size).
 pub const CHANGES_MAX: usize = 100_000;
 /// A single value or document change: far above any configured value limit.
@@ -34,9 +44,28 @@ const VV_ENTRIES_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeBody {
-    Put { value: Vec<u8>, vv: VersionVector },
-    Delete { vv: VersionVector },
-    Doc { change: Vec<u8> },
+    Put {
+        value: Vec<u8>,
+        vv: VersionVector,
+    },
+    Delete {
+        vv: VersionVector,
+    },
+    Doc {
+        change: Vec<u8>,
+    },
+    /// A writer's mark: what it had applied (`floor`), and the pointwise minimum of the
+    /// latest floors of every region it knew (`stable`). Its bucket and key are empty.
+    Mark {
+        floor: VersionVector,
+        stable: VersionVector,
+    },
+}
+
+impl ChangeBody {
+    pub fn is_mark(&self) -> bool {
+        matches!(self, ChangeBody::Mark { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +103,8 @@ impl Changeset {
         assert!(self.first_seq >= 1, "origin sequences start at 1");
         let mut w = Writer::new();
         w.raw(MAGIC);
-        w.u8(FORMAT_VERSION);
+        let marks = self.changes.iter().any(|c| c.body.is_mark());
+        w.u8(if marks { FORMAT_VERSION } else { FORMAT_VERSION_PLAIN });
         w.str(&self.origin.to_string());
         w.u64(self.first_seq);
         w.u64(self.changes.len() as u64);
@@ -98,6 +128,11 @@ impl Changeset {
                     w.u8(3 | flag);
                     w.bytes(change);
                 }
+                ChangeBody::Mark { floor, stable } => {
+                    w.u8(4 | flag);
+                    encode_vv(&mut w, floor);
+                    encode_vv(&mut w, stable);
+                }
             }
             if let Some(id) = c.resolves {
                 w.raw(id.as_bytes());
@@ -112,7 +147,7 @@ impl Changeset {
             return Err(CoreError::Corrupt("not a changeset (bad magic)".into()));
         }
         let version = r.u8()?;
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_PLAIN..=FORMAT_VERSION).contains(&version) {
             return Err(CoreError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
         }
         let origin: Origin = parse_origin(&r.string(64)?)?;
@@ -134,6 +169,9 @@ impl Changeset {
                 }
                 2 => ChangeBody::Delete { vv: decode_vv(&mut r)? },
                 3 => ChangeBody::Doc { change: r.bytes(BODY_BYTES_MAX)?.to_vec() },
+                4 if version >= 2 && bucket.is_empty() && key.is_empty() => {
+                    ChangeBody::Mark { floor: decode_vv(&mut r)?, stable: decode_vv(&mut r)? }
+                }
                 kind => return Err(CoreError::Corrupt(format!("unknown change kind {kind}"))),
             };
             let resolves = if kind & RESOLVES_FLAG != 0 {
@@ -151,6 +189,16 @@ impl Changeset {
 
 fn parse_origin(s: &str) -> CoreResult<Origin> {
     s.parse().map_err(|e: CoreError| CoreError::Corrupt(e.to_string()))
+}
+
+/// A version vector in the codec of changesets (for other records that hold one).
+pub fn encode_vector(w: &mut Writer, vv: &VersionVector) {
+    encode_vv(w, vv)
+}
+
+/// A version vector in the codec of changesets, decoded as defensively.
+pub fn decode_vector(r: &mut Reader<'_>) -> CoreResult<VersionVector> {
+    decode_vv(r)
 }
 
 pub(crate) fn encode_vv(w: &mut Writer, vv: &VersionVector) {
@@ -255,17 +303,21 @@ mod tests {
             (proptest::collection::vec(any::<u8>(), 0..64), vv()).prop_map(|(value, vv)| ChangeBody::Put { value, vv }),
             vv().prop_map(|vv| ChangeBody::Delete { vv }),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|change| ChangeBody::Doc { change }),
+            (vv(), vv()).prop_map(|(floor, stable)| ChangeBody::Mark { floor, stable }),
         ]
     }
 
     fn change() -> impl Strategy<Value = Change> {
         (0..=WALL_MS_MAX, any::<u32>(), "[a-z]{1,8}", "\\PC{1,16}", body(), proptest::option::of(any::<u128>()))
-            .prop_map(|(wall_ms, logical, bucket, key, body, resolves)| Change {
-                hlc: Hlc { wall_ms, logical },
-                bucket,
-                key,
-                body,
-                resolves: resolves.map(uuid::Uuid::from_u128),
+            .prop_map(|(wall_ms, logical, bucket, key, body, resolves)| {
+                let mark = body.is_mark();
+                Change {
+                    hlc: Hlc { wall_ms, logical },
+                    bucket: if mark { String::new() } else { bucket },
+                    key: if mark { String::new() } else { key },
+                    body,
+                    resolves: resolves.map(uuid::Uuid::from_u128),
+                }
             })
     }
 
@@ -355,6 +407,40 @@ mod tests {
         };
         let mut bytes = cs.encode();
         bytes[3] = 9;
-        assert_eq!(Changeset::decode(&bytes), Err(CoreError::UnsupportedVersion { found: 9, supported: 1 }));
+        assert_eq!(Changeset::decode(&bytes), Err(CoreError::UnsupportedVersion { found: 9, supported: 2 }));
+    }
+
+    #[test]
+    fn a_changeset_with_a_mark_is_version_2_and_a_mark_needs_it() {
+        let mark = Change {
+            hlc: Hlc::ZERO,
+            bucket: String::new(),
+            key: String::new(),
+            body: ChangeBody::Mark {
+                floor: [(origin(0, 1), 7), (origin(1, 2), 3)].into_iter().collect(),
+                stable: [(origin(0, 1), 5)].into_iter().collect(),
+            },
+            resolves: None,
+        };
+        let cs = Changeset { origin: origin(0, 1), first_seq: 8, changes: vec![mark] };
+        let bytes = cs.encode();
+        assert_eq!(bytes[3], 2);
+        assert_eq!(Changeset::decode(&bytes).unwrap(), cs);
+        let mut old = bytes.clone();
+        old[3] = 1;
+        assert!(matches!(Changeset::decode(&old), Err(CoreError::Corrupt(_))), "no mark in a version 1 changeset");
+        // A changeset without marks stays version 1: every build reads it.
+        let plain = Changeset {
+            origin: origin(0, 1),
+            first_seq: 1,
+            changes: vec![Change {
+                hlc: Hlc::ZERO,
+                bucket: "b".into(),
+                key: "k".into(),
+                body: ChangeBody::Delete { vv: VersionVector::new() },
+                resolves: None,
+            }],
+        };
+        assert_eq!(plain.encode()[3], 1);
     }
 }

@@ -106,6 +106,45 @@ impl Register {
         vv
     }
 
+    /// Insert `incoming`, written by a replica that had also applied everything in
+    /// `context` (the stable vector of its origin's latest mark, `changeset::ChangeBody::Mark`):
+    /// besides what its own vector dominates, every version within `incoming.vv ∪ context`
+    /// is history (its writer had seen it, even where it no longer held it: a collected
+    /// tombstone), unless it dominates `incoming`. Done even when `incoming` is itself
+    /// history or already here. With an empty context this is [`Register::insert`].
+    ///
+    /// Replicas converge under it as long as none inserts `incoming` before it applied
+    /// `context` (the engine holds a changeset back until then): then every version
+    /// within the context is here already when `incoming` arrives, whatever the order.
+    pub fn insert_in_context(&mut self, incoming: Version, context: &VersionVector) -> Inserted {
+        if context.is_empty() {
+            return self.insert(incoming);
+        }
+        let mut seen = incoming.vv.clone();
+        seen.join(context);
+        let before = self.versions.len();
+        self.versions.retain(|v| *v == incoming || v.vv.dominates(&incoming.vv) || !seen.dominates(&v.vv));
+        let removed = self.versions.len() < before;
+        if self.versions.is_empty() {
+            self.versions.push(incoming);
+            return Inserted { changed: true, cut: Vec::new() };
+        }
+        let mut inserted = self.insert(incoming);
+        inserted.changed |= removed;
+        inserted
+    }
+
+    /// Whether every version is a tombstone.
+    pub fn all_tombstones(&self) -> bool {
+        self.versions.iter().all(Version::is_tombstone)
+    }
+
+    /// Drop the tombstones among the siblings; `None` when nothing else is left.
+    pub fn without_tombstones(&self) -> Option<Register> {
+        let puts: Vec<Version> = self.versions.iter().filter(|v| !v.is_tombstone()).cloned().collect();
+        (!puts.is_empty()).then_some(Register { versions: puts })
+    }
+
     pub fn insert(&mut self, incoming: Version) -> Inserted {
         if self.versions.iter().any(|v| v.vv.dominates(&incoming.vv)) {
             return Inserted::default();
@@ -228,6 +267,43 @@ mod tests {
         reg.insert(later.clone());
         assert_eq!(reg.versions(), &[later]);
         assert!(!reg.insert(v(0, 1, 1, &[(0, 1)])).changed, "history stays out");
+    }
+
+    #[test]
+    fn a_writers_context_makes_what_it_had_seen_history() {
+        let v = |o: usize, _seq: u64, hlc: u64, value: Option<u8>, vv: &[(usize, u64)]| Version {
+            value: value.map(|b| vec![b]),
+            hlc: Hlc { wall_ms: hlc, logical: 0 },
+            origin: origin(o),
+            vv: vv.iter().map(|&(o, s)| (origin(o), s)).collect(),
+        };
+        // A tombstone of origin 0 that origin 1's writer had applied and collected: its
+        // later write does not name it in its vector, but its context does.
+        let tombstone = v(0, 1, 1, None, &[(0, 1)]);
+        let later = v(1, 5, 9, Some(1), &[(1, 5)]);
+        let context: VersionVector = [(origin(0), 1)].into_iter().collect();
+        let mut reg = Register::new(tombstone.clone());
+        assert!(reg.insert_in_context(later.clone(), &context).changed);
+        assert_eq!(reg.versions(), std::slice::from_ref(&later));
+        // Without the context they are siblings (a conflict).
+        let mut plain = Register::new(tombstone.clone());
+        plain.insert(later.clone());
+        assert_eq!(plain.versions().len(), 2);
+        // Inserting again in context clears a sibling that an earlier, plain insertion left.
+        assert!(plain.insert_in_context(later.clone(), &context).changed);
+        assert_eq!(plain.versions(), std::slice::from_ref(&later));
+        // A concurrent version outside the context stays.
+        let concurrent = v(2, 1, 3, Some(2), &[(2, 1)]);
+        let mut reg = Register::new(tombstone);
+        reg.insert(concurrent.clone());
+        reg.insert_in_context(later.clone(), &context);
+        assert_eq!(reg.versions().len(), 2);
+        assert!(reg.versions().contains(&concurrent) && reg.versions().contains(&later));
+        // An empty context is a plain insertion.
+        let mut a = Register::new(concurrent.clone());
+        let mut b = a.clone();
+        assert_eq!(a.insert_in_context(later.clone(), &VersionVector::new()), b.insert(later));
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -50,6 +50,22 @@ impl VersionVector {
         }
     }
 
+    /// Pointwise minimum: what both have seen (an origin missing from either is 0).
+    pub fn meet(&self, other: &VersionVector) -> VersionVector {
+        self.0
+            .iter()
+            .filter_map(|(o, &s)| {
+                let m = s.min(other.get(o));
+                (m > 0).then(|| (o.clone(), m))
+            })
+            .collect()
+    }
+
+    /// The entries of `self` whose origin `keep` accepts.
+    pub fn restricted(&self, keep: impl Fn(&Origin) -> bool) -> VersionVector {
+        self.0.iter().filter(|(o, _)| keep(o)).map(|(o, &s)| (o.clone(), s)).collect()
+    }
+
     /// True when `self` has seen everything `other` has.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         other.0.iter().all(|(o, &s)| self.get(o) >= s)
@@ -108,5 +124,9 @@ mod tests {
         let mut j = b.clone();
         j.join(&c);
         assert!(j.dominates(&b) && j.dominates(&c));
+        let m = b.meet(&c);
+        assert_eq!(m, [(o("a"), 2)].into_iter().collect());
+        assert!(b.dominates(&m) && c.dominates(&m));
+        assert_eq!(b.restricted(|x| x.region.as_str() == "b"), [(o("b"), 2)].into_iter().collect());
     }
 }

@@ -17,13 +17,14 @@ use concord_core::changeset::{Change, ChangeBody};
 use concord_core::hlc::Hlc;
 use concord_core::ids::Origin;
 use concord_core::lww::{Inserted, Register, Version};
+use concord_core::vv::VersionVector;
 
 use crate::Fatal;
 use crate::classify::{Item, Plan, Refused, classify};
 use crate::engine::{Engine, Parked};
 use crate::output::{Alert, Output, Stats};
 use crate::overlay::Overlay;
-use crate::state::{Batch, DeadLetter, DocKey, Entry, Facts, Needs, WaitingWrite};
+use crate::state::{Batch, DeadLetter, DocKey, Entry, Facts, Mark, Needs, WaitingWrite};
 
 /// Entries of one stream, classified, waiting for their facts.
 pub struct Prepared {
@@ -53,6 +54,8 @@ pub(crate) struct Applied {
     hlc_max: Hlc,
     stats: Stats,
     dropped: Vec<DeadLetter>,
+    /// The latest mark applied of each origin in this step.
+    marks: BTreeMap<Origin, Mark>,
 }
 
 /// What a step merged so far: LWW changes are in the overlay; document changes wait
@@ -62,6 +65,8 @@ pub(crate) struct Merged {
     pub stats: Stats,
     pub hlc_max: Hlc,
     pub docs: BTreeMap<DocKey, Vec<(ChangesetRef, automerge::Change)>>,
+    /// The latest mark of each origin merged so far (the context of its later changes).
+    pub marks: BTreeMap<Origin, Mark>,
 }
 
 impl Engine {
@@ -132,10 +137,18 @@ impl Engine {
                 continue;
             }
             for (i, change) in cs.changes.iter().enumerate() {
-                if cs.first_seq + i as u64 >= *from_seq {
-                    merged.hlc_max = merged.hlc_max.max(change.hlc);
-                    self.merge(ov, &cs.origin, change, &mut merged.stats);
+                let seq = cs.first_seq + i as u64;
+                if seq < *from_seq {
+                    continue;
                 }
+                merged.hlc_max = merged.hlc_max.max(change.hlc);
+                if let ChangeBody::Mark { floor, stable } = &change.body {
+                    let mark = Mark { seq, floor: floor.clone(), stable: stable.clone() };
+                    merged.marks.insert(cs.origin.clone(), mark);
+                    continue;
+                }
+                let context = merged.marks.get(&cs.origin).map(|m| &m.stable).or(self.context_of(&cs.origin));
+                self.merge(ov, &cs.origin, change, context, &mut merged.stats);
             }
             for (i, am) in decoded.iter().filter(|(i, _)| cs.first_seq + *i as u64 >= *from_seq) {
                 let c = &cs.changes[*i];
@@ -156,7 +169,7 @@ impl Engine {
         mut ov: Overlay<'_>,
         merged: Merged,
     ) -> Result<Result<Applied, Refused>, Fatal> {
-        let Merged { stats, hlc_max, docs } = merged;
+        let Merged { stats, hlc_max, docs, marks } = merged;
         let mut refused = Refused::new();
         let mut dropped = Vec::new();
         for (k, changes) in docs {
@@ -168,15 +181,23 @@ impl Engine {
         if !refused.is_empty() {
             return Ok(Err(refused));
         }
-        Ok(Ok(Applied { batch: ov.into_batch()?, hlc_max, stats, dropped }))
+        Ok(Ok(Applied { batch: ov.into_batch()?, hlc_max, stats, dropped, marks }))
     }
 
-    /// Merge one change into the step's state: an LWW version into its register (a
-    /// document change is applied per document afterwards).
-    fn merge(&self, ov: &mut Overlay<'_>, origin: &Origin, change: &Change, stats: &mut Stats) {
+    /// Merge one change into the step's state: an LWW version into its register, in
+    /// its origin's `context` (a document change is applied per document afterwards).
+    fn merge(
+        &self,
+        ov: &mut Overlay<'_>,
+        origin: &Origin,
+        change: &Change,
+        context: Option<&VersionVector>,
+        stats: &mut Stats,
+    ) {
         let (value, vv) = match &change.body {
             ChangeBody::Put { value, vv } => (Some(value.clone()), vv),
             ChangeBody::Delete { vv } => (None, vv),
+            ChangeBody::Mark { .. } => return,
             ChangeBody::Doc { .. } => {
                 if let Some(id) = change.resolves {
                     ov.doc_resolves.insert((change.bucket.clone(), change.key.clone()), id);
@@ -186,7 +207,7 @@ impl Engine {
         };
         let k = (change.bucket.clone(), change.key.clone());
         let incoming = Version { value, hlc: change.hlc, origin: origin.clone(), vv: vv.clone() };
-        self.merge_version(ov, k, incoming, change.resolves, stats);
+        self.merge_version(ov, k, incoming, change.resolves, context, stats);
     }
 
     /// Merge one LWW version into its key's register, recording what it does to the
@@ -197,12 +218,13 @@ impl Engine {
         k: DocKey,
         incoming: Version,
         resolves: Option<uuid::Uuid>,
+        context: Option<&VersionVector>,
         stats: &mut Stats,
     ) {
         let (register, inserted) = match ov.register(&k) {
             None => (Register::new(incoming), Inserted { changed: true, cut: Vec::new() }),
             Some(mut register) => {
-                let inserted = self.insert(&mut register, incoming);
+                let inserted = self.insert(&mut register, incoming, context);
                 (register, inserted)
             }
         };
@@ -218,9 +240,9 @@ impl Engine {
     }
 
     #[cfg(feature = "mutations")]
-    fn insert(&self, register: &mut Register, incoming: Version) -> Inserted {
+    fn insert(&self, register: &mut Register, incoming: Version, context: Option<&VersionVector>) -> Inserted {
         if !self.cfg.mutated(crate::engine::Mutation::IgnoreVersionVector) {
-            return register.insert(incoming);
+            return register.insert_in_context(incoming, context.unwrap_or(&VersionVector::new()));
         }
         let w = register.winner();
         if (incoming.hlc, &incoming.origin) <= (w.hlc, &w.origin) {
@@ -245,13 +267,16 @@ impl Engine {
     }
 
     #[cfg(not(feature = "mutations"))]
-    fn insert(&self, register: &mut Register, incoming: Version) -> Inserted {
-        register.insert(incoming)
+    fn insert(&self, register: &mut Register, incoming: Version, context: Option<&VersionVector>) -> Inserted {
+        match context {
+            Some(context) => register.insert_in_context(incoming, context),
+            None => register.insert(incoming),
+        }
     }
 
     /// Take the applied plan into the engine's state and build the step's output.
     pub(crate) fn finish(&mut self, stream: &str, mut plan: Plan, applied: Applied) -> Output {
-        let Applied { mut batch, hlc_max, stats, dropped } = applied;
+        let Applied { mut batch, hlc_max, stats, dropped, marks } = applied;
         let mut out = Output { stats, ..Output::default() };
         let gaps_before: Vec<Origin> = self.waiting.keys().cloned().collect();
         let before = self.applied.clone();
@@ -268,6 +293,12 @@ impl Engine {
         for (origin, seq) in self.applied.iter() {
             if seq > before.get(origin) {
                 batch.applied.push((origin.clone(), seq));
+            }
+        }
+        for (origin, mark) in marks {
+            if mark.seq > self.marks.get(&origin).map_or(0, |m| m.seq) {
+                self.marks.insert(origin.clone(), mark.clone());
+                batch.marks.push((origin, mark));
             }
         }
         for (origin, from) in std::mem::take(&mut plan.voided) {

@@ -45,6 +45,7 @@ use concord_core::vv::VersionVector;
 use concord_core::{CoreError, input};
 
 use crate::engine::{Engine, Held, Tail};
+use crate::marks::context_met;
 use crate::state::{DeadLetter, Entry, Needs, Waiting};
 
 /// Changesets the documents refused while applying: (origin, first sequence) → why.
@@ -107,6 +108,9 @@ fn check(cs: &Changeset, region: &RegionId, value_bytes_max: usize) -> Result<Do
         return Err(format!("origin {} in the log of {region}", cs.origin));
     }
     for (i, c) in cs.changes.iter().enumerate() {
+        if c.body.is_mark() {
+            continue;
+        }
         if input::check_bucket(&c.bucket).is_err() || input::check_key(c.key.as_bytes()).is_err() {
             return Err(format!("bad bucket or key {:?}/{:?}", c.bucket, c.key));
         }
@@ -318,6 +322,10 @@ impl Walk<'_> {
         if cs.first_seq > have + 1 && !self.mutated_past_gaps() {
             return self.hold(entry, cs, have);
         }
+        // A mark's context must be here before the changes that rely on it.
+        if !context_met(&cs, &self.applied) {
+            return self.hold(entry, cs, have);
+        }
         self.apply(cs, have + 1, docs, false)
     }
 
@@ -400,6 +408,7 @@ impl Walk<'_> {
             let k = (c.bucket.clone(), c.key.clone());
             match c.body {
                 ChangeBody::Doc { .. } => self.plan.needs.docs.insert(k),
+                ChangeBody::Mark { .. } => continue,
                 _ => self.plan.needs.kv.insert(k),
             };
             if let Some(id) = c.resolves {
@@ -452,7 +461,7 @@ impl Walk<'_> {
             (s, a) => s.or(a),
         }?
         .clone();
-        if next.meta.first_seq > self.applied.get(origin) + 1 {
+        if next.meta.first_seq > self.applied.get(origin) + 1 || !context_met(&next.cs, &self.applied) {
             return None;
         }
         if let Some(h) = self.added.get_mut(origin) {
@@ -487,8 +496,20 @@ impl Walk<'_> {
         }
     }
 
-    /// Apply every waiting changeset that the applied vector now reaches.
+    /// Apply every waiting changeset that the applied vector now reaches (and whose
+    /// marks' context it holds), until none more is released: one origin's may be the
+    /// context another's waited for.
     fn drain_unblocked(&mut self) {
+        loop {
+            let before = self.plan.items.len();
+            self.drain_unblocked_once();
+            if self.plan.items.len() == before {
+                return;
+            }
+        }
+    }
+
+    fn drain_unblocked_once(&mut self) {
         let origins: Vec<Origin> = self.engine.waiting.keys().chain(self.added.keys()).cloned().collect();
         for origin in origins {
             while let Some(held) = self.take_next_waiting(&origin) {

@@ -9,7 +9,8 @@ use concord_core::ids::{Origin, RegionId};
 use concord_core::vv::VersionVector;
 
 use crate::Fatal;
-use crate::state::{Durable, Waiting};
+use crate::marks::context_met;
+use crate::state::{Durable, Mark, Waiting};
 use crate::writer::Writer;
 
 /// Most changesets kept waiting behind gaps, and their bytes, unless configured.
@@ -43,6 +44,10 @@ pub enum Mutation {
     /// [`DROPPED_SEQ`] is counted as applied, but none of its changes is: a replica
     /// silently loses one changeset of every other origin.
     DropChangeset,
+    /// Tombstones are collected as soon as this replica applied them (no marks, no
+    /// stability): a write concurrent with the delete, arriving later, brings the key
+    /// back here and nowhere else.
+    CollectEarly,
 }
 
 /// The origin sequence whose changeset [`Mutation::DropChangeset`] drops.
@@ -155,6 +160,21 @@ pub struct Engine {
     pub(crate) tails: BTreeMap<String, Tails>,
     /// See [`Durable::void_from`].
     pub(crate) void_from: BTreeMap<Origin, u64>,
+    /// Each origin's latest mark applied ([`crate::marks`]).
+    pub(crate) marks: BTreeMap<Origin, Mark>,
+    /// When this writer last made a mark (`now_ms` of that write), in its current epoch.
+    pub(crate) marked_at_ms: Option<u64>,
+}
+
+/// What a held changeset's marks need that `applied` lacks.
+fn missing_context(cs: &Changeset, applied: &VersionVector) -> VersionVector {
+    let mut need = VersionVector::new();
+    for c in &cs.changes {
+        if let concord_core::changeset::ChangeBody::Mark { stable, .. } = &c.body {
+            need.join(stable);
+        }
+    }
+    need.iter().filter(|(o, s)| applied.get(o) < *s && **o != cs.origin).map(|(o, s)| (o.clone(), s)).collect()
 }
 
 /// Per stream, in memory (unknown after a restart; dropped when messages were removed
@@ -204,6 +224,8 @@ impl Engine {
             writer: Writer::Follower,
             tails: BTreeMap::new(),
             void_from: durable.void_from,
+            marks: durable.marks,
+            marked_at_ms: None,
         };
         if start == StartAs::Leader {
             engine.begin_catch_up(None);
@@ -237,10 +259,12 @@ impl Engine {
         self.dead_letters
     }
 
-    /// Origins whose changesets wait behind a gap.
+    /// Origins whose changesets wait behind a gap (not those that wait for a mark's
+    /// context: [`Engine::context_waits`]).
     pub fn gaps(&self) -> Vec<Gap> {
         self.waiting
             .iter()
+            .filter(|(origin, held)| held.keys().next().is_some_and(|f| *f > self.applied.get(origin) + 1))
             .filter_map(|(origin, held)| {
                 let (&next_waiting, first) = held.iter().next()?;
                 Some(Gap {
@@ -251,6 +275,19 @@ impl Engine {
                     stream: first.meta.stream.clone(),
                     stream_seq: first.meta.stream_seq,
                 })
+            })
+            .collect()
+    }
+
+    /// Origins whose next changeset waits until this replica applies what its mark says
+    /// every region had applied ([`crate::marks`]), with what is missing of it.
+    pub fn context_waits(&self) -> Vec<(Origin, VersionVector)> {
+        self.waiting
+            .iter()
+            .filter_map(|(origin, held)| {
+                let (first, h) = held.iter().next()?;
+                (*first <= self.applied.get(origin) + 1)
+                    .then(|| (origin.clone(), missing_context(&h.cs, &self.applied)))
             })
             .collect()
     }
@@ -286,7 +323,7 @@ impl Engine {
                 if *first != h.meta.first_seq || h.meta.origin != *origin || h.cs.first_seq != *first {
                     return Err(format!("waiting changeset {origin}:{first} is filed under the wrong key"));
                 }
-                if *first <= have + 1 {
+                if *first <= have + 1 && context_met(&h.cs, &self.applied) {
                     return Err(format!("{origin}:{first} waits although {origin} is applied up to {have}"));
                 }
             }

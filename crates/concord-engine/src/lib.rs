@@ -54,6 +54,7 @@ mod apply;
 mod classify;
 mod conflicts;
 mod engine;
+pub mod marks;
 mod output;
 mod overlay;
 mod repair;
@@ -71,11 +72,13 @@ pub use engine::{
 };
 #[cfg(feature = "mutations")]
 pub use engine::{DROPPED_SEQ, Mutation};
+pub use marks::PreparedCollect;
 pub use memstore::MemStore;
 pub use output::{Ack, Alert, Append, AppendOutcome, Output, Stats, WriteError};
 pub use repair::{CHANGES_PER_DOC_MAX, PreparedRepair, Repair};
 pub use state::{
-    Batch, ConflictWrite, DeadLetter, DocFacts, DocKey, Durable, Entry, Facts, KvFacts, Needs, Waiting, WaitingWrite,
+    Batch, ConflictWrite, DeadLetter, DocFacts, DocKey, Durable, Entry, Facts, KvFacts, Mark, Needs, Waiting,
+    WaitingWrite,
 };
 pub use write::{WriteOp, WriteRequest};
 pub use writer::{CatchUp, CaughtUp, RoleView};

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::conflicts::open_key;
 use crate::state::{
-    Batch, ConflictWrite, DeadLetter, DocFacts, DocKey, Durable, Facts, KvFacts, Needs, Waiting, WaitingWrite,
+    Batch, ConflictWrite, DeadLetter, DocFacts, DocKey, Durable, Facts, KvFacts, Mark, Needs, Waiting, WaitingWrite,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -30,6 +30,7 @@ pub struct MemStore {
     /// open key → id of the open record there.
     pub open: BTreeMap<Vec<u8>, Uuid>,
     pub void_from: BTreeMap<Origin, u64>,
+    pub marks: BTreeMap<Origin, Mark>,
 }
 
 impl MemStore {
@@ -66,6 +67,9 @@ impl MemStore {
     pub fn commit(&mut self, batch: &Batch) {
         for (k, r) in &batch.kv {
             self.kv.insert(k.clone(), r.clone());
+        }
+        for k in &batch.kv_removed {
+            self.kv.remove(k);
         }
         for (k, bytes) in &batch.docs {
             self.docs.insert(k.clone(), bytes.clone());
@@ -104,6 +108,11 @@ impl MemStore {
             let from = self.void_from.entry(origin.clone()).or_insert(*seq);
             *from = (*from).min(*seq);
         }
+        for (origin, mark) in &batch.marks {
+            let old = self.marks.get(origin).map_or(0, |m| m.seq);
+            assert!(mark.seq > old, "marks only move on ({origin}: {old} -> {})", mark.seq);
+            self.marks.insert(origin.clone(), mark.clone());
+        }
     }
 
     fn write_conflict(&mut self, w: &ConflictWrite) {
@@ -127,6 +136,7 @@ impl MemStore {
             waiting: self.waiting.values().cloned().collect(),
             dead_letters: self.dead_letters.keys().next_back().copied().unwrap_or(0),
             void_from: self.void_from.clone(),
+            marks: self.marks.clone(),
         }
     }
 }

@@ -140,6 +140,10 @@ pub struct Stats {
     pub writes_acked: u64,
     pub writes_failed: u64,
     pub writes_rejected: u64,
+    /// Tombstones collected ([`crate::marks`]).
+    pub tombstones_collected: u64,
+    /// Marks this writer made.
+    pub marks_made: u64,
 }
 
 #[derive(Debug, Default)]

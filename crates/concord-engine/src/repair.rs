@@ -107,9 +107,12 @@ impl Engine {
             let mut ov = Overlay::new(facts, self.cfg.region.as_str(), now_ms);
             let mut merged = Merged::default();
             for (k, register) in &repair.kv {
-                for v in register.versions() {
+                // A version whose own change this replica applied is here already, or
+                // history, or collected: merging it again could only bring back what
+                // collection took away.
+                for v in register.versions().iter().filter(|v| v.vv.get(&v.origin) > self.applied.get(&v.origin)) {
                     merged.hlc_max = merged.hlc_max.max(v.hlc);
-                    self.merge_version(&mut ov, k.clone(), v.clone(), None, &mut merged.stats);
+                    self.merge_version(&mut ov, k.clone(), v.clone(), None, None, &mut merged.stats);
                 }
             }
             self.merge_plan(&plan, &mut ov, &mut merged);

@@ -226,6 +226,10 @@ pub struct Batch {
     /// Origins found void from a sequence on (only ever lowered): see
     /// [`Durable::void_from`].
     pub void_from: Vec<(Origin, u64)>,
+    /// Each origin's latest mark applied (only ever later ones).
+    pub marks: Vec<(Origin, Mark)>,
+    /// Registers collected (their keys leave the store): `crate::collect`.
+    pub kv_removed: Vec<DocKey>,
 }
 
 impl Batch {
@@ -239,6 +243,8 @@ impl Batch {
             && self.waiting.is_empty()
             && self.dead_letters.is_empty()
             && self.void_from.is_empty()
+            && self.marks.is_empty()
+            && self.kv_removed.is_empty()
     }
 }
 
@@ -254,4 +260,18 @@ pub struct Durable {
     /// sequences before it (after the applied ones) were never stored, and nothing of
     /// the origin from there on can apply (`classify`, "void").
     pub void_from: BTreeMap<Origin, u64>,
+    /// Each origin's latest mark applied: see [`Mark`].
+    pub marks: BTreeMap<Origin, Mark>,
+}
+
+/// A writer's mark, as a replica applied it (`concord_core::changeset::ChangeBody::Mark`):
+/// at origin sequence `seq`, its writer had applied `floor`, and knew every region to
+/// have applied `stable`. The latest mark of an origin is the context of its later
+/// changes, and the latest floor of every region says what is stable
+/// ([`crate::marks`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mark {
+    pub seq: u64,
+    pub floor: VersionVector,
+    pub stable: VersionVector,
 }

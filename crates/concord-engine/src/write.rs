@@ -22,14 +22,27 @@ use crate::Fatal;
 use crate::engine::Engine;
 use crate::output::{Ack, Append, Output, WriteError};
 use crate::overlay::Overlay;
-use crate::state::{DocKey, Facts, Needs};
+use crate::state::{DocKey, Facts, Mark, Needs};
 use crate::writer::{Inflight, Writer};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
-    Put { bucket: String, key: String, value: Bytes },
-    Delete { bucket: String, key: String },
-    Doc { bucket: String, key: String, ops: Vec<DocOp> },
+    Put {
+        bucket: String,
+        key: String,
+        value: Bytes,
+    },
+    Delete {
+        bucket: String,
+        key: String,
+    },
+    Doc {
+        bucket: String,
+        key: String,
+        ops: Vec<DocOp>,
+    },
+    /// A mark ([`crate::marks`]): the runtime asks for one every so often.
+    Mark,
 }
 
 impl WriteOp {
@@ -39,14 +52,16 @@ impl WriteOp {
             WriteOp::Put { value, key, .. } => value.len() + key.len() + 64,
             WriteOp::Delete { key, .. } => key.len() + 64,
             WriteOp::Doc { key, ops, .. } => key.len() + 64 + ops.iter().map(DocOp::bytes).sum::<usize>(),
+            WriteOp::Mark => 1024,
         }
     }
 
-    fn doc_key(&self) -> DocKey {
+    fn doc_key(&self) -> Option<DocKey> {
         match self {
             WriteOp::Put { bucket, key, .. } | WriteOp::Delete { bucket, key } | WriteOp::Doc { bucket, key, .. } => {
-                (bucket.clone(), key.clone())
+                Some((bucket.clone(), key.clone()))
             }
+            WriteOp::Mark => None,
         }
     }
 }
@@ -72,9 +87,10 @@ impl Engine {
     pub fn write_needs(&self, writes: &[WriteRequest]) -> Needs {
         let mut needs = Needs::default();
         for w in writes {
-            match w.op {
-                WriteOp::Doc { .. } => needs.docs.insert(w.op.doc_key()),
-                _ => needs.kv.insert(w.op.doc_key()),
+            match (&w.op, w.op.doc_key()) {
+                (_, None) => false,
+                (WriteOp::Doc { .. }, Some(k)) => needs.docs.insert(k),
+                (_, Some(k)) => needs.kv.insert(k),
             };
             needs.records.extend(w.resolves);
         }
@@ -112,7 +128,20 @@ impl Engine {
         let mut ov = Overlay::new(facts, self.cfg.region.as_str(), now_ms);
         let mut changes: Vec<Change> = Vec::new();
         let mut members = Vec::new();
+        let mut marks = Vec::new();
+        // An epoch begins with a mark once anything can be stable (this replica may have
+        // collected tombstones as a follower): the context of everything it writes.
+        if self.marked_at_ms.is_none() && self.stable().is_some() {
+            changes.push(self.mark(&origin, first_seq, now_ms, &mut marks));
+        }
         for w in writes {
+            if w.op == WriteOp::Mark {
+                let seq = first_seq + changes.len() as u64;
+                let change = self.mark(&origin, seq, now_ms, &mut marks);
+                members.push((w.id, Some((seq, change.hlc))));
+                changes.push(change);
+                continue;
+            }
             let seq = first_seq + changes.len() as u64;
             match self.make(&mut ov, &origin, seq, w.op, w.resolves, now_ms)? {
                 Made::Rejected(e) => {
@@ -142,11 +171,23 @@ impl Engine {
             last_seq: cs.last_seq(),
             seqs,
         });
-        let flight = Inflight { first_seq, last_seq: cs.last_seq(), members, batch: ov.into_batch()? };
+        out.stats.marks_made = marks.len() as u64;
+        let mut batch = ov.into_batch()?;
+        batch.marks = marks;
+        let flight = Inflight { first_seq, last_seq: cs.last_seq(), members, batch };
         if let Writer::Writing { inflight, .. } = &mut self.writer {
             inflight.push_back(flight);
         }
         Ok(out)
+    }
+
+    /// A mark of this writer at `seq` (kept in `marks` for when it is stored).
+    fn mark(&mut self, origin: &Origin, seq: u64, now_ms: u64, marks: &mut Vec<(Origin, Mark)>) -> Change {
+        let body = self.new_mark();
+        let ChangeBody::Mark { floor, stable } = &body else { unreachable!("new_mark makes a mark") };
+        marks.push((origin.clone(), Mark { seq, floor: floor.clone(), stable: stable.clone() }));
+        self.marked_at_ms = Some(now_ms);
+        Change { hlc: self.clock.tick(now_ms), bucket: String::new(), key: String::new(), body, resolves: None }
     }
 
     /// One write: its change, or why it has none.
@@ -162,6 +203,7 @@ impl Engine {
         let (bucket, key, value) = match op {
             WriteOp::Put { bucket, key, value } => (bucket, key, Some(value.to_vec())),
             WriteOp::Delete { bucket, key } => (bucket, key, None),
+            WriteOp::Mark => unreachable!("marks are made by Engine::mark"),
             WriteOp::Doc { bucket, key, ops } => {
                 return self.make_doc(ov, origin, (bucket, key), &ops, resolves, now_ms);
             }

@@ -116,6 +116,13 @@ pub enum CatchUp {
 pub enum CaughtUp {
     /// Allocate a new epoch and call [`Engine::start_writing`].
     NeedEpoch,
+    /// Not yet: this replica has not applied everything its region's previous writers
+    /// had (`missing`): what their marks say they applied, or what a changeset of the
+    /// region waits for ([`crate::marks`]). It arrives through the other streams: apply
+    /// them, then read the log's end again and call [`Engine::caught_up`] again.
+    Waiting {
+        missing: concord_core::vv::VersionVector,
+    },
     Deposed {
         by: Origin,
     },
@@ -168,6 +175,28 @@ impl Engine {
             Writer::Writing { origin, .. } => RoleView::Leader { origin: origin.clone() },
             Writer::Deposed { origin, by } => RoleView::Deposed { origin: origin.clone(), by: by.clone() },
             Writer::Stuck { reason } => RoleView::Stuck { reason: reason.clone() },
+        }
+    }
+
+    /// The origin this replica writes as, while it writes.
+    pub fn writing_origin(&self) -> Option<Origin> {
+        match &self.writer {
+            Writer::Writing { origin, .. } => Some(origin.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether a writer should mark now (`now_ms`): it has not in this epoch, or its
+    /// last mark is `interval_ms` old and what it would say has changed.
+    pub fn mark_due(&self, now_ms: u64, interval_ms: u64) -> bool {
+        let Some(origin) = self.writing_origin() else { return false };
+        match self.marked_at_ms {
+            None => true,
+            Some(at) if now_ms.saturating_sub(at) < interval_ms => false,
+            Some(_) => self
+                .marks
+                .get(&origin)
+                .is_none_or(|m| m.floor != self.applied || m.stable != self.stable().unwrap_or_default()),
         }
     }
 
@@ -263,7 +292,10 @@ impl Engine {
                 self.writer = Writer::Deposed { origin, by: by.clone() };
                 (CaughtUp::Deposed { by }, out)
             }
-            _ => (CaughtUp::NeedEpoch, out),
+            _ => match self.not_ready_to_write() {
+                Some(missing) => (CaughtUp::Waiting { missing }, out),
+                None => (CaughtUp::NeedEpoch, out),
+            },
         }
     }
 
@@ -321,6 +353,7 @@ impl Engine {
             };
         }
         self.writer = Writer::Writing { origin: origin.clone(), next_seq: 1, inflight: VecDeque::new() };
+        self.marked_at_ms = None;
         Output { alerts: vec![Alert::Leading { origin }], ..Output::default() }
     }
 
@@ -371,6 +404,9 @@ impl Engine {
         let own = self.cfg.own_stream.clone();
         self.applied.observe(&origin, flight.last_seq);
         self.cursors.insert(own.clone(), stream_seq);
+        for (o, mark) in &flight.batch.marks {
+            self.marks.insert(o.clone(), mark.clone());
+        }
         let mut batch = flight.batch;
         batch.applied.push((origin.clone(), flight.last_seq));
         batch.cursors.push((own, stream_seq));

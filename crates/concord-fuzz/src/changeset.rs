@@ -32,6 +32,10 @@ pub(crate) fn check_changeset_limits(cs: &Changeset, input_bytes: usize) {
             ChangeBody::Put { value, vv } => bounded_body(value) + check_vv(vv),
             ChangeBody::Delete { vv } => check_vv(vv),
             ChangeBody::Doc { change } => bounded_body(change),
+            ChangeBody::Mark { floor, stable } => {
+                assert!(c.bucket.is_empty() && c.key.is_empty(), "a mark names no key");
+                check_vv(floor) + check_vv(stable)
+            }
         };
         payload_bytes += c.bucket.len() + c.key.len() + body_bytes;
     }

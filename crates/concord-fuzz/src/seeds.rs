@@ -90,6 +90,21 @@ pub fn changesets() -> Vec<Changeset> {
             changes: vec![delete, doc(&eu, "x", json!({"n": 1, "t": "text"}), 2_600), resolving],
         },
         Changeset { origin: us.clone(), first_seq: 2, changes: vec![doc(&us, "x", json!([1, 2, 3]), 2_700)] },
+        // A mark (format version 2), then a write in its context.
+        Changeset {
+            origin: us.clone(),
+            first_seq: 3,
+            changes: vec![
+                Change {
+                    hlc: Hlc { wall_ms: 2_800, logical: 0 },
+                    bucket: String::new(),
+                    key: String::new(),
+                    body: ChangeBody::Mark { floor: vv(&[(&us, 2), (&eu, 4)]), stable: vv(&[(&us, 1), (&eu, 2)]) },
+                    resolves: None,
+                },
+                put("b", "k1", b"after the mark", vv(&[(&us, 4)]), 2_900),
+            ],
+        },
     ]
 }
 

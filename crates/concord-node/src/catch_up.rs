@@ -19,6 +19,10 @@ pub const CATCH_UP_CHUNK: u64 = 1000;
 /// request timeout (10 s) unanswered; asking again soon notices the new leader sooner.
 const LOG_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a catch-up that waits for the other streams lets them be applied before it
+/// looks again.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub(crate) fn retryable(e: &LogError) -> bool {
     !matches!(e, LogError::TooLarge(_))
 }
@@ -112,6 +116,12 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 let out = self.step(move |e, _| Ok(e.start_writing(epoch))).await?;
                 self.after(out);
                 info!(last, epoch, "caught up with the region's log; writing");
+            }
+            CaughtUp::Waiting { missing } => {
+                // The other streams bring it: apply them a while, then look again.
+                self.catch_up_after = Some(tokio::time::Instant::now() + CATCH_UP_WAIT);
+                let missing: Vec<String> = missing.iter().map(|(o, s)| format!("{o}={s}")).collect();
+                info!(?missing, "caught up with the region's log, but not yet with what its last writer had applied");
             }
             CaughtUp::Deposed { by } => {
                 error!(%by, "another leader wrote to this region's log: this node is fenced and follows it");

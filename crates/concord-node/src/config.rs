@@ -125,6 +125,11 @@ pub struct NodeConfig {
     /// read from any log) is repaired from the state of the origin region's leader, and
     /// lifted. 0: never.
     pub anti_entropy_gap_after_s: u64,
+    /// A leader marks its region's log this often (what it has applied): every region's
+    /// marks tell when a delete is stable, so its tombstone can go.
+    pub mark_interval_s: u64,
+    /// Every replica looks for stable tombstones to collect this often. 0: never.
+    pub gc_interval_s: u64,
     /// Test only: a file holding a skew in milliseconds added to this node's wall clock
     /// (the time its writes carry), read again while the node runs. Empty: none.
     pub test_clock_skew_file: String,
@@ -172,6 +177,8 @@ impl Default for NodeConfig {
             waiting_bytes_max: concord_engine::WAITING_BYTES_MAX_DEFAULT,
             lease_ttl_ms: 3_000,
             lease_renew_ms: 750,
+            mark_interval_s: 10,
+            gc_interval_s: 300,
             anti_entropy_interval_s: 300,
             anti_entropy_gap_after_s: 20,
             test_clock_skew_file: String::new(),
@@ -292,6 +299,9 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(format!(
                 "http_concurrency_max and nats_concurrency_max must be at most {CONCURRENCY_MAX}"
             )));
+        }
+        if self.mark_interval_s == 0 {
+            return Err(ConfigError::Invalid("mark_interval_s must be positive".into()));
         }
         if self.log_max_msgs < 0 || self.log_max_bytes < 0 {
             return Err(ConfigError::Invalid("log_max_msgs and log_max_bytes must be 0 (no limit) or positive".into()));

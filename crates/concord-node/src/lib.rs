@@ -27,6 +27,7 @@ pub mod api;
 pub mod bootstrap;
 mod catch_up;
 pub mod clock;
+pub mod collect;
 pub mod config;
 mod deferred;
 pub mod error;
@@ -178,6 +179,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let worker = Worker::new(engine, store.clone(), log.clone(), streams, metrics.clone(), watches, limits)
         .with_conflict_publisher(spawn_conflict_publisher(&sup, &client, &region))
         .with_repairs(repairs)
+        .with_collection(spawn_collection(&sup, &cfg, &store, &metrics), Duration::from_secs(cfg.mark_interval_s))
         .with_lease(lease_rx, deadline_rx)
         .with_clock(clock);
     sup.spawn_once("worker", async move { worker.run(writes_rx, inbound_rx, stop).await.map_err(|e| e.to_string()) });
@@ -292,6 +294,25 @@ fn spawn_gap_repair(
     sup.spawn("gap repair", Policy::Restart, move || {
         repair::repair_gaps(l.clone(), r.clone(), v.clone(), inbound.clone(), m.clone(), s.clone())
     });
+}
+
+/// Tombstone collection's sweeps (none when `gc_interval_s` is 0). Returns where the
+/// candidates arrive for the worker.
+fn spawn_collection(
+    sup: &Supervisor,
+    cfg: &NodeConfig,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> mpsc::Receiver<worker::CollectRequest> {
+    let (tx, rx) = mpsc::channel(REPAIRS_QUEUE);
+    if cfg.gc_interval_s > 0 {
+        let (st, m, s, every) =
+            (store.clone(), metrics.clone(), sup.shutdown(), Duration::from_secs(cfg.gc_interval_s));
+        sup.spawn("tombstone collection", Policy::Restart, move || {
+            collect::run(st.clone(), tx.clone(), every, m.clone(), s.clone())
+        });
+    }
+    rx
 }
 
 /// Anti-entropy: the answers this node gives its peers, and its own rounds. Returns

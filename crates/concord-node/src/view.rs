@@ -114,6 +114,8 @@ pub fn report(m: &Metrics, alerts: &[Alert], stats: &Stats) {
     metrics::add(&m.writes_acked_total, stats.writes_acked);
     metrics::add(&m.writes_failed_total, stats.writes_failed);
     metrics::add(&m.writes_rejected_total, stats.writes_rejected);
+    metrics::add(&m.tombstones_collected_total, stats.tombstones_collected);
+    metrics::add(&m.marks_written_total, stats.marks_made);
     for alert in alerts {
         match alert {
             Alert::Parked { stream, stream_seq, reason } => {

@@ -84,6 +84,8 @@ pub struct Limits {
 
 /// How often a leader checks whether its region's log grew under it.
 const TICK: Duration = Duration::from_secs(1);
+/// How often a writer marks unless configured ([`concord_engine::marks`]).
+pub const MARK_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 
 pub struct Worker<L: RegionLog, S: StreamControl> {
     pub(crate) engine: Option<Engine>,
@@ -110,6 +112,20 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     pub(crate) inflight: InFlight,
     /// Repairs from anti-entropy ([`crate::anti_entropy`]).
     repairs: Option<mpsc::Receiver<RepairRequest>>,
+    /// Candidates for tombstone collection ([`crate::collect`]).
+    collects: Option<mpsc::Receiver<CollectRequest>>,
+    /// A catch-up that waits for this replica to apply more of the other streams is
+    /// tried again from then on ([`concord_engine::CaughtUp::Waiting`]).
+    pub(crate) catch_up_after: Option<tokio::time::Instant>,
+    /// How often a writer marks ([`concord_engine::marks`]).
+    mark_interval_ms: u64,
+}
+
+/// Registers that may hold collectable tombstones, found by a scan of the store.
+pub struct CollectRequest {
+    pub keys: Vec<concord_engine::DocKey>,
+    /// How many tombstones were collected.
+    pub reply: oneshot::Sender<Result<u64, NodeError>>,
 }
 
 impl<L: RegionLog, S: StreamControl> Worker<L, S> {
@@ -140,6 +156,9 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             deferred: Deferred::default(),
             inflight: InFlight::default(),
             repairs: None,
+            collects: None,
+            catch_up_after: None,
+            mark_interval_ms: MARK_INTERVAL_DEFAULT.as_millis() as u64,
         };
         for (stream, from) in worker.engine().streams_to_follow() {
             worker.streams.follow(&stream, from);
@@ -157,6 +176,13 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     pub fn with_lease(mut self, events: mpsc::Receiver<LeaseEvent>, deadline: crate::lease::Deadline) -> Self {
         self.lease = Some(events);
         self.lease_deadline = Some(deadline);
+        self
+    }
+
+    /// Take candidates for tombstone collection, and mark every `mark_interval`.
+    pub fn with_collection(mut self, collects: mpsc::Receiver<CollectRequest>, mark_interval: Duration) -> Self {
+        self.collects = Some(collects);
+        self.mark_interval_ms = mark_interval.as_millis() as u64;
         self
     }
 
@@ -187,7 +213,8 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut carry: Option<WriteRequest> = None;
         loop {
-            if self.inflight.is_empty() && !self.catch_up(&mut shutdown).await? {
+            let catch_up_due = self.catch_up_after.is_none_or(|at| tokio::time::Instant::now() >= at);
+            if self.inflight.is_empty() && catch_up_due && !self.catch_up(&mut shutdown).await? {
                 break;
             }
             let room = self.room_for_writes(&writes, carry.is_some());
@@ -209,6 +236,10 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 Some(request) = next_repair(&mut self.repairs) => {
                     self.drain_appends().await?;
                     self.repair(request).await?;
+                }
+                Some(request) = next_collect(&mut self.collects) => {
+                    self.drain_appends().await?;
+                    self.collect(request).await?;
                 }
                 _ = tick.tick() => self.tick().await?,
                 synced = self.deferred.next() => {
@@ -373,6 +404,32 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         Ok(())
     }
 
+    /// Collect what is stable among the candidates, then answer how many went.
+    async fn collect(&mut self, request: CollectRequest) -> Result<(), NodeError> {
+        let CollectRequest { keys, reply } = request;
+        let out = self
+            .step(move |e, s| {
+                let prepared = e.prepare_collect(keys);
+                let facts = s.load(prepared.needs())?;
+                Ok(e.apply_collect(prepared, &facts))
+            })
+            .await?;
+        let collected = out.stats.tombstones_collected;
+        self.after(out);
+        let _ = reply.send(Ok(collected));
+        Ok(())
+    }
+
+    /// A writer marks when it is due ([`concord_engine::marks`]): a write of its own, whose
+    /// answer nobody waits for.
+    async fn mark_if_due(&mut self) -> Result<(), NodeError> {
+        if !self.engine().mark_due(self.clock.now_ms(), self.mark_interval_ms) || !self.engine().takes_writes() {
+            return Ok(());
+        }
+        let (reply, _) = oneshot::channel();
+        self.write(vec![WriteRequest { op: WriteOp::Mark, resolves: None, reply }]).await
+    }
+
     /// The lease's deadline passed (or this node holds none) while it still writes.
     pub(crate) fn lease_expired(&self) -> bool {
         let Some(deadline) = &self.lease_deadline else { return false };
@@ -411,6 +468,10 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     async fn tick(&mut self) -> Result<(), NodeError> {
         // A writer with appends in flight learns from their outcomes.
         if !matches!(self.engine().role(), concord_engine::RoleView::Leader { .. }) || !self.inflight.is_empty() {
+            return Ok(());
+        }
+        self.mark_if_due().await?;
+        if !self.inflight.is_empty() {
             return Ok(());
         }
         let Ok(Ok(last)) = tokio::time::timeout(Duration::from_secs(2), self.log.last_seq()).await else {
@@ -519,6 +580,13 @@ async fn next_lease_event(lease: &mut Option<mpsc::Receiver<LeaseEvent>>) -> Opt
 
 async fn next_repair(repairs: &mut Option<mpsc::Receiver<RepairRequest>>) -> Option<RepairRequest> {
     match repairs {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_collect(collects: &mut Option<mpsc::Receiver<CollectRequest>>) -> Option<CollectRequest> {
+    match collects {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }

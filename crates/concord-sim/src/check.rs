@@ -69,6 +69,35 @@ impl World {
         Err(format!("no quiescence after {QUIESCE_ROUNDS_MAX} rounds"))
     }
 
+    /// Collection to its end: leaders mark and everything is delivered, then every node
+    /// collects, until a round collects nothing more (so every replica has collected
+    /// exactly what is stable, and they can be compared).
+    pub fn collect_all(&mut self) -> Result<(), String> {
+        // Stability travels in marks, and a mark's `stable` is built from the floors its
+        // writer had applied: a few rounds without change say it has gone all the way.
+        let mut quiet = 0;
+        for _ in 0..QUIESCE_ROUNDS_MAX {
+            for r in 0..self.regions.len() {
+                self.mark(r);
+            }
+            self.settle()?;
+            let before: usize = self.nodes.iter().map(|n| n.store.kv.len()).sum();
+            let versions = |w: &World| -> usize {
+                w.nodes.iter().flat_map(|n| n.store.kv.values()).map(|r| r.versions().len()).sum()
+            };
+            let v_before = versions(self);
+            for n in 0..self.nodes.len() {
+                self.collect(n)?;
+            }
+            let after: usize = self.nodes.iter().map(|n| n.store.kv.len()).sum();
+            quiet = if after == before && versions(self) == v_before { quiet + 1 } else { 0 };
+            if quiet == 3 {
+                return Ok(());
+            }
+        }
+        Err(format!("collection did not settle after {QUIESCE_ROUNDS_MAX} rounds"))
+    }
+
     /// Stands in for anti-entropy (a later phase): every consumer delivers its stream
     /// again from the start, and a leader reads its own region's log again up to its
     /// cursor, which refills what a dropped message left out (a dropped last changeset
@@ -102,7 +131,7 @@ impl World {
     pub fn check(&self) -> Result<(), String> {
         self.check_converged()?;
         for node in &self.nodes {
-            self.check_acked_writes(&node.name, &node.store)?;
+            self.check_acked_writes(&node.name, &node.store, &node.collected)?;
         }
         self.check_counter()
     }
@@ -133,7 +162,30 @@ impl World {
                     .keys()
                     .chain(first.store.kv.keys())
                     .find(|k| node.store.kv.get(*k) != first.store.kv.get(*k));
-                return Err(format!("{} and {} differ at {k:?}", node.name, first.name));
+                let show = |st: &MemStore| {
+                    k.and_then(|k| st.kv.get(k)).map(|r| {
+                        r.versions()
+                            .iter()
+                            .map(|v| {
+                                format!(
+                                    "{} {:?} {:?}",
+                                    v.id(),
+                                    v.value.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+                                    v.vv
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                };
+                return Err(format!(
+                    "{} and {} differ at {k:?}: {:?} / {:?}; collected there: {:?} / {:?}",
+                    node.name,
+                    first.name,
+                    show(&node.store),
+                    show(&first.store),
+                    k.and_then(|k| node.collected.get(k)).map(|v| v.iter().map(|v| v.id()).collect::<Vec<_>>()),
+                    k.and_then(|k| first.collected.get(k)).map(|v| v.iter().map(|v| v.id()).collect::<Vec<_>>()),
+                ));
             }
             let (a, b) = (doc_view(&node.store), doc_view(&first.store));
             if a != b {
@@ -145,15 +197,24 @@ impl World {
 
     /// Every acknowledged LWW write is, at this replica, a current sibling, causally
     /// overwritten (a version whose vector covers it), or listed in the conflict log.
-    fn check_acked_writes(&self, name: &str, store: &MemStore) -> Result<(), String> {
+    ///
+    /// What collection took away counts as it was: a version of a register whose winner
+    /// was a tombstone when collected is gone as it should be if it was a delete or a
+    /// losing put (then it is in the conflict log).
+    fn check_acked_writes(&self, name: &str, store: &MemStore, collected: &Collected) -> Result<(), String> {
         for (id, w, ack) in self.oracle.acked() {
             let (WriteOp::Put { bucket, key, .. } | WriteOp::Delete { bucket, key }) = &w.op else { continue };
             let Some(seq) = ack.seq else { continue };
             let version = format!("{}:{seq}", ack.origin);
-            let register = store.kv.get(&(bucket.clone(), key.clone()));
-            let current = register.is_some_and(|r| r.versions().iter().any(|v| v.id() == version));
+            let k = (bucket.clone(), key.clone());
+            let register = store.kv.get(&k);
+            let gone = collected.get(&k).map(Vec::as_slice).unwrap_or_default();
+            let was = |v: &concord_core::lww::Version| v.id() == version;
+            let current = register.is_some_and(|r| r.versions().iter().any(was))
+                || gone.iter().any(|v| was(v) && v.is_tombstone());
             let overwritten = register
-                .is_some_and(|r| r.versions().iter().any(|v| covers(&v.vv, &ack.origin, seq) && v.id() != version));
+                .is_some_and(|r| r.versions().iter().any(|v| covers(&v.vv, &ack.origin, seq) && v.id() != version))
+                || gone.iter().any(|v| covers(&v.vv, &ack.origin, seq) && v.id() != version);
             let logged = store.conflicts.values().any(|r| {
                 r.bucket == *bucket
                     && r.key == *key
@@ -186,6 +247,9 @@ impl World {
         Ok(())
     }
 }
+
+/// What a node collected, by key.
+type Collected = std::collections::BTreeMap<concord_engine::DocKey, Vec<concord_core::lww::Version>>;
 
 fn covers(vv: &concord_core::vv::VersionVector, origin: &Origin, seq: u64) -> bool {
     vv.get(origin) >= seq

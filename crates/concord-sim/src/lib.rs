@@ -38,6 +38,7 @@ pub enum Mutation {
     IgnoreVersionVector,
     ApplyPastGaps,
     WaitBehindVoid,
+    CollectEarly,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,5 +111,6 @@ fn simulate(world: &mut World) -> Result<(), String> {
     }
     world.settle()?;
     world.redeliver_everything()?;
+    world.collect_all()?;
     world.check()
 }

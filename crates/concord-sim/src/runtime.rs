@@ -62,6 +62,35 @@ impl World {
         }
     }
 
+    /// The node collects what is stable among its registers holding a tombstone.
+    pub fn collect(&mut self, n: usize) -> Result<(), String> {
+        if self.nodes[n].engine.as_ref().is_none_or(|e| e.append_in_flight()) {
+            return Ok(());
+        }
+        let store = &self.nodes[n].store;
+        let keys: Vec<_> = store
+            .kv
+            .iter()
+            .filter(|(_, r)| r.versions().iter().any(|v| v.is_tombstone()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let engine = self.nodes[n].engine.as_ref().expect("up");
+        let prepared = engine.prepare_collect(keys);
+        let facts = self.load(n, prepared.needs());
+        let out = self.nodes[n].engine.as_mut().expect("up").apply_collect(prepared, &facts);
+        if let Some(batch) = &out.commit {
+            let node = &mut self.nodes[n];
+            for k in batch.kv_removed.iter().chain(batch.kv.iter().map(|(k, _)| k)) {
+                let before = facts.kv[k].register.as_ref().expect("a candidate holds a register");
+                node.collected.entry(k.clone()).or_default().extend(before.versions().iter().cloned());
+            }
+        }
+        if out.stats.tombstones_collected > 0 {
+            self.count("tombstones collected");
+        }
+        self.execute(n, out)
+    }
+
     fn start_append(&mut self, n: usize) -> Result<(), String> {
         let take = self.nodes[n].queue.len().min(1 + self.rng.below(BATCH_WRITES_MAX));
         let ids: Vec<u64> = self.nodes[n].queue.drain(..take).collect();

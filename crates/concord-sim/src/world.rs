@@ -59,6 +59,9 @@ pub struct SimNode {
     pub down_steps: u32,
     /// Every changeset range ever delivered to (or written by) this node, per origin.
     pub seen: BTreeMap<concord_core::ids::Origin, BTreeSet<(u64, u64)>>,
+    /// Every version of every register this node collected, by key (the checks' memory
+    /// of what collection took away).
+    pub collected: BTreeMap<concord_engine::DocKey, Vec<concord_core::lww::Version>>,
 }
 
 pub struct World {
@@ -129,6 +132,7 @@ impl World {
             inflight: VecDeque::new(),
             down_steps: 0,
             seen: BTreeMap::new(),
+            collected: BTreeMap::new(),
         });
         let n = self.nodes.len() - 1;
         self.start_node(n);
@@ -151,6 +155,7 @@ impl World {
             Mutation::IgnoreVersionVector => concord_engine::Mutation::IgnoreVersionVector,
             Mutation::ApplyPastGaps => concord_engine::Mutation::ApplyPastGaps,
             Mutation::WaitBehindVoid => concord_engine::Mutation::WaitBehindVoid,
+            Mutation::CollectEarly => concord_engine::Mutation::CollectEarly,
         });
         cfg
     }
@@ -221,6 +226,18 @@ impl World {
         id
     }
 
+    /// Every node writing for `region` marks (the runtime does it on a timer; here a
+    /// deposed writer that has not noticed yet may still think it writes).
+    pub fn mark(&mut self, region: usize) {
+        for n in 0..self.nodes.len() {
+            let writes = self.nodes[n].engine.as_ref().is_some_and(|e| e.writing_origin().is_some());
+            if self.nodes[n].region == region && writes {
+                let id = self.oracle.new_write(WriteOp::Mark, 0, None);
+                self.nodes[n].queue.push_back(id);
+            }
+        }
+    }
+
     /// One random step of the fault phase.
     pub fn step(&mut self) -> Result<(), String> {
         self.steps += 1;
@@ -236,7 +253,13 @@ impl World {
                 self.client_write(region, op, inc, resolves);
                 Ok(())
             }
-            25..=49 => self.activate(n),
+            25..=44 => self.activate(n),
+            45..=46 => {
+                let region = self.rng.below(self.regions.len());
+                self.mark(region);
+                Ok(())
+            }
+            47..=49 => self.collect(n),
             50..=79 => self.consume(n, self.faulty),
             80..=91 => {
                 self.copy_some_mirror();

@@ -130,3 +130,13 @@ fn waiting_behind_a_void_changeset_is_caught() {
     let why = failed.failure.expect("failed");
     assert!(why.contains("gaps"), "caught as a gap that never closes: {why}");
 }
+
+#[test]
+fn collecting_a_tombstone_before_every_region_applied_it_is_caught() {
+    // A write concurrent with a delete reaches a replica that already collected the
+    // tombstone: the key comes back there and nowhere else, or a later write of it is a
+    // conflict there and nowhere else.
+    let failed = caught(Mutation::CollectEarly);
+    let why = failed.failure.expect("failed");
+    assert!(why.contains("differ"), "caught as replicas that differ: {why}");
+}

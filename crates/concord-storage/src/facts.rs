@@ -86,6 +86,7 @@ impl Store {
             waiting: self.waiting()?,
             dead_letters: self.last_dead_letter()?,
             void_from: self.void_from()?,
+            marks: self.marks()?,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Local state of one replica, in one redb file.
 //!
-//! Tables: `kv` (bucket NUL key → stored LWW version), `docs` (bucket NUL key → saved
-//! Automerge document), `applied` (origin → highest contiguous sequence applied),
+//! Tables: `kv` (bucket NUL key → stored LWW version; a collected one is removed), `docs`
+//! (bucket NUL key → saved Automerge document), `applied` (origin → highest contiguous
+//! sequence applied), `marks` (origin → its latest mark: [`marks`]),
 //! `cursors` (log stream → last stream sequence consumed), `doc_pending` (bucket NUL
 //! key → Automerge changes waiting for their dependencies), the conflict log
 //! ([`conflicts`]), and what is held back ([`held`]: changesets waiting behind a gap,
@@ -36,6 +37,7 @@ mod conflicts;
 mod digest;
 mod facts;
 mod held;
+mod marks;
 mod snapshot;
 
 pub use concord_engine::Batch;
@@ -150,6 +152,7 @@ impl Store {
             tx.open_table(CONFLICTS_OPEN).map_err(db_err)?;
             tx.open_table(WAITING).map_err(db_err)?;
             tx.open_table(DEAD_LETTERS).map_err(db_err)?;
+            tx.open_table(marks::MARKS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(Store {
@@ -206,6 +209,40 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Registers holding a tombstone (candidates for collection), in key order after
+    /// `after` (a record key), looking at `scan_max` registers at most; and where the
+    /// next page starts (`None`: the end).
+    pub fn tombstone_candidates(
+        &self,
+        after: Option<&[u8]>,
+        scan_max: usize,
+    ) -> StorageResult<(Vec<concord_engine::DocKey>, Option<Vec<u8>>)> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(KV).map_err(db_err)?;
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        for entry in table.range(after.unwrap_or(&[])..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            if after == Some(k.value()) {
+                continue;
+            }
+            if scanned == scan_max {
+                return Ok((out, Some(k.value().to_vec())));
+            }
+            scanned += 1;
+            let key = k.value();
+            let split = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+            let (bucket, name) = (&key[..split], key.get(split + 1..).unwrap_or_default());
+            let what = || format!("{}/{}", String::from_utf8_lossy(bucket), String::from_utf8_lossy(name));
+            let register =
+                stored::decode(v.value()).map_err(|source| StorageError::Corrupt { what: what(), source })?;
+            if register.versions().iter().any(|v| v.is_tombstone()) {
+                out.push((String::from_utf8_lossy(bucket).into_owned(), String::from_utf8_lossy(name).into_owned()));
+            }
+        }
+        Ok((out, None))
     }
 
     pub fn get_doc(&self, bucket: &str, key: &str) -> StorageResult<Option<Vec<u8>>> {
@@ -300,6 +337,15 @@ impl Store {
             for ((bucket, key), register) in &batch.kv {
                 kv.insert(record_key(bucket, key).as_slice(), stored::encode(register).as_slice()).map_err(db_err)?;
             }
+        }
+        if !batch.kv_removed.is_empty() {
+            let mut kv = tx.open_table(KV).map_err(db_err)?;
+            for (bucket, key) in &batch.kv_removed {
+                kv.remove(record_key(bucket, key).as_slice()).map_err(db_err)?;
+            }
+        }
+        if !batch.marks.is_empty() {
+            marks::write_marks(&tx, &batch.marks)?;
         }
         if !batch.docs.is_empty() {
             let mut docs = tx.open_table(DOCS).map_err(db_err)?;

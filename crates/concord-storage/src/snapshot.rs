@@ -9,8 +9,9 @@
 //! `table(u8) key(bytes) value(bytes)` and a final `0` table byte. Version 2 adds the
 //! changesets waiting behind gaps (table 9): they belong with the applied vector they
 //! were held back from. Version 3 adds the origins void from a sequence on (table 10):
-//! they belong with the applied vector too. Dead letters stay with the replica that
-//! received them. Importing reads versions 1 to 3, refuses a non-empty store and writes everything in
+//! they belong with the applied vector too. Version 4 adds each origin's latest mark
+//! (table 11): the context of its later changes. Dead letters stay with the replica that
+//! received them. Importing reads versions 1 to 4, refuses a non-empty store and writes everything in
 //! one transaction; a conflict-log record that does not fit its table's layout refuses
 //! the snapshot.
 
@@ -25,7 +26,7 @@ use crate::held::WAITING;
 use crate::{APPLIED, CURSORS, DOC_PENDING, DOCS, KV, StorageError, StorageResult, Store, VOID_FROM, db_err};
 
 const MAGIC: &[u8; 3] = b"CSN";
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 const VALUE_BYTES_MAX: usize = 256 << 20;
 
 type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -34,6 +35,8 @@ const BYTE_TABLES: [(u8, BytesTable); 7] =
 const APPLIED_TABLE: u8 = 7;
 const CURSORS_TABLE: u8 = 8;
 const VOID_FROM_TABLE: u8 = 10;
+/// Version 4: each origin's latest mark (origin → its stored encoding).
+const MARKS_TABLE: u8 = 11;
 
 fn corrupt(e: CoreError) -> StorageError {
     StorageError::Corrupt { what: "snapshot".into(), source: e }
@@ -78,6 +81,15 @@ impl Store {
                 w.bytes(&v.value().to_be_bytes());
                 out.write_all(&w.finish()).map_err(io)?;
             }
+        }
+        let table = tx.open_table(crate::marks::MARKS).map_err(db_err)?;
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let mut w = Writer::new();
+            w.u8(MARKS_TABLE);
+            w.str(k.value());
+            w.bytes(v.value());
+            out.write_all(&w.finish()).map_err(io)?;
         }
         out.write_all(&[0]).map_err(io)?;
         out.flush().map_err(io)
@@ -132,6 +144,17 @@ impl Store {
                     tx.open_table(def)
                         .map_err(db_err)?
                         .insert(name.as_str(), u64::from_be_bytes(raw))
+                        .map_err(db_err)?;
+                }
+                MARKS_TABLE => {
+                    let name = String::from_utf8(r.bytes(1024).map_err(corrupt)?)
+                        .map_err(|_| corrupt(CoreError::Corrupt("a name that is not UTF-8".into())))?;
+                    let v = r.bytes(VALUE_BYTES_MAX).map_err(corrupt)?;
+                    name.parse::<concord_core::ids::Origin>().map_err(corrupt)?;
+                    crate::marks::decode(&v).map_err(corrupt)?;
+                    tx.open_table(crate::marks::MARKS)
+                        .map_err(db_err)?
+                        .insert(name.as_str(), v.as_slice())
                         .map_err(db_err)?;
                 }
                 id => {
