@@ -173,6 +173,11 @@ impl Metrics {
 pub fn view_gauges(scrape: &mut Scrape, view: &crate::view::EngineView) {
     scrape.gauge("parked_streams", "Streams parked now (see /v1/status: streams)", view.parked.len() as u64);
     scrape.gauge("origin_gaps", "Origins whose changesets wait behind a gap now", view.gaps.len() as u64);
+    scrape.gauge(
+        "context_waits",
+        "Origins whose next changeset waits until this replica applies what its mark says every region had",
+        view.context_waits as u64,
+    );
     scrape.gauge("changesets_waiting", "Changesets waiting behind gaps now", view.waiting as u64);
     scrape.gauge(
         "dead_letters_recorded",

@@ -23,6 +23,8 @@ pub struct EngineView {
     pub cursors: BTreeMap<String, u64>,
     pub parked: BTreeMap<String, Parked>,
     pub gaps: Vec<Gap>,
+    /// Origins whose next changeset waits for a mark's context (not a gap).
+    pub context_waits: usize,
     pub waiting: usize,
     /// Dead letters ever (ids given out).
     pub dead_letters: u64,
@@ -36,6 +38,7 @@ impl EngineView {
             cursors: engine.cursors().clone(),
             parked: engine.parked().clone(),
             gaps: engine.gaps(),
+            context_waits: engine.context_waits().len(),
             waiting: engine.waiting_count(),
             dead_letters: engine.dead_letters(),
         }
