@@ -56,6 +56,8 @@ pub(crate) struct Applied {
     dropped: Vec<DeadLetter>,
     /// The latest mark applied of each origin in this step.
     marks: BTreeMap<Origin, Mark>,
+    /// The latest sequence holding data applied of each origin in this step.
+    data_seq: BTreeMap<Origin, u64>,
 }
 
 /// What a step merged so far: LWW changes are in the overlay; document changes wait
@@ -67,6 +69,8 @@ pub(crate) struct Merged {
     pub docs: BTreeMap<DocKey, Vec<(ChangesetRef, automerge::Change)>>,
     /// The latest mark of each origin merged so far (the context of its later changes).
     pub marks: BTreeMap<Origin, Mark>,
+    /// The latest sequence of each origin merged that holds data.
+    pub data_seq: BTreeMap<Origin, u64>,
 }
 
 impl Engine {
@@ -147,6 +151,8 @@ impl Engine {
                     merged.marks.insert(cs.origin.clone(), mark);
                     continue;
                 }
+                let last = merged.data_seq.entry(cs.origin.clone()).or_insert(0);
+                *last = (*last).max(seq);
                 let context = merged.marks.get(&cs.origin).map(|m| &m.stable).or(self.context_of(&cs.origin));
                 self.merge(ov, &cs.origin, change, context, &mut merged.stats);
             }
@@ -169,7 +175,7 @@ impl Engine {
         mut ov: Overlay<'_>,
         merged: Merged,
     ) -> Result<Result<Applied, Refused>, Fatal> {
-        let Merged { stats, hlc_max, docs, marks } = merged;
+        let Merged { stats, hlc_max, docs, marks, data_seq } = merged;
         let mut refused = Refused::new();
         let mut dropped = Vec::new();
         for (k, changes) in docs {
@@ -181,7 +187,7 @@ impl Engine {
         if !refused.is_empty() {
             return Ok(Err(refused));
         }
-        Ok(Ok(Applied { batch: ov.into_batch()?, hlc_max, stats, dropped, marks }))
+        Ok(Ok(Applied { batch: ov.into_batch()?, hlc_max, stats, dropped, marks, data_seq }))
     }
 
     /// Merge one change into the step's state: an LWW version into its register, in
@@ -276,7 +282,11 @@ impl Engine {
 
     /// Take the applied plan into the engine's state and build the step's output.
     pub(crate) fn finish(&mut self, stream: &str, mut plan: Plan, applied: Applied) -> Output {
-        let Applied { mut batch, hlc_max, stats, dropped, marks } = applied;
+        let Applied { mut batch, hlc_max, stats, dropped, marks, data_seq } = applied;
+        for (origin, seq) in data_seq {
+            let last = self.data_seq.entry(origin).or_insert(0);
+            *last = (*last).max(seq);
+        }
         let mut out = Output { stats, ..Output::default() };
         let gaps_before: Vec<Origin> = self.waiting.keys().cloned().collect();
         let before = self.applied.clone();

@@ -164,6 +164,9 @@ pub struct Engine {
     pub(crate) marks: BTreeMap<Origin, Mark>,
     /// When this writer last made a mark (`now_ms` of that write), in its current epoch.
     pub(crate) marked_at_ms: Option<u64>,
+    /// Per origin, the latest sequence applied here that held data (not a mark): what
+    /// a mark has news of (in memory; unknown after a restart).
+    pub(crate) data_seq: BTreeMap<Origin, u64>,
 }
 
 /// What a held changeset's marks need that `applied` lacks.
@@ -226,6 +229,7 @@ impl Engine {
             void_from: durable.void_from,
             marks: durable.marks,
             marked_at_ms: None,
+            data_seq: BTreeMap::new(),
         };
         if start == StartAs::Leader {
             engine.begin_catch_up(None);

@@ -174,7 +174,8 @@ impl Engine {
         out.stats.marks_made = marks.len() as u64;
         let mut batch = ov.into_batch()?;
         batch.marks = marks;
-        let flight = Inflight { first_seq, last_seq: cs.last_seq(), members, batch };
+        let data_last = cs.changes.iter().rposition(|c| !c.body.is_mark()).map(|i| first_seq + i as u64);
+        let flight = Inflight { first_seq, last_seq: cs.last_seq(), members, batch, data_last };
         if let Writer::Writing { inflight, .. } = &mut self.writer {
             inflight.push_back(flight);
         }

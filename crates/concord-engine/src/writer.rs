@@ -67,6 +67,8 @@ pub(crate) struct Inflight {
     /// Each write of the changeset and, when it made a change, its sequence and time.
     pub members: Vec<(u64, Option<(u64, Hlc)>)>,
     pub batch: Batch,
+    /// The last sequence of the changeset that holds data (not a mark).
+    pub data_last: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -187,16 +189,22 @@ impl Engine {
     }
 
     /// Whether a writer should mark now (`now_ms`): it has not in this epoch, or its
-    /// last mark is `interval_ms` old and what it would say has changed.
+    /// last mark is `interval_ms` old and it has news: data applied that its last floor
+    /// does not cover, or data that its last `stable` did not cover and every region's
+    /// floors now cover more of. Marks alone are no news (each region's mark would
+    /// otherwise make the others mark, for ever): an idle deployment stops marking once
+    /// every mark covers all the data.
     pub fn mark_due(&self, now_ms: u64, interval_ms: u64) -> bool {
         let Some(origin) = self.writing_origin() else { return false };
         match self.marked_at_ms {
             None => true,
             Some(at) if now_ms.saturating_sub(at) < interval_ms => false,
-            Some(_) => self
-                .marks
-                .get(&origin)
-                .is_none_or(|m| m.floor != self.applied || m.stable != self.stable().unwrap_or_default()),
+            Some(_) => {
+                // The first mark of the epoch is on its way.
+                let Some(last) = self.marks.get(&origin) else { return false };
+                let news = |v: &concord_core::vv::VersionVector| self.data_seq.iter().any(|(o, s)| *s > v.get(o));
+                news(&last.floor) || (news(&last.stable) && self.stable().is_some_and(|s| s != last.stable))
+            }
         }
     }
 
@@ -406,6 +414,9 @@ impl Engine {
         self.cursors.insert(own.clone(), stream_seq);
         for (o, mark) in &flight.batch.marks {
             self.marks.insert(o.clone(), mark.clone());
+        }
+        if let Some(seq) = flight.data_last {
+            self.data_seq.insert(origin.clone(), seq);
         }
         let mut batch = flight.batch;
         batch.applied.push((origin.clone(), flight.last_seq));

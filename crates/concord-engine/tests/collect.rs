@@ -252,3 +252,31 @@ fn a_new_writer_waits_until_it_has_applied_its_regions_floor() {
     f.receive(&log_of("eu-west"), &eu_log);
     assert_eq!(f.engine.caught_up(last).0, CaughtUp::NeedEpoch);
 }
+
+#[test]
+fn marking_stops_once_every_mark_covers_all_the_data_and_then_everything_is_collected() {
+    let (mut us, mut eu) = (Replica::leader("us-east", "eu-west"), Replica::leader("eu-west", "us-east"));
+    us.put("k", "v");
+    eu.delete("k");
+    eu.put("other", "x");
+    exchange(&mut us, &mut eu);
+    let mut rounds = 0;
+    loop {
+        let (due_us, due_eu) = (us.engine.mark_due(us.now_ms, 0), eu.engine.mark_due(eu.now_ms, 0));
+        if !due_us && !due_eu {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds <= 8, "marks beget marks: no quiescence after {rounds} rounds");
+        if due_us {
+            us.mark();
+        }
+        if due_eu {
+            eu.mark();
+        }
+        exchange(&mut us, &mut eu);
+    }
+    assert!(rounds >= 2, "it took marks to make the delete stable ({rounds})");
+    assert_eq!((us.collect(), eu.collect()), (1, 1), "once quiet, every region's marks cover the delete");
+    assert_eq!(us.store.kv, eu.store.kv);
+}

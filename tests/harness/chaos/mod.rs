@@ -243,6 +243,9 @@ pub async fn wait_converged(nodes: &[(String, String)], timeout: Duration) -> (b
     }
 }
 
+/// How many passes the final state's capture makes at most.
+const CAPTURE_TRIES: usize = 5;
+
 async fn capture(
     cluster: &Cluster,
     nodes: &[(String, String)],
@@ -263,8 +266,19 @@ async fn capture(
     let registers: Vec<String> = registers.into_iter().collect();
     let docs: Vec<String> = DOCS.iter().chain([&COUNTER]).map(|d| d.to_string()).collect();
     let mut state = FinalState { converged, converge_ms, ..FinalState::default() };
-    for (name, url) in nodes {
-        state.nodes.insert(name.clone(), state::capture_node(url, &registers, &docs).await);
+    // Leaders go on marking their logs for a while after the last write (tombstone
+    // collection), so the nodes are read until one pass finds them at the same point
+    // (a few tries; the last pass stands, whatever it found).
+    for attempt in 0..CAPTURE_TRIES {
+        state.nodes.clear();
+        for (name, url) in nodes {
+            state.nodes.insert(name.clone(), state::capture_node(url, &registers, &docs).await);
+        }
+        let applied: Vec<_> = state.nodes.values().map(|n| n.status.as_ref().map(|s| &s.applied)).collect();
+        if !converged || applied.windows(2).all(|w| w[0] == w[1]) || attempt + 1 == CAPTURE_TRIES {
+            break;
+        }
+        wait_converged(nodes, Duration::from_secs(10)).await;
     }
     for region in REGIONS {
         match state::read_log(&cluster.nats(region), region).await {
