@@ -42,6 +42,7 @@ pub mod replay;
 mod start;
 pub mod streams;
 pub mod supervisor;
+mod upkeep;
 pub mod view;
 pub mod worker;
 

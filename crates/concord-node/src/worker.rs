@@ -57,6 +57,8 @@ use crate::lease::LeaseEvent;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::InFlight;
 use crate::streams::StreamControl;
+pub use crate::upkeep::CollectRequest;
+use crate::upkeep::{next_collect, next_repair};
 use crate::view::{self, Watches};
 
 /// A write as the API queues it.
@@ -105,7 +107,7 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     /// Until when the lease lets this node write (checked before every write batch).
     lease_deadline: Option<crate::lease::Deadline>,
     /// The time written into versions.
-    clock: WallClock,
+    pub(crate) clock: WallClock,
     /// Commits that wait for a durable one, and the sync that makes them durable.
     deferred: Deferred,
     /// Appends on their way to the log, oldest first.
@@ -118,14 +120,7 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     /// tried again from then on ([`concord_engine::CaughtUp::Waiting`]).
     pub(crate) catch_up_after: Option<tokio::time::Instant>,
     /// How often a writer marks ([`concord_engine::marks`]).
-    mark_interval_ms: u64,
-}
-
-/// Registers that may hold collectable tombstones, found by a scan of the store.
-pub struct CollectRequest {
-    pub keys: Vec<concord_engine::DocKey>,
-    /// How many tombstones were collected.
-    pub reply: oneshot::Sender<Result<u64, NodeError>>,
+    pub(crate) mark_interval_ms: u64,
 }
 
 impl<L: RegionLog, S: StreamControl> Worker<L, S> {
@@ -311,7 +306,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     }
 
     /// Make the batch's changeset and send it (its outcome comes later, in order).
-    async fn write(&mut self, batch: Vec<WriteRequest>) -> Result<(), NodeError> {
+    pub(crate) async fn write(&mut self, batch: Vec<WriteRequest>) -> Result<(), NodeError> {
         if self.lease_expired() && !self.engine().role_follows() {
             self.on_lease(LeaseEvent::Lost).await?;
         }
@@ -386,48 +381,6 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         self.after(out);
         Ok(())
-    }
-
-    /// Merge a repair from a peer's state (anti-entropy), then answer its sender.
-    async fn repair(&mut self, request: RepairRequest) -> Result<(), NodeError> {
-        let now = self.clock.now_ms();
-        let RepairRequest { repair, reply } = request;
-        let out = self
-            .step(move |e, s| {
-                let prepared = e.prepare_repair(repair, now);
-                let facts = s.load(prepared.needs())?;
-                Ok(e.apply_repair(prepared, &facts)?)
-            })
-            .await?;
-        self.after(out);
-        let _ = reply.send(Ok(()));
-        Ok(())
-    }
-
-    /// Collect what is stable among the candidates, then answer how many went.
-    async fn collect(&mut self, request: CollectRequest) -> Result<(), NodeError> {
-        let CollectRequest { keys, reply } = request;
-        let out = self
-            .step(move |e, s| {
-                let prepared = e.prepare_collect(keys);
-                let facts = s.load(prepared.needs())?;
-                Ok(e.apply_collect(prepared, &facts))
-            })
-            .await?;
-        let collected = out.stats.tombstones_collected;
-        self.after(out);
-        let _ = reply.send(Ok(collected));
-        Ok(())
-    }
-
-    /// A writer marks when it is due ([`concord_engine::marks`]): a write of its own, whose
-    /// answer nobody waits for.
-    async fn mark_if_due(&mut self) -> Result<(), NodeError> {
-        if !self.engine().mark_due(self.clock.now_ms(), self.mark_interval_ms) || !self.engine().takes_writes() {
-            return Ok(());
-        }
-        let (reply, _) = oneshot::channel();
-        self.write(vec![WriteRequest { op: WriteOp::Mark, resolves: None, reply }]).await
     }
 
     /// The lease's deadline passed (or this node holds none) while it still writes.
@@ -573,20 +526,6 @@ fn persist(store: &Store, batch: Option<&Batch>, unsynced: Option<bool>) -> Resu
 
 async fn next_lease_event(lease: &mut Option<mpsc::Receiver<LeaseEvent>>) -> Option<LeaseEvent> {
     match lease {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_repair(repairs: &mut Option<mpsc::Receiver<RepairRequest>>) -> Option<RepairRequest> {
-    match repairs {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_collect(collects: &mut Option<mpsc::Receiver<CollectRequest>>) -> Option<CollectRequest> {
-    match collects {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
