@@ -25,9 +25,16 @@ trap 'kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do [ -f "$DIR/cluster.json" ] && break; sleep 0.1; done
 [ -f "$DIR/cluster.json" ] || { echo "the cluster did not come up; see $DIR/logs" >&2; exit 1; }
 US=http://127.0.0.1:8301 US2=http://127.0.0.1:8302 EU=http://127.0.0.1:8311 AP=http://127.0.0.1:8321
+# The API takes requests with the deployment's token only; the CLI reads it from
+# CONCORD_TOKEN (or .cluster/cluster.json), curl is given it here.
+export CONCORD_TOKEN="$(cat "$DIR/secrets/api-token")"
+curl() { command curl -H "Authorization: Bearer $CONCORD_TOKEN" "$@"; }
 
 say "cluster.json: what runs where"
 cat "$DIR/cluster.json"
+
+say "without the token, the API answers 401"
+run command curl -s -w ' (HTTP %{http_code})\n' "$US/v1/kv/users/alice"
 
 wait_converged() {
   # Until every region reports no lag and the same applied vector.

@@ -39,4 +39,15 @@ export DOCKER_BUILDKIT=0
 docker build --quiet --build-arg BASE="$BASE" -f compose/images/concord.Dockerfile -t "concord:$TAG" "$ctx"
 docker build --quiet --build-arg CONCORD_IMAGE="concord:$TAG" -f compose/images/nats.Dockerfile \
   -t "concord-nats:$TAG" "$ctx"
+# The deployment's credentials, made once (kept across builds): compose.yaml mounts them.
+secrets=${CONCORD_SECRETS:-compose/secrets}
+if [ ! -f "$secrets/api-token" ]; then
+  echo "== making the deployment's credentials in $secrets"
+  mkdir -p "$secrets" && chmod 700 "$secrets"
+  for f in api-token api-read-token; do
+    # Readable in the containers (their user is not this one); the directory keeps
+    # other users of this machine out.
+    (umask 022; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secrets/$f"; echo >> "$secrets/$f")
+  done
+fi
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^concord(-nats)?:$TAG " || true

@@ -10,7 +10,7 @@ use std::process::Command;
 use concord_tests::{Nats, Node, TempDir, concord_bin, http};
 
 fn concord(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(concord_bin()).args(args).output().unwrap();
+    let out = Command::new(concord_bin()).args(args).env("CONCORD_TOKEN", concord_tests::TEST_TOKEN).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

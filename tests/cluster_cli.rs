@@ -8,7 +8,7 @@ use concord_tests::{TempDir, concord_bin, free_port};
 use serde_json::Value;
 
 fn concord(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(concord_bin()).args(args).output().unwrap();
+    let out = Command::new(concord_bin()).args(args).env("CONCORD_TOKEN", concord_tests::TEST_TOKEN).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -38,6 +38,7 @@ fn cluster_up_kill_start_and_the_client_commands() {
     let mut up = Command::new(concord_bin())
         .args(["cluster", "up", "--dir", d, "--regions", "us-east", "--port-offset", &offset])
         .current_dir(concord_tests::repo_root())
+        .env("CONCORD_API_TOKEN", concord_tests::TEST_TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

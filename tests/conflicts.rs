@@ -50,6 +50,7 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
     // appears and again when it changes.
     let mut follow = std::process::Command::new(concord_tests::concord_bin())
         .args(["conflicts", "--endpoint", &cluster.url("us-east"), "--follow", "--json", "--bucket", "users"])
+        .env("CONCORD_TOKEN", concord_tests::TEST_TOKEN)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -41,7 +41,7 @@ async fn wait_writes_resume(load: &Load, since: Instant) -> Duration {
 
 /// A write sent straight to `url`, redirects not followed: the status.
 async fn direct_write(url: &str, key: &str) -> reqwest::StatusCode {
-    let client = reqwest::Client::builder()
+    let client = concord_tests::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()

@@ -68,7 +68,7 @@ async fn followers_serve_reads_with_session_guarantees() {
 
     // Writes sent to a follower go to the leader (307), and `region` durability waits
     // for a follower.
-    let r = reqwest::Client::builder()
+    let r = concord_tests::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
@@ -79,8 +79,11 @@ async fn followers_serve_reads_with_session_guarantees() {
         .unwrap();
     assert_eq!(r.status(), 307);
     assert_eq!(r.headers()["location"], format!("{us}/v1/kv/f/redirected?durability=async"));
-    let r = client.put(format!("{}/v1/kv/f/redirected", n("us-east-2"))).body("followed").send().await.unwrap();
-    assert_eq!(r.status(), 200, "the redirect was not followed to the leader");
+    let r =
+        concord_tests::send_following(client.put(format!("{}/v1/kv/f/redirected", n("us-east-2"))).body("followed"))
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200, "the redirect, followed, leads to the leader");
     let r = client.put(format!("{us}/v1/kv/f/durable?durability=region")).body("d").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let ack: WriteAck = r.json().await.unwrap();

@@ -206,7 +206,10 @@ async fn a_request_past_the_timeout_answers_504_and_waits_end_before_it() {
     // What has no bound of its own is cut by the request timeout: a body that trickles
     // in (10 of the 1000 bytes announced, then nothing).
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", node.http_port)).await.unwrap();
-    let head = "PUT /v1/kv/b/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789";
+    let head = format!(
+        "PUT /v1/kv/b/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\n\r\n0123456789",
+        concord_tests::TEST_TOKEN
+    );
     conn.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), read_response(&mut conn))

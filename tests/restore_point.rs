@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 const DELETED: std::ops::Range<usize> = 0..6;
 
 fn concord(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(concord_bin()).args(args).output().unwrap();
+    let out = Command::new(concord_bin()).args(args).env("CONCORD_TOKEN", concord_tests::TEST_TOKEN).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -135,6 +135,7 @@ fn serve_refused(nats: &str, dir: &str) -> String {
         .args(["serve", "--node", "us-east-9", "--role", "follower", "--http", "127.0.0.1:0", "--nats", nats])
         .args(["--data-dir", dir])
         .env("CONCORD_REGION", "us-east")
+        .env("CONCORD_API_TOKEN", concord_tests::TEST_TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

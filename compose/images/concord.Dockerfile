@@ -14,6 +14,6 @@ ENV CONCORD_HTTP_LISTEN=0.0.0.0:8080 \
     CONCORD_DATA_DIR=/data
 EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["/usr/local/bin/concord", "probe", "http://127.0.0.1:8080/v1/status"]
+    CMD ["/usr/local/bin/concord", "probe", "http://127.0.0.1:8080/v1/health"]
 ENTRYPOINT ["/usr/local/bin/concord"]
 CMD ["serve"]

@@ -32,9 +32,11 @@ pub fn unavailable() -> Option<String> {
 /// the environment the test was started from: without what `cargo test` adds for the test
 /// (its `CARGO_*` variables and library path), which would make cargo rebuild it all.
 pub fn build_images() {
+    write_secrets();
     let mut cmd = Command::new("bash");
     let profile = std::env::var("CONCORD_E2E_PROFILE").unwrap_or_else(|_| "dev".into());
     cmd.arg("compose/build.sh").env("PROFILE", profile).env("TAG", TAG).current_dir(repo_root());
+    cmd.env("CONCORD_SECRETS", secrets_dir());
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         let keep = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref());
@@ -49,6 +51,20 @@ pub fn build_images() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The credentials the test's deployment uses (`CONCORD_SECRETS` of compose.yaml): the
+/// tests' API token, so the harness's clients speak to it; never the repository's own
+/// `compose/secrets`.
+pub fn secrets_dir() -> std::path::PathBuf {
+    repo_root().join("target/compose-secrets")
+}
+
+fn write_secrets() {
+    let dir = secrets_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("api-token"), format!("{}\n", crate::TEST_TOKEN)).unwrap();
+    std::fs::write(dir.join("api-read-token"), "concord-test-read-token-fedcba9876543210\n").unwrap();
 }
 
 /// How long one `docker` or `docker-compose` command may take: a stuck daemon fails the
@@ -77,7 +93,7 @@ fn output(mut cmd: Command, within: Duration) -> Result<Output, String> {
 /// stderr when it fails or does not finish within [`COMMAND_TIMEOUT`].
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let mut command = Command::new(cmd);
-    command.args(args).env("CONCORD_TAG", TAG).current_dir(repo_root());
+    command.args(args).env("CONCORD_TAG", TAG).env("CONCORD_SECRETS", secrets_dir()).current_dir(repo_root());
     let out = output(command, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
@@ -92,7 +108,7 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
 /// Like [`run`], for cleaning up: what went wrong is printed, not raised; stdout.
 fn output_of(cmd: &str, args: &[&str]) -> String {
     let mut command = Command::new(cmd);
-    command.args(args).env("CONCORD_TAG", TAG).current_dir(repo_root());
+    command.args(args).env("CONCORD_TAG", TAG).env("CONCORD_SECRETS", secrets_dir()).current_dir(repo_root());
     match output(command, COMMAND_TIMEOUT) {
         Ok(out) => {
             if !out.status.success() {

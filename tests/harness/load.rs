@@ -38,13 +38,14 @@ pub fn start_load_at(urls: Vec<String>, writers: usize) -> Load {
         let (urls, acked, times, stop) = (urls.clone(), load.acked.clone(), load.times.clone(), load.stop.clone());
         tasks.push(tokio::spawn(async move {
             // A client gives up on a silent node quickly and tries another.
-            let client = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().unwrap();
+            let client = crate::client_builder().timeout(Duration::from_millis(1500)).build().unwrap();
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
                 let (key, value) = (format!("w{w}-{n}"), format!("{w}:{n}"));
                 let url = &urls[(n as usize + w) % urls.len()];
-                let sent = client.put(format!("{url}/v1/kv/load/{key}")).body(value.clone()).send().await;
+                let sent =
+                    crate::send_following(client.put(format!("{url}/v1/kv/load/{key}")).body(value.clone())).await;
                 if sent.is_ok_and(|r| r.status() == 200) {
                     acked.lock().unwrap().insert(key, value);
                     times.lock().unwrap().push(Instant::now());

@@ -184,6 +184,7 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("CONCORD_REGION", &self.region)
+            .env("CONCORD_API_TOKEN", TEST_TOKEN)
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -201,7 +202,9 @@ impl Node {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.http_port)) {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let req = "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+                let req = format!(
+                    "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TEST_TOKEN}\r\nConnection: close\r\n\r\n"
+                );
                 let mut resp = String::new();
                 if s.write_all(req.as_bytes()).is_ok()
                     && s.read_to_string(&mut resp).is_ok()
@@ -266,8 +269,42 @@ pub fn seg(s: &str) -> String {
     concord_core::input::encode_segment(s)
 }
 
+/// The API token of every node and deployment the tests start (a node refuses to start
+/// without one).
+pub const TEST_TOKEN: &str = "concord-test-token-0123456789abcdef";
+
+/// A client builder that sends [`TEST_TOKEN`] with every request and follows no
+/// redirect by itself (the HTTP library would drop the token on a redirect to another
+/// port: follow them with [`send_following`]).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {TEST_TOKEN}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).redirect(reqwest::redirect::Policy::none())
+}
+
 pub fn http() -> reqwest::Client {
+    client_builder().timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+/// A client without the token (what an outsider sends).
+pub fn http_without_token() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+/// Send `req`, following 307/308 redirects (a write to a follower goes to its leader)
+/// with the same method, body and token.
+pub async fn send_following(req: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+    let (client, req) = req.build_split();
+    let mut req = req?;
+    for _ in 0..5 {
+        let resp = client.execute(req.try_clone().expect("a body that can be sent again")).await?;
+        if !matches!(resp.status().as_u16(), 307 | 308) {
+            return Ok(resp);
+        }
+        let next = resp.headers()[reqwest::header::LOCATION].to_str().expect("a Location").to_string();
+        *req.url_mut() = req.url().join(&next).expect("a Location URL");
+    }
+    client.execute(req).await
 }
 
 /// A node's `GET /v1/status`.
@@ -348,6 +385,7 @@ impl Cluster {
             .args(["--followers", &followers.to_string(), "--nats-servers", &servers.to_string()])
             .current_dir(repo_root())
             .env("CONCORD_NATS_SERVER", nats_bin())
+            .env("CONCORD_API_TOKEN", TEST_TOKEN)
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -401,7 +439,7 @@ impl Cluster {
 
     /// Run the `concord` client with `args`; returns (success, stdout, stderr).
     pub fn client(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(concord_bin()).args(args).output().unwrap();
+        let out = Command::new(concord_bin()).args(args).env("CONCORD_TOKEN", TEST_TOKEN).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 pub struct ClusterJson {
     /// By region name.
     pub regions: BTreeMap<String, ClusterRegion>,
+    /// The HTTP API's token, sent as `Authorization: Bearer <token>` (absent when the
+    /// API is open: `api_auth = "none"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A token that may only read (an extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

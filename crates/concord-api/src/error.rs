@@ -85,6 +85,11 @@ error_codes! {
     MethodNotAllowed = "method_not_allowed", [400];
     /// A NATS request names an operation this node does not know.
     UnknownOperation = "unknown_operation", [400];
+    // Credentials (401, 403).
+    /// No `Authorization: Bearer <token>`, or a token this deployment does not know.
+    Unauthorized = "unauthorized", [401];
+    /// The token may read, not write.
+    Forbidden = "forbidden", [403];
     // The state says no.
     /// Nothing there: no such key, document, record or route.
     NotFound = "not_found", [404];

@@ -27,6 +27,7 @@ pub async fn bootstrap_if_needed(
     store: &Store,
     log: &NatsLog,
     mirrors: &BTreeMap<String, RegionId>,
+    tokens: &crate::api::auth::Tokens,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if !store.applied()?.is_empty() {
         return Ok(());
@@ -48,7 +49,8 @@ pub async fn bootstrap_if_needed(
     let url = format!("{}/v1/snapshot", leader.http);
     info!(%url, trimmed = ?trimmed, "the log no longer holds everything: starting from the leader's snapshot");
     let file = cfg.data_dir.join("bootstrap.snapshot.partial");
-    let result = load(&url, &file, store).await;
+    let token = tokens.write_token().map(|t| t.expose().to_string());
+    let result = load(&url, &file, store, token.as_deref()).await;
     let _ = std::fs::remove_file(&file);
     result
 }
@@ -62,8 +64,13 @@ async fn load(
     url: &str,
     file: &std::path::Path,
     store: &Store,
+    token: Option<&str>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut resp = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?.get(url).send().await?;
+    let mut req = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?.get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let mut resp = req.send().await?;
     if !resp.status().is_success() {
         return Err(format!("snapshot from {url}: {}", resp.status()).into());
     }

@@ -130,6 +130,17 @@ pub struct NodeConfig {
     pub mark_interval_s: u64,
     /// Every replica looks for stable tombstones to collect this often. 0: never.
     pub gc_interval_s: u64,
+    /// `required` (the default): the HTTP API takes requests only with a bearer token of
+    /// the deployment, and the node refuses to start without one; `none`: the API is
+    /// open to whoever reaches it (a bench on loopback, never across a network).
+    pub api_auth: String,
+    /// The token that may read and write (`Authorization: Bearer <token>`): the first
+    /// line of `api_token_file`, or this (CONCORD_API_TOKEN). Never logged.
+    pub api_token: String,
+    pub api_token_file: String,
+    /// A token that may only read (optional), likewise.
+    pub api_read_token: String,
+    pub api_read_token_file: String,
     /// Test only: a file holding a skew in milliseconds added to this node's wall clock
     /// (the time its writes carry), read again while the node runs. Empty: none.
     pub test_clock_skew_file: String,
@@ -177,6 +188,11 @@ impl Default for NodeConfig {
             waiting_bytes_max: concord_engine::WAITING_BYTES_MAX_DEFAULT,
             lease_ttl_ms: 3_000,
             lease_renew_ms: 750,
+            api_auth: "required".into(),
+            api_token: String::new(),
+            api_token_file: String::new(),
+            api_read_token: String::new(),
+            api_read_token_file: String::new(),
             mark_interval_s: 10,
             gc_interval_s: 300,
             anti_entropy_interval_s: 300,
@@ -319,6 +335,29 @@ impl NodeConfig {
             )));
         }
         Ok(region)
+    }
+
+    /// The API's tokens, read from their files or fields (see `api_auth`).
+    pub fn tokens(&self) -> Result<crate::api::auth::Tokens, ConfigError> {
+        use crate::api::auth::{Secret, Tokens, read_token_file};
+        let load = |value: &str, file: &str| -> Result<Option<Secret>, ConfigError> {
+            match (value.is_empty(), file.is_empty()) {
+                (true, true) => Ok(None),
+                (false, true) => Ok(Some(Secret::new(value))),
+                (true, false) => read_token_file(Path::new(file)).map(Some).map_err(ConfigError::Invalid),
+                (false, false) => Err(ConfigError::Invalid("a token and its file are both set: set one".into())),
+            }
+        };
+        let write = load(&self.api_token, &self.api_token_file)?;
+        let read = load(&self.api_read_token, &self.api_read_token_file)?;
+        match (self.api_auth.as_str(), write) {
+            ("none", _) => Ok(Tokens::open()),
+            ("required", Some(write)) => Tokens::new(write, read).map_err(ConfigError::Invalid),
+            ("required", None) => Err(ConfigError::Invalid(
+                "the HTTP API needs a token: set api_token_file (or CONCORD_API_TOKEN), or api_auth = \"none\" to leave it open".into(),
+            )),
+            (other, _) => Err(ConfigError::Invalid(format!("api_auth {other:?}: use \"required\" or \"none\""))),
+        }
     }
 
     /// What the region's log and its mirrors keep.

@@ -16,6 +16,11 @@ pub enum NodeError {
     /// Ask another node (307): a write sent to a follower goes to the leader.
     #[error("{message}")]
     Redirect { message: String, location: String },
+    /// Present a token (401), or one that may do this (403).
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     /// Nothing there (404).
     #[error("{0}")]
     NotFound(String),
@@ -58,6 +63,8 @@ impl NodeError {
         match self {
             NodeError::BadRequest { .. } => 400,
             NodeError::NotFound(_) => 404,
+            NodeError::Unauthorized(_) => 401,
+            NodeError::Forbidden(_) => 403,
             NodeError::Redirect { .. } => 307,
             NodeError::TooLarge(_) => 413,
             NodeError::Conflict(_) => 409,
@@ -71,6 +78,8 @@ impl NodeError {
         match self {
             NodeError::BadRequest { code, .. } | NodeError::Unavailable { code, .. } => *code,
             NodeError::NotFound(_) => ErrorCode::NotFound,
+            NodeError::Unauthorized(_) => ErrorCode::Unauthorized,
+            NodeError::Forbidden(_) => ErrorCode::Forbidden,
             NodeError::Redirect { .. } => ErrorCode::NotLeader,
             NodeError::TooLarge(_) => ErrorCode::ValueTooLarge,
             NodeError::Conflict(_) => ErrorCode::AlreadyResolved,
@@ -132,6 +141,8 @@ mod tests {
             NodeError::bad(ErrorCode::BadKey, "k"),
             NodeError::Redirect { message: "m".into(), location: "l".into() },
             NodeError::NotFound("n".into()),
+            NodeError::Unauthorized("u".into()),
+            NodeError::Forbidden("f".into()),
             NodeError::Conflict("c".into()),
             NodeError::TooLarge("t".into()),
             NodeError::unavailable(ErrorCode::NotLeader, "fenced"),

@@ -104,6 +104,8 @@ pub struct Node {
     pub conflict_streams: api::OpenStreams,
     /// True once the node is stopping (long-lived answers end then).
     pub shutdown: watch::Receiver<bool>,
+    /// Who may use the HTTP API ([`api::auth`]).
+    pub tokens: api::auth::Tokens,
 }
 
 impl Node {
@@ -127,6 +129,7 @@ const CONFLICTS_QUEUE: usize = 1024;
 /// error says which).
 pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(), start::StartError> {
     let region = cfg.validate()?;
+    let tokens = cfg.tokens()?;
     replay::marker::refuse_to_serve(&cfg.data_dir)?;
     let store = Store::open_with_cache(&cfg.data_dir, cfg.cache_mib << 20)?
         .with_conflict_retention(cfg.conflicts_max, Duration::from_secs(cfg.conflicts_max_age_s));
@@ -143,7 +146,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let max_payload = start::check_max_payload(&cfg, &client)?;
     let (log, mirrors) = start::open_streams(&cfg, &region, &client, &mut stop.clone()).await?;
     if cfg.role == Role::Follower {
-        bootstrap::bootstrap_if_needed(&cfg, &store, &log, &mirrors).await?;
+        bootstrap::bootstrap_if_needed(&cfg, &store, &log, &mirrors, &tokens).await?;
     }
     let leases = Arc::new(log.leases().await?);
     let me = LeaseRecord { node: cfg.node.clone(), http: cfg.advertised_url() };
@@ -218,6 +221,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         conflict_feed: views.conflicts.clone(),
         conflict_streams: Default::default(),
         shutdown: sup.shutdown(),
+        tokens,
     });
     serve(node, sup, &mut fatal, &stop_tx, &client).await
 }

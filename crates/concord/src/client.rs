@@ -15,11 +15,11 @@ pub struct Endpoint {
 pub use concord_core::input::encode_segment;
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().expect("HTTP client")
+    crate::http::client(std::time::Duration::from_secs(60))
 }
 
 async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
-    let resp = req.send().await.context("sending the request")?;
+    let resp = crate::http::execute(req).await.context("sending the request")?;
     let status = resp.status();
     let body = resp.bytes().await.context("reading the response")?.to_vec();
     if !status.is_success() {
@@ -55,7 +55,7 @@ pub async fn put(
 
 /// `GET url`: fine when it answers 2xx within `timeout_ms`.
 pub async fn probe(url: &str, timeout_ms: u64) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_millis(timeout_ms)).build()?;
+    let client = crate::http::client(std::time::Duration::from_millis(timeout_ms));
     send(client.get(url)).await.with_context(|| format!("probing {url}"))?;
     Ok(())
 }

@@ -22,7 +22,11 @@ async fn fetch(ep: &Endpoint, f: &Filter) -> anyhow::Result<Vec<Value>> {
             url.push_str(&format!("&{name}={}", encode_segment(v)));
         }
     }
-    let resp = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
+    let resp = crate::http::client(std::time::Duration::from_secs(60))
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     let body: Value = resp.json().await.context("decoding the conflict log")?;
     if !status.is_success() {
@@ -165,12 +169,13 @@ async fn subscribe(ep: &Endpoint, f: &Filter) -> anyhow::Result<reqwest::Respons
             sep = '&';
         }
     }
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    let resp = crate::http::execute(
+        crate::http::client(std::time::Duration::from_secs(u64::from(u32::MAX)))
+            .get(&url)
+            .header("accept", "text/event-stream"),
+    )
+    .await
+    .with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     if !status.is_success() {
         bail!("{status}: {}", resp.text().await.unwrap_or_default().trim());
@@ -240,7 +245,8 @@ pub async fn resolve(ep: &Endpoint, id: &str, value: Option<String>, pick: Optio
         _ => bail!("give --value or --pick"),
     };
     let url = format!("{}/v1/conflicts/{}/resolve", ep.endpoint, encode_segment(id));
-    let resp = reqwest::Client::new().post(&url).json(&body).send().await.with_context(|| format!("POST {url}"))?;
+    let client = crate::http::client(std::time::Duration::from_secs(60));
+    let resp = crate::http::execute(client.post(&url).json(&body)).await.with_context(|| format!("POST {url}"))?;
     let status = resp.status();
     let text = resp.text().await?;
     if !status.is_success() {

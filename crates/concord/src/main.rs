@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod cluster;
 mod conflicts;
+mod http;
 mod status;
 
 use std::path::PathBuf;
@@ -189,6 +190,14 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // The API token the client commands send (see `http`): `cluster up` makes its own, a
+    // bench makes one for the deployments it starts.
+    match &cli.command {
+        Command::Bench(_) => http::set(Some(http::new_token())),
+        Command::Cluster { .. } | Command::Serve(_) => {}
+        Command::Status(args) => http::init(args.dir.as_deref()),
+        _ => http::init(None),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {

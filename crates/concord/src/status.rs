@@ -29,7 +29,7 @@ pub struct StatusArgs {
     /// A local deployment's directory: ask every node its `cluster.json` lists (instead
     /// of `--endpoint`).
     #[arg(long)]
-    dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     /// One JSON object instead of the table (`{"nodes": [...]}`; one line per round with
     /// `--watch`).
     #[arg(long)]
@@ -70,7 +70,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             _ => anyhow::bail!("--watch {s}: a number of seconds up to {} please", WATCH_MAX.as_secs()),
         },
     };
-    let client = reqwest::Client::builder().timeout(ASK_TIMEOUT).build().context("an HTTP client")?;
+    let client = crate::http::client(ASK_TIMEOUT);
     loop {
         let deployment = ask_all(&client, &targets).await;
         let unreachable = deployment.nodes.iter().filter(|n| n.status.is_none()).count();

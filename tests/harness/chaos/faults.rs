@@ -63,7 +63,7 @@ impl Injector<'_> {
 
     /// The node of `region` that writes now, if one answers that it does.
     async fn leader_of(&self, region: &str) -> Option<String> {
-        let client = reqwest::Client::builder().timeout(Duration::from_millis(800)).build().unwrap();
+        let client = crate::client_builder().timeout(Duration::from_millis(800)).build().unwrap();
         for (name, url) in self.nodes.iter().filter(|(n, _)| n.starts_with(&format!("{region}-"))) {
             if let Ok(r) = client.get(format!("{url}/v1/status")).send().await
                 && let Ok(s) = r.json::<concord_api::StatusBody>().await

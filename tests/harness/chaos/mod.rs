@@ -192,7 +192,7 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<Vec<String>> {
 /// Each region writes its fixed keys; us-east creates the shared counter; then wait
 /// until every node has all of it. Returns the fixed keys and values.
 async fn setup(cluster: &Cluster, nodes: &[(String, String)]) -> anyhow::Result<Vec<(String, String)>> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
+    let client = crate::client_builder().timeout(Duration::from_secs(20)).build()?;
     let mut fixed = Vec::new();
     for region in REGIONS {
         let leader = crate::load::writing_node(cluster, region, "", Duration::from_secs(60)).await;
@@ -216,7 +216,7 @@ async fn setup(cluster: &Cluster, nodes: &[(String, String)]) -> anyhow::Result<
 
 /// Wait until every node answers with the same applied vector and no lag.
 pub async fn wait_converged(nodes: &[(String, String)], timeout: Duration) -> (bool, u64) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let client = crate::client_builder().timeout(Duration::from_secs(2)).build().unwrap();
     let started = Instant::now();
     loop {
         let mut applied = Vec::new();

@@ -83,7 +83,7 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Result<Option<Value>, 
 
 /// Capture what node `url` shows of `registers` and `docs`.
 pub async fn capture_node(url: &str, registers: &[String], docs: &[String]) -> NodeState {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = crate::client_builder().timeout(Duration::from_secs(10)).build().unwrap();
     let mut state = NodeState::default();
     match get_json(&client, &format!("{url}/v1/status")).await {
         Ok(Some(v)) => state.status = serde_json::from_value(v).ok(),

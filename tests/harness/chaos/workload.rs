@@ -67,7 +67,7 @@ impl Client {
             rec,
             stop,
             token: VersionVector::new(),
-            http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap(),
+            http: crate::client_builder().timeout(REQUEST_TIMEOUT).build().unwrap(),
             n: 0,
             props: Vec::new(),
             backoff: false,
@@ -131,7 +131,7 @@ impl Client {
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
         let req = req.header("concord-token", concord_core::token::encode(&self.token));
-        match req.send().await {
+        match crate::send_following(req).await {
             Ok(r) => {
                 let status = r.status().as_u16();
                 let token = r.headers().get("concord-token").and_then(|v| v.to_str().ok()).map(String::from);

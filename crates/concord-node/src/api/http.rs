@@ -19,6 +19,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use concord_api::ErrorCode;
 
+use super::auth::Access;
 use super::deployment::Gatherer;
 use super::limits::{Class, Deadline, Limits};
 use super::{Params, Reply};
@@ -57,6 +58,7 @@ enum Route {
     DeadLetters,
     Deployment,
     Ui,
+    Health,
     NotFound,
 }
 
@@ -70,6 +72,7 @@ impl Route {
             "/v1/conflicts/events" => Route::ConflictEvents,
             "/v1/dead-letters" => Route::DeadLetters,
             "/v1/deployment" => Route::Deployment,
+            "/v1/health" => Route::Health,
             "/ui" => Route::Ui,
             p if p.starts_with("/ui/") => Route::Ui,
             p if p.starts_with("/v1/kv/") => Route::Kv,
@@ -84,9 +87,20 @@ impl Route {
 
     fn class(self) -> Class {
         match self {
-            Route::Status | Route::Metrics | Route::Deployment | Route::Ui => Class::Operator,
+            Route::Status | Route::Metrics | Route::Deployment | Route::Ui | Route::Health => Class::Operator,
             Route::Snapshot => Class::Bulk,
             _ => Class::Data,
+        }
+    }
+
+    /// What a token must allow for `method` on this route; `None`: open to anyone (no
+    /// data: the health check, the dashboard's static files).
+    fn access(self, method: &Method) -> Option<Access> {
+        match self {
+            Route::Ui | Route::Health => None,
+            Route::ConflictResolve => Some(Access::Write),
+            Route::Kv | Route::Docs if method != Method::GET && method != Method::HEAD => Some(Access::Write),
+            _ => Some(Access::Read),
         }
     }
 
@@ -105,6 +119,16 @@ impl Route {
 /// answer: every response carries the session token and the region.
 async fn dispatch(State(http): State<Http>, mut req: Request) -> Response {
     let route = Route::of(req.uri().path());
+    if let Some(needs) = route.access(req.method())
+        && let Err(e) = http.node.tokens.check(req.headers(), needs)
+    {
+        // Nothing of the node's state (not even its session token) to whoever has no token.
+        let mut resp = respond(Reply::error(&e));
+        if matches!(e, NodeError::Unauthorized(_)) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, super::auth::challenge());
+        }
+        return resp;
+    }
     let resp = if route == Route::NotFound {
         respond(Reply::error(&NodeError::NotFound("no such route".into())))
     } else if route.method().is_some_and(|m| m != req.method()) {
@@ -130,6 +154,7 @@ async fn serve(http: &Http, route: Route, req: Request) -> Response {
     let resp = match route {
         Route::Deployment => respond(http.deployment.reply(node).await),
         Route::Ui => ui(req.uri().path()),
+        Route::Health => respond(Reply::json(200, serde_json::json!({"ok": true}))),
         _ => route_to(node, route, req).await,
     };
     if read {
@@ -160,7 +185,7 @@ async fn route_to(node: &Arc<Node>, route: Route, req: Request) -> Response {
         Route::Conflict => respond(super::conflict_get(node, &conflict_id(req.uri().path())).await.into()),
         Route::ConflictResolve => conflict_resolve(node, req).await,
         Route::DeadLetters => respond(super::dead_letters(node, &params(req.uri().query())).await.into()),
-        Route::Deployment | Route::Ui => unreachable!("served by `serve`"),
+        Route::Deployment | Route::Ui | Route::Health => unreachable!("served by `serve`"),
         Route::NotFound => unreachable!("answered before admission"),
     }
 }

@@ -5,6 +5,7 @@
 //! `concord_api`; both front ends run every request under the same kind of
 //! [`limits`] (concurrency, timeout), each with its own budget.
 
+pub mod auth;
 mod conflicts;
 mod dead_letters;
 pub mod deployment;

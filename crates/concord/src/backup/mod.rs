@@ -111,7 +111,9 @@ fn load_into_empty(store: &Store, from: &Path, data_dir: &Path) -> anyhow::Resul
 
 /// Stream `url` into `path`, with a progress bar on stderr. Returns the bytes written.
 async fn download(url: &str, path: &Path) -> anyhow::Result<u64> {
-    let mut resp = reqwest::Client::new().get(url).send().await.with_context(|| format!("GET {url}"))?;
+    // A whole store may take long to send: no overall timeout but a day's.
+    let client = crate::http::client(Duration::from_secs(24 * 3600));
+    let mut resp = client.get(url).send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     if !status.is_success() {
         bail!("GET {url}: {status}: {}", resp.text().await.unwrap_or_default().trim());

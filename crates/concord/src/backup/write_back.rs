@@ -69,7 +69,7 @@ pub async fn run(store: &Store, dir: &Path, url: &str, args: &WriteBackArgs) -> 
     let Some(bucket) = &args.bucket else { bail!("--write-back needs --bucket") };
     let prefix = args.prefix.as_deref().unwrap_or("");
     let base = url.trim_end_matches('/');
-    let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
+    let http = crate::http::client(REQUEST_TIMEOUT);
     let verb = if args.dry_run { "would write" } else { "wrote" };
     let to = Target { http, base, bucket, prefix, missing_only: args.missing_only, dry_run: args.dry_run };
     let keys = kv(store, &to).await?;
@@ -165,7 +165,7 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Option<Vec<u8>
 }
 
 async fn send(req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<()> {
-    let resp = req.send().await.with_context(|| format!("writing {url}"))?;
+    let resp = crate::http::execute(req).await.with_context(|| format!("writing {url}"))?;
     let status = resp.status();
     if !status.is_success() {
         bail!("writing {url}: {status}: {}", resp.text().await.unwrap_or_default().trim());

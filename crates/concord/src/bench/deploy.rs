@@ -32,6 +32,7 @@ impl Deployment {
             .arg(dir)
             .args(["--regions", &regions.join(","), "--followers", "1", "--port-offset", &port_offset.to_string()])
             .env("RUST_LOG", "warn")
+            .envs(crate::http::token().map(|t| ("CONCORD_API_TOKEN", t)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -41,7 +42,7 @@ impl Deployment {
             dir: dir.to_path_buf(),
             cluster: ClusterJson::default(),
             child,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            http: crate::http::client(Duration::from_secs(10)),
         };
         let deadline = Instant::now() + Duration::from_secs(180);
         let path = dir.join("cluster.json");

@@ -157,7 +157,8 @@ async fn http_call(
     token: Option<&str>,
 ) -> anyhow::Result<Answer> {
     buf.clear();
-    let token_header = token.map(|t| format!("Concord-Token: {t}\r\nConcord-Wait-Ms: 30000\r\n")).unwrap_or_default();
+    let session = token.map(|t| format!("Concord-Token: {t}\r\nConcord-Wait-Ms: 30000\r\n")).unwrap_or_default();
+    let token_header = format!("{}{session}", crate::http::authorization_line());
     match request {
         Request::Put(durability) => {
             buf.extend_from_slice(

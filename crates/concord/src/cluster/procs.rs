@@ -67,7 +67,12 @@ pub fn spawn(dir: &Path, mut spec: ProcSpec) -> anyhow::Result<Child> {
     }
     std::fs::create_dir_all(dir.join("logs"))?;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path(dir, &spec.name))?;
-    let child = Command::new(&spec.program)
+    let mut cmd = Command::new(&spec.program);
+    // Credentials reach a process only as its spec says (by file), never by inheritance.
+    for var in super::up::SECRET_ENV {
+        cmd.env_remove(var);
+    }
+    let child = cmd
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

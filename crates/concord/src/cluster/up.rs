@@ -31,9 +31,14 @@ pub async fn up(dir: &Path, layout: Layout) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
     let _ = std::fs::remove_dir_all(dir.join("procs"));
     check_ports_free(&layout)?;
+    let tokens = api_tokens(&dir)?;
+    crate::http::set(tokens.as_ref().map(|t| t.0.clone()));
     let (faults_tx, faults) = start_proxies(&dir, &layout).await?;
     let mut d = Deployment { dir, layout, children: Vec::new(), faults };
     let mut cluster = ClusterJson::default();
+    if let Some((token, read)) = tokens {
+        (cluster.token, cluster.read_token) = (Some(token), Some(read));
+    }
     for i in 0..d.layout.regions.len() {
         start_region_nats(&mut d, i)?;
         let region = start_nodes(&mut d, i).await?;
@@ -167,8 +172,19 @@ async fn start_nodes(d: &mut Deployment, i: usize) -> anyhow::Result<ClusterRegi
         ];
         // The node's configuration from this environment (CONCORD_*), kept for restarts,
         // and its test-only clock skew file (`concord cluster skew`).
-        let mut env: Vec<(String, String)> =
-            std::env::vars().filter(|(k, _)| k.starts_with("CONCORD_") && k != "CONCORD_NATS_SERVER").collect();
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| {
+                k.starts_with("CONCORD_") && k != "CONCORD_NATS_SERVER" && !SECRET_ENV.contains(&k.as_str())
+            })
+            .collect();
+        if api_auth_required() {
+            // The tokens go by file, so no record of the deployment (DIR/procs) holds them.
+            for (var, file) in
+                [("CONCORD_API_TOKEN_FILE", TOKEN_FILE), ("CONCORD_API_READ_TOKEN_FILE", READ_TOKEN_FILE)]
+            {
+                env.push((var.into(), d.dir.join(file).display().to_string()));
+            }
+        }
         env.push(("CONCORD_TEST_CLOCK_SKEW_FILE".into(), skew_path(&d.dir, &node).display().to_string()));
         let spec = procs::ProcSpec { name: node.clone(), program: concord_bin.clone(), args, env, pid: None };
         d.children.push(procs::spawn(&d.dir, spec)?);
@@ -177,6 +193,46 @@ async fn start_nodes(d: &mut Deployment, i: usize) -> anyhow::Result<ClusterRegi
     let servers: Vec<String> =
         (1..=d.layout.servers).map(|k| format!("nats://127.0.0.1:{}", d.layout.server_port(i, k))).collect();
     Ok(ClusterRegion { nats: servers[0].clone(), nats_servers: servers, nodes })
+}
+
+/// Environment a node does not inherit from `cluster up` (credentials go by file).
+pub const SECRET_ENV: [&str; 4] =
+    ["CONCORD_API_TOKEN", "CONCORD_API_READ_TOKEN", "CONCORD_API_TOKEN_FILE", "CONCORD_API_READ_TOKEN_FILE"];
+/// Where the deployment's API tokens are kept (readable by this user only).
+pub const TOKEN_FILE: &str = "secrets/api-token";
+pub const READ_TOKEN_FILE: &str = "secrets/api-read-token";
+
+/// Whether the nodes take requests only with a token (unless `CONCORD_API_AUTH=none`).
+fn api_auth_required() -> bool {
+    std::env::var("CONCORD_API_AUTH").map_or(true, |v| v != "none")
+}
+
+/// The deployment's API tokens, written to `DIR/secrets` (mode 0600): the read-write
+/// one from `CONCORD_API_TOKEN` when set (a test or bench that starts several
+/// deployments), else new; a new read-only one. `None` when the API is open.
+fn api_tokens(dir: &Path) -> anyhow::Result<Option<(String, String)>> {
+    if !api_auth_required() {
+        return Ok(None);
+    }
+    let given = |var: &str| std::env::var(var).ok().filter(|t| !t.trim().is_empty());
+    let token = given("CONCORD_API_TOKEN").unwrap_or_else(crate::http::new_token);
+    let read = given("CONCORD_API_READ_TOKEN").unwrap_or_else(crate::http::new_token);
+    std::fs::create_dir_all(dir.join("secrets"))?;
+    for (file, value) in [(TOKEN_FILE, &token), (READ_TOKEN_FILE, &read)] {
+        write_secret(&dir.join(file), value)?;
+    }
+    Ok(Some((token, read)))
+}
+
+/// Write a credential readable by this user only.
+pub fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(value.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok(())
 }
 
 /// Wait until every node answers its status, or fail naming the one that did not.
@@ -257,7 +313,7 @@ fn wait_tcp(addr: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Result<(
 
 /// Wait until `url` answers `/v1/status`, or fail as soon as process `pid` exits.
 async fn wait_http(url: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let client = crate::http::client(Duration::from_secs(2));
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(r) = client.get(format!("{url}/v1/status")).send().await
@@ -277,10 +333,7 @@ async fn wait_http(url: &str, pid: Option<u32>, timeout: Duration) -> anyhow::Re
 
 /// Wait until every leader reports all its mirrors connected (`mirror_connected`).
 async fn wait_connected(cluster: &ClusterJson, timeout: Duration) -> bool {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(2)).build() {
-        Ok(c) => c,
-        Err(_) => return false,
-    };
+    let client = crate::http::client(Duration::from_secs(2));
     let deadline = Instant::now() + timeout;
     loop {
         let mut all = true;
