@@ -33,13 +33,15 @@ const ERRORS_MAX: usize = 100;
 const MESSAGE_BYTES_MAX: usize = 64 << 20;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+/// Errors the pages reported, each with the session of the page that reported it.
+type Errors = Arc<Mutex<Vec<(Option<String>, String)>>>;
 
 /// A running headless Chromium.
 pub struct Browser {
     child: Child,
     commands: Mutex<File>,
     pending: Pending,
-    errors: Arc<Mutex<Vec<String>>>,
+    errors: Errors,
     next_id: AtomicU64,
     profile: TempDir,
 }
@@ -104,7 +106,7 @@ impl Browser {
         let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", bin.display()))?;
         drop((their_in, their_out));
         let pending: Pending = Default::default();
-        let errors: Arc<Mutex<Vec<String>>> = Default::default();
+        let errors: Errors = Default::default();
         let (p, e) = (pending.clone(), errors.clone());
         std::thread::spawn(move || read_messages(File::from(answers), p, e));
         Ok(Browser {
@@ -125,7 +127,7 @@ impl Browser {
 
     /// Errors the pages reported (uncaught exceptions, console errors, failed loads).
     pub fn errors(&self) -> Vec<String> {
-        self.errors.lock().unwrap().clone()
+        self.errors.lock().unwrap().iter().map(|(_, e)| e.clone()).collect()
     }
 
     /// Send one command (to a page when `session` is set) and wait for its result.
@@ -173,7 +175,7 @@ impl Browser {
 }
 
 /// Route answers to their callers; keep what the pages report as errors.
-fn read_messages(from: File, pending: Pending, errors: Arc<Mutex<Vec<String>>>) {
+fn read_messages(from: File, pending: Pending, errors: Errors) {
     let mut reader = BufReader::new(from);
     let mut buf = Vec::new();
     loop {
@@ -193,7 +195,7 @@ fn read_messages(from: File, pending: Pending, errors: Arc<Mutex<Vec<String>>>) 
         } else if let Some(text) = page_error(&msg) {
             let mut errors = errors.lock().unwrap();
             if errors.len() < ERRORS_MAX {
-                errors.push(text);
+                errors.push((msg["sessionId"].as_str().map(String::from), text));
             }
         }
     }
@@ -272,14 +274,40 @@ impl Page<'_> {
         }
     }
 
-    /// Load `url` and wait until its document has loaded.
+    /// Errors this page reported.
+    pub fn errors(&self) -> Vec<String> {
+        let errors = self.browser.errors.lock().unwrap();
+        errors.iter().filter(|(s, _)| s.as_deref() == Some(self.session.as_str())).map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Load `url` (its fragment is the page's: it may take it off the address bar) and
+    /// wait until its document has loaded.
     pub async fn navigate(&self, url: &str) -> Result<(), String> {
-        let r = self.call("Page.navigate", json!({"url": url})).await?;
+        let without_fragment = url.split('#').next().unwrap_or(url);
+        self.load(&format!("{without_fragment} loaded"), "Page.navigate", json!({"url": url}), without_fragment).await
+    }
+
+    /// Load the page again and wait until it has loaded.
+    pub async fn reload(&self) -> Result<(), String> {
+        let href = self.eval("location.href.split('#')[0]").await?;
+        let href = href.as_str().ok_or("no location")?;
+        self.load(&format!("{href} reloaded"), "Page.reload", json!({}), href).await
+    }
+
+    /// Run `method`, then wait for a new document at `href` (fragment aside) to have
+    /// loaded: the old one is marked first, so its own `complete` is not taken for it.
+    async fn load(&self, what: &str, method: &str, params: Value, href: &str) -> Result<(), String> {
+        self.eval("window.__cdpOldDocument = true").await?;
+        let r = self.call(method, params).await?;
         if let Some(e) = r.get("errorText") {
-            return Err(format!("loading {url}: {e}"));
+            return Err(format!("{what}: {e}"));
         }
-        let loaded = format!("location.href === {} && document.readyState === 'complete'", json!(url));
-        self.wait_for(&format!("{url} loaded"), &loaded, Duration::from_secs(30)).await;
+        let loaded = format!(
+            "window.__cdpOldDocument === undefined && location.href.split('#')[0] === {} \
+             && document.readyState === 'complete'",
+            json!(href)
+        );
+        self.wait_for(what, &loaded, Duration::from_secs(30)).await;
         Ok(())
     }
 

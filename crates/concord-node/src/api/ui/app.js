@@ -1,7 +1,12 @@
 // The dashboard's main loop. Every POLL_MS it asks this node for the whole deployment
 // (GET /v1/deployment), shows the regions, and keeps the lag history the charts draw;
 // the conflict feed runs beside it (conflicts.js). Nothing but this node is contacted.
+//
+// Every request carries the API token (auth.js). Without one, or once the node refused
+// it, the page shows the token form instead of the data, and asks nothing of the node
+// until a token is given.
 
+import { giveToken, invalidToken, takeTokenFromFragment, token, tokens, api, Unauthorized } from "/ui/auth.js";
 import { renderRegions } from "/ui/regions.js";
 import { LagHistory, drawCharts } from "/ui/chart.js";
 import { ConflictFeed } from "/ui/conflicts.js";
@@ -60,14 +65,49 @@ function showError(e) {
 async function poll() {
   const started = Date.now();
   try {
-    const resp = await fetch("/v1/deployment", { cache: "no-store" });
+    const resp = await api("/v1/deployment");
     if (!resp.ok) throw new Error(`GET /v1/deployment answered ${resp.status}`);
     render(await resp.json(), Date.now());
   } catch (e) {
-    showError(e);
+    if (!(e instanceof Unauthorized)) showError(e);
   }
   setTimeout(poll, Math.max(PAUSE_MIN_MS, POLL_MS - (Date.now() - started)));
 }
 
+// The form instead of the data, saying why.
+function askForToken(why) {
+  $("token-reason").textContent = why;
+  $("token-section").hidden = false;
+  $("data").hidden = true;
+  $("health").textContent = "no token";
+  $("health").className = "pill bad";
+  $("token-input").focus();
+}
+
+function showData() {
+  $("token-section").hidden = true;
+  $("data").hidden = false;
+  $("health").textContent = "asking this node…";
+  $("health").className = "pill";
+}
+
+$("token-form").addEventListener("submit", (e) => {
+  e.preventDefault(); // nothing is submitted anywhere: the token stays in this page
+  const input = $("token-input");
+  const text = input.value.trim();
+  const invalid = invalidToken(text);
+  if (invalid) {
+    $("token-reason").textContent = invalid;
+    return;
+  }
+  input.value = "";
+  giveToken(text);
+});
+tokens.addEventListener("needed", (e) => askForToken(e.detail));
+tokens.addEventListener("given", showData);
+
+const fragmentRefused = takeTokenFromFragment();
+if (token() === null) askForToken(fragmentRefused || "");
+else showData();
 poll();
 feed.start();

@@ -2,18 +2,23 @@
 // competing versions side by side, and buttons that resolve it.
 //
 // Live, and never backwards: the feed subscribes first (GET /v1/conflicts/events, as
-// server-sent events), then lists (GET /v1/conflicts) once the stream is open, so a
-// record committed in between is in one or the other. A record only grows (versions
-// join it, it is resolved once), so an older state of one already shown is ignored.
-// When a version joins, the node replaces the record with one under a new id: a record
-// whose versions another open record of the same key holds is dropped. A `lagged`
-// event (this page was too slow for the node's feed) or a reconnect lists again.
+// server-sent events, read by sse.js because EventSource cannot send the token), then
+// lists (GET /v1/conflicts) once the stream is open, so a record committed in between
+// is in one or the other. A record only grows (versions join it, it is resolved once),
+// so an older state of one already shown is ignored. When a version joins, the node
+// replaces the record with one under a new id: a record whose versions another open
+// record of the same key holds is dropped. A `lagged` event (this page was too slow for
+// the node's feed) or a reconnect lists again; so does an event too large for the page
+// to buffer (sse.js ends the stream on it and reconnects): the listing brings its record.
 //
 // Resolving posts {"pick": version id} or {"value": typed text} to this node; a node
 // that does not take writes answers 307 towards its leader, which this page does not
-// follow (it talks to no other origin): it says where to go instead.
+// follow (it talks to no other origin): it says where to go instead. A read token is
+// answered 403: the page says so.
 
 import { el } from "/ui/regions.js";
+import { api, Unauthorized } from "/ui/auth.js";
+import { follow } from "/ui/sse.js";
 
 const LIST_LIMIT = 200;
 const RESOLVED_SHOWN_MAX = 8;
@@ -53,29 +58,34 @@ export class ConflictFeed {
   }
 
   start() {
-    const events = new EventSource("/v1/conflicts/events");
-    events.addEventListener("open", () => {
-      this.stateEl.textContent = "live";
-      this.list();
-    });
-    events.addEventListener("conflict", (e) => this.seen(JSON.parse(e.data)));
-    events.addEventListener("lagged", () => this.list());
-    events.addEventListener("error", () => {
-      this.stateEl.textContent = "reconnecting to the conflict feed…";
-    });
     this.render();
+    follow("/v1/conflicts/events", {
+      open: () => {
+        this.stateEl.textContent = "live";
+        this.list();
+      },
+      event: (e) => {
+        if (e.type === "conflict") this.seen(JSON.parse(e.data));
+        else if (e.type === "lagged") this.list();
+      },
+      error: (e) => {
+        this.stateEl.textContent = e instanceof Unauthorized
+          ? "waiting for a token"
+          : `reconnecting to the conflict feed (${e.message})…`;
+      },
+    });
   }
 
   async list() {
     try {
-      const resp = await fetch(`/v1/conflicts?limit=${LIST_LIMIT}`, { cache: "no-store" });
+      const resp = await api(`/v1/conflicts?limit=${LIST_LIMIT}`);
       if (!resp.ok) throw new Error(`GET /v1/conflicts answered ${resp.status}`);
       const body = await resp.json();
       // Oldest first, as they were committed.
       for (const r of body.conflicts.slice().reverse()) this.seen(r, false);
       this.render();
     } catch (e) {
-      this.stateEl.textContent = `could not list conflicts: ${e.message}`;
+      this.stateEl.textContent = e instanceof Unauthorized ? "waiting for a token" : `could not list conflicts: ${e.message}`;
     }
   }
 
@@ -183,7 +193,7 @@ export class ConflictFeed {
     outcome.className = "outcome";
     outcome.textContent = "resolving…";
     try {
-      const resp = await fetch(`/v1/conflicts/${encodeURIComponent(r.id)}/resolve`, {
+      const resp = await api(`/v1/conflicts/${encodeURIComponent(r.id)}/resolve`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify(body),
@@ -191,6 +201,9 @@ export class ConflictFeed {
       });
       if (resp.type === "opaqueredirect" || resp.status === 307) {
         throw new Error(`this node does not take writes: open the dashboard of ${this.leaderOf()} to resolve`);
+      }
+      if (resp.status === 403) {
+        throw new Error("this token may only read: resolving takes the deployment's read-write token (cluster.json's token)");
       }
       const answer = await resp.json();
       if (!resp.ok) throw new Error(`${answer.code || resp.status}: ${answer.error || ""}`);

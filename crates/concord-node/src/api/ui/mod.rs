@@ -16,6 +16,18 @@
 //! Every value shown comes from the API's JSON and is put in the page as text, never as
 //! markup.
 //!
+//! The assets are open to anyone (they hold no data); everything the page asks of the
+//! API carries the deployment's token as `Authorization: Bearer` (`auth.js`). The page
+//! takes it from the URL's fragment (`/ui#token=...`: a browser sends no fragment to a
+//! server, so the token is in no request line or access log), keeps it in
+//! `sessionStorage` (this tab only) and takes it off the address bar at once. The
+//! browser's own history may still hold the address the page was opened with; where
+//! that matters, type the token in the form instead. Without a token, or after a 401,
+//! the page shows that form instead of the data and asks the node nothing; a 403 on a
+//! resolve says the token may only read. The conflict feed is read with `fetch` and
+//! parsed as server-sent events by `sse.js` (EventSource cannot send a header), with a
+//! bound on what it buffers and EventSource's reconnects.
+//!
 //! `dashboard.png` (next to the assets) is the README's screenshot, taken by
 //! `tests/dashboard.rs`; it is not served.
 
@@ -25,7 +37,8 @@ pub struct Asset {
     pub body: &'static str,
 }
 
-/// What the assets may load and talk to: this origin only, no inline script or style.
+/// What the assets may load and talk to: this origin only, no inline script or style
+/// (the token form is handled by `app.js`, and submits nowhere).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -42,6 +55,8 @@ pub fn asset(path: &str) -> Option<Asset> {
         "/ui/regions.js" => (JS, include_str!("regions.js")),
         "/ui/chart.js" => (JS, include_str!("chart.js")),
         "/ui/conflicts.js" => (JS, include_str!("conflicts.js")),
+        "/ui/auth.js" => (JS, include_str!("auth.js")),
+        "/ui/sse.js" => (JS, include_str!("sse.js")),
         _ => return None,
     };
     Some(Asset { content_type, body })
@@ -51,15 +66,16 @@ pub fn asset(path: &str) -> Option<Asset> {
 mod tests {
     use super::*;
 
+    /// The page and every script module.
+    const MODULES: [&str; 7] =
+        ["/ui", "/ui/app.js", "/ui/auth.js", "/ui/sse.js", "/ui/regions.js", "/ui/chart.js", "/ui/conflicts.js"];
+
     #[test]
     fn the_page_and_every_module_it_loads_are_embedded() {
         let page = asset("/ui").expect("the page");
         assert!(page.content_type.starts_with("text/html"));
         let mut sources: Vec<String> = Vec::new();
-        for text in ["/ui", "/ui/app.js", "/ui/regions.js", "/ui/chart.js", "/ui/conflicts.js"]
-            .into_iter()
-            .map(|p| asset(p).unwrap_or_else(|| panic!("{p} is embedded")).body)
-        {
+        for text in MODULES.into_iter().map(|p| asset(p).unwrap_or_else(|| panic!("{p} is embedded")).body) {
             for quote in ['"', '\''] {
                 let mut rest = text;
                 while let Some(at) = rest.find(&format!("{quote}/ui/")) {
@@ -70,7 +86,7 @@ mod tests {
                 }
             }
         }
-        assert!(sources.len() >= 5, "{sources:?}");
+        assert!(sources.len() >= 10, "{sources:?}");
         for s in &sources {
             assert!(asset(s).is_some(), "{s} is referenced but not embedded");
         }
@@ -78,8 +94,25 @@ mod tests {
     }
 
     #[test]
+    fn the_page_holds_no_inline_script_or_style() {
+        // The policy would block them: the page would break in the browser, not here.
+        let page = asset("/ui").unwrap().body.to_ascii_lowercase();
+        let scripts: Vec<&str> = page.split("<script").skip(1).collect();
+        assert!(!scripts.is_empty());
+        for s in scripts {
+            let tag = &s[..s.find('>').expect("a closed tag")];
+            assert!(tag.contains(" src=\"/ui/"), "an inline script: <script{tag}>");
+            assert!(s[tag.len() + 1..].trim_start().starts_with("</script>"), "a script with a body");
+        }
+        assert!(!page.contains("<style") && !page.contains(" style="), "inline style");
+        assert!(!page.contains("\"javascript:"), "a javascript: URL");
+        let handlers = page.split(|c: char| c.is_ascii_whitespace()).filter(|w| w.starts_with("on") && w.contains('='));
+        assert_eq!(handlers.collect::<Vec<_>>(), Vec::<&str>::new(), "inline event handlers");
+    }
+
+    #[test]
     fn nothing_is_loaded_from_elsewhere() {
-        for p in ["/ui", "/ui/style.css", "/ui/app.js", "/ui/regions.js", "/ui/chart.js", "/ui/conflicts.js"] {
+        for p in MODULES.into_iter().chain(["/ui/style.css"]) {
             let body = asset(p).unwrap().body.replace("\"http://www.w3.org/2000/svg\"", "SVG");
             assert!(!body.contains("http://") && !body.contains("https://"), "{p} names another origin");
         }
