@@ -50,4 +50,7 @@ if [ ! -f "$secrets/api-token" ]; then
     (umask 022; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secrets/$f"; echo >> "$secrets/$f")
   done
 fi
+# NATS users and passwords, the generated parts of the servers' configuration, and a CA
+# and certificate for the links between regions (kept when they exist).
+"$bin" cluster compose-secrets --out "$secrets" --regions us-east,eu-west,ap-south
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^concord(-nats)?:$TAG " || true

@@ -22,7 +22,7 @@ const LOG: &str = "CONCORD_LOG_US_EAST";
 /// Remove from us-east's log the messages whose changesets write any of `keys`; returns
 /// their sequences.
 async fn remove_from_log(cluster: &Cluster, keys: &[&str]) -> Vec<u64> {
-    let js = async_nats::jetstream::new(async_nats::connect(cluster.nats("us-east")).await.unwrap());
+    let js = async_nats::jetstream::new(concord_tests::nats_connect(cluster.nats("us-east")).await.unwrap());
     let mut stream = js.get_stream(LOG).await.unwrap();
     let last = stream.info().await.unwrap().state.last_sequence;
     let mut removed = Vec::new();
@@ -75,7 +75,7 @@ async fn a_gap_whose_messages_no_log_holds_is_repaired_from_the_peers_state_and_
     // The document's changes have no key of their own to find them by: b's is the
     // changeset right after k4's.
     let mut removed = remove_from_log(&cluster, &["k4", "k5", "k6"]).await;
-    let js = async_nats::jetstream::new(async_nats::connect(cluster.nats("us-east")).await.unwrap());
+    let js = async_nats::jetstream::new(concord_tests::nats_connect(cluster.nats("us-east")).await.unwrap());
     let stream = js.get_stream(LOG).await.unwrap();
     let b = removed[0] + 1;
     assert!(stream.delete_message(b).await.unwrap());

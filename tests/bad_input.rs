@@ -137,7 +137,7 @@ async fn bad_inputs_are_refused_clearly_and_touch_nothing() {
     assert_eq!(after, before, "a bad request changed stored data");
 
     // The same over NATS request/reply: same status (in Concord-Status) and body.
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = concord_tests::nats_connect(nats.url()).await.unwrap();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Concord-Bucket", "data");
     headers.insert("Concord-Key", long_key.as_str());

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use concord_tests::docker::{self, Compose, REGIONS, node_url, region_nodes};
 use concord_tests::http;
 use concord_tests::load::{applied_token, check_acked, start_load_at, writing_node_among};
+use concord_tests::tls::{self, Outcome};
 use serde_json::Value;
 
 const PROJECT: &str = "concord-e2e";
@@ -42,6 +43,7 @@ async fn per_region_containers_survive_a_cut_wan_and_killed_containers() {
     let ready = compose.wait_ready(Duration::from_secs(180)).await;
     println!("21 containers up; every node ready {ready:?} after `docker-compose up`");
 
+    nats_is_locked(&compose).await;
     write_in_every_region().await;
     cut_a_region_off_the_wan(&compose).await;
     kill_a_leader_container(&compose).await;
@@ -49,17 +51,47 @@ async fn per_region_containers_survive_a_cut_wan_and_killed_containers() {
     stop_cleanly(&compose);
 }
 
+/// Nobody connects to NATS without credentials, and the links between regions (the
+/// backbone's routes, the regions' leaf connections to it) take TLS only.
+async fn nats_is_locked(compose: &Compose) {
+    for i in 1..=REGIONS.len() {
+        let anonymous = concord_tests::nats_connect(format!("nats://127.0.0.1:7{i}21")).await;
+        assert!(anonymous.is_err(), "region {i}'s NATS took an anonymous connection");
+        concord_tests::nats_connect(docker::nats_url(i, 1, "admin")).await.expect("admin connects");
+    }
+    for region in REGIONS {
+        let id = compose.service(&format!("backbone-{region}"));
+        let ip = compose.address(&id, "wan");
+        let (route, leaf, name) = (format!("{ip}:6222"), format!("{ip}:7422"), format!("backbone-{region}"));
+        let info = concord_tests::nats_info(&leaf);
+        assert_eq!(info["tls_required"], true, "{name}'s leaf port without TLS: {info}");
+        let tls_dir = docker::secrets_dir().join("tls");
+        match tls::handshake(&route, &name, &tls_dir, true, false).await {
+            Outcome::Accepted(Some(line)) => assert!(line.starts_with("INFO "), "{name}'s route port: {line}"),
+            other => panic!("{name}'s route port: {other:?}"),
+        }
+        for (addr, info_first) in [(&route, false), (&leaf, true)] {
+            let without = tls::handshake(addr, &name, &tls_dir, false, info_first).await;
+            assert!(matches!(without, Outcome::Refused(_)), "{name} {addr} took a link without a certificate");
+        }
+    }
+    println!("NATS refuses anonymous clients; the backbone's routes and leaf port take TLS only");
+}
+
 /// Write in every region (`durability=all`) and read each write at every node.
 async fn write_in_every_region() {
     let client = http();
     let mut written = Vec::new();
     for (i, region) in REGIONS.iter().enumerate().map(|(i, r)| (i + 1, r)) {
-        let r = client
-            .put(format!("{}/v1/kv/e2e/from-{region}?durability=all", node_url(i, 1)))
-            .body(format!("written in {region}"))
-            .send()
-            .await
-            .unwrap();
+        // Node 1 starts as the leader, but another may have won the region's first lease:
+        // a follower answers 307 to its leader, followed here with the token.
+        let r = concord_tests::send_following(
+            client
+                .put(format!("{}/v1/kv/e2e/from-{region}?durability=all", node_url(i, 1)))
+                .body(format!("written in {region}")),
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status(), 200, "{region}: {}", r.text().await.unwrap());
         let token = r.headers()["concord-token"].to_str().unwrap().to_string();
         let ack: concord_api::WriteAck = r.json().await.unwrap();
@@ -101,7 +133,8 @@ fn wan_link(compose: &Compose, region: &str, connect: bool) {
 }
 
 async fn put(url: &str, key: &str, value: &str) -> reqwest::Response {
-    http().put(format!("{url}/v1/kv/e2e/{key}?durability=region")).body(value.to_string()).send().await.unwrap()
+    let req = http().put(format!("{url}/v1/kv/e2e/{key}?durability=region")).body(value.to_string());
+    concord_tests::send_following(req).await.unwrap()
 }
 
 async fn cut_a_region_off_the_wan(compose: &Compose) {
@@ -231,7 +264,7 @@ async fn kill_a_leader_container(compose: &Compose) {
 /// The NATS server that leads `region`'s log, asked through NATS server `k` of region
 /// number `i`.
 async fn log_leader(i: usize, region: &str) -> String {
-    let nc = async_nats::connect(format!("nats://127.0.0.1:7{i}21")).await.unwrap();
+    let nc = concord_tests::nats_connect(docker::nats_url(i, 1, "admin")).await.unwrap();
     let js = async_nats::jetstream::new(nc);
     let stream = format!("CONCORD_LOG_{}", region.to_ascii_uppercase().replace('-', "_"));
     let info = js.get_stream(&stream).await.unwrap().info().await.unwrap().clone();

@@ -23,7 +23,7 @@ async fn conflicts(client: &reqwest::Client, url: &str, key: &str) -> Vec<Value>
 async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
     let cluster = Cluster::start_with_env(&REGIONS, &[("CONCORD_MANUAL_BUCKETS", "carts")]);
     let client = http();
-    let nc = async_nats::connect(cluster.nats("ap-south")).await.unwrap();
+    let nc = concord_tests::nats_connect(cluster.nats("ap-south")).await.unwrap();
     let mut published = nc.subscribe("concord.conflicts.ap-south").await.unwrap();
     nc.flush().await.unwrap();
 

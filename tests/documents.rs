@@ -89,7 +89,7 @@ async fn documents_read_back_as_json_and_as_automerge() {
     assert_eq!(got, expected);
 
     // The same over NATS: discoverable, same bodies.
-    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let nc = concord_tests::nats_connect(nats.url()).await.unwrap();
     // Every service instance answers $SRV.INFO (a leader without followers runs one for
     // writes and one for reads): gather them all.
     let mut infos = nc.subscribe("_INBOX.concord-info").await.unwrap();

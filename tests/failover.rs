@@ -54,7 +54,7 @@ async fn direct_write(url: &str, key: &str) -> reqwest::StatusCode {
 
 /// The epochs of us-east's origins in the order its log holds them never go back.
 async fn check_epochs_never_interleave(cluster: &Cluster) {
-    let nc = async_nats::connect(cluster.nats("us-east")).await.unwrap();
+    let nc = concord_tests::nats_connect(cluster.nats("us-east")).await.unwrap();
     let js = async_nats::jetstream::new(nc);
     let stream = js.get_stream("CONCORD_LOG_US_EAST").await.unwrap();
     let last = stream.get_info().await.unwrap().state.last_sequence;

@@ -105,7 +105,7 @@ async fn followers_serve_reads_with_session_guarantees() {
         async move { reads_served(&client, &url).await }
     }))
     .await;
-    let nc = async_nats::connect(cluster.nats("us-east")).await.unwrap();
+    let nc = concord_tests::nats_connect(cluster.nats("us-east")).await.unwrap();
     const READS: u64 = 300;
     for i in 0..READS {
         let mut h = async_nats::HeaderMap::new();
@@ -206,7 +206,7 @@ async fn followers_serve_reads_with_session_guarantees() {
         "us-east-9",
         "follower",
         "us-east",
-        &cluster.nats("us-east"),
+        &cluster.nats_as("us-east", "us-east-9"),
         &[("CONCORD_REGIONS", "us-east,eu-west")],
     );
     let log = std::fs::read_to_string(cluster.dir.0.join("us-east-9.log")).unwrap();

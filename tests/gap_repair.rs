@@ -38,9 +38,9 @@ async fn a_hole_in_a_mirror_is_filled_from_the_origins_log() {
         let w = client.put(format!("{us}/v1/kv/hole/k{i}")).body(format!("v{i}")).send().await.unwrap();
         assert_eq!(w.status(), 200);
     }
-    let us_js = async_nats::jetstream::new(async_nats::connect(cluster.nats("us-east")).await.unwrap());
+    let us_js = async_nats::jetstream::new(concord_tests::nats_connect(cluster.nats("us-east")).await.unwrap());
     let last = us_js.get_stream(LOG).await.unwrap().info().await.unwrap().state.last_sequence;
-    let eu_js = async_nats::jetstream::new(async_nats::connect(cluster.nats("eu-west")).await.unwrap());
+    let eu_js = async_nats::jetstream::new(concord_tests::nats_connect(cluster.nats("eu-west")).await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     while eu_js.get_stream(MIRROR).await.unwrap().info().await.unwrap().state.last_sequence < last {
         assert!(Instant::now() < deadline, "eu-west's mirror never stored us-east's log");

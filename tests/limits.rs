@@ -162,7 +162,7 @@ async fn a_flood_beyond_the_concurrency_limit_is_refused_and_the_node_stays_up()
     }
 
     // NATS: the leader serves reads there while it has no follower.
-    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let nc = concord_tests::nats_connect(nats.url()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while let Err(e) = nats_get(&nc, None, 0).await {
         assert!(Instant::now() < deadline, "the leader never served reads over NATS: {e}");

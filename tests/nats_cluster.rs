@@ -20,7 +20,7 @@ const PAUSE_BOUND: Duration = Duration::from_secs(30);
 
 /// The NATS server that leads `stream` in `nats`'s JetStream domain.
 async fn stream_leader(nats: &str, stream: &str) -> String {
-    let nc = async_nats::connect(nats).await.unwrap();
+    let nc = concord_tests::nats_connect(nats).await.unwrap();
     let js = async_nats::jetstream::new(nc);
     let mut stream = js.get_stream(stream).await.unwrap();
     let info = stream.info().await.unwrap();
@@ -109,5 +109,6 @@ fn live_server(cluster: &Cluster, killed: &str) -> String {
         serde_json::from_slice(&std::fs::read(cluster.dir.0.join("cluster.json")).unwrap()).unwrap();
     let servers = &json.regions["us-east"].nats_servers;
     let k: usize = killed.rsplit('-').next().unwrap().parse().unwrap();
-    servers.iter().enumerate().find(|(i, _)| i + 1 != k).map(|(_, u)| u.clone()).unwrap()
+    let url = servers.iter().enumerate().find(|(i, _)| i + 1 != k).map(|(_, u)| u.clone()).unwrap();
+    cluster.with_credentials(&url, "admin")
 }

@@ -84,7 +84,7 @@ async fn gaps_dead_letters_and_newer_formats_hold_back_visibly() {
     cluster.wait_converged(Duration::from_secs(30)).await;
     cluster.kill("us-east-1");
 
-    let nc = async_nats::connect(cluster.nats("us-east")).await.unwrap();
+    let nc = concord_tests::nats_connect(cluster.nats("us-east")).await.unwrap();
     let js = async_nats::jetstream::new(nc);
     let (gap, refused, future) = {
         let r = RegionId::new("us-east").unwrap();

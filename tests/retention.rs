@@ -39,8 +39,8 @@ async fn logs_are_bounded_and_replicas_behind_them_repair_what_they_lost() {
 
     // Retention by default (size and age), with the count given here, on the log and
     // on the mirrors.
-    let us_js = async_nats::jetstream::new(async_nats::connect(cluster.nats("us-east")).await.unwrap());
-    let eu_js = async_nats::jetstream::new(async_nats::connect(cluster.nats("eu-west")).await.unwrap());
+    let us_js = async_nats::jetstream::new(concord_tests::nats_connect(cluster.nats("us-east")).await.unwrap());
+    let eu_js = async_nats::jetstream::new(concord_tests::nats_connect(cluster.nats("eu-west")).await.unwrap());
     for (js, stream) in [(&us_js, "CONCORD_LOG_US_EAST"), (&eu_js, "CONCORD_MIRROR_US_EAST")] {
         let config = js.get_stream(stream).await.unwrap().info().await.unwrap().config.clone();
         assert_eq!(config.max_messages, 20, "{stream}");

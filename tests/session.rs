@@ -81,7 +81,7 @@ async fn tokens_give_read_your_writes_and_monotonic_reads_in_any_region() {
     }
 
     // Over NATS too: the token travels in the Concord-Token header.
-    let nc = async_nats::connect(cluster.nats("ap-south")).await.unwrap();
+    let nc = concord_tests::nats_connect(cluster.nats("ap-south")).await.unwrap();
     let mut h = async_nats::HeaderMap::new();
     h.insert("Concord-Bucket", "s");
     h.insert("Concord-Key", "late");

@@ -128,6 +128,13 @@ pub fn node_url(i: usize, j: usize) -> String {
     format!("http://127.0.0.1:8{i}0{j}")
 }
 
+/// NATS server `k` of region number `i` as published on the host, with `user`'s
+/// credentials (from the test's secrets directory).
+pub fn nats_url(i: usize, k: usize, user: &str) -> String {
+    let password = std::fs::read_to_string(secrets_dir().join("nats").join(user)).expect("the NATS secrets");
+    format!("nats://{user}:{}@127.0.0.1:7{i}2{k}", password.trim())
+}
+
 /// Every node of region number `i`: (name, URL).
 pub fn region_nodes(i: usize) -> Vec<(String, String)> {
     (1..=3).map(|j| (format!("{}-{j}", REGIONS[i - 1]), node_url(i, j))).collect()
@@ -185,6 +192,17 @@ impl Compose {
         let ids = self.containers(&[("com.docker.compose.service", service)]);
         assert_eq!(ids.len(), 1, "service {service}: {ids:?}");
         ids[0].clone()
+    }
+
+    /// Container `id`'s address on this project's network `network`.
+    pub fn address(&self, id: &str, network: &str) -> String {
+        let network = self.network(network);
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", self.network_name(&network));
+        run("docker", &["inspect", "--format", &format, id]).trim().to_string()
+    }
+
+    fn network_name(&self, id: &str) -> String {
+        run("docker", &["network", "inspect", "--format", "{{.Name}}", id]).trim().to_string()
     }
 
     /// The id of this project's network `name` (compose.yaml's name for it).

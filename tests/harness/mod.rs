@@ -9,6 +9,10 @@
 pub mod chaos;
 pub mod docker;
 pub mod load;
+mod nats;
+pub mod tls;
+
+pub use nats::{nats_connect, nats_info, nats_info_or_nothing};
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -426,7 +430,27 @@ impl Cluster {
         self.regions[region].1.clone()
     }
 
+    /// Region `region`'s NATS URL, with the deployment's `admin` credentials in it.
     pub fn nats(&self, region: &str) -> String {
+        self.nats_as(region, "admin")
+    }
+
+    /// Region `region`'s NATS URL with `user`'s credentials (from `DIR/secrets/nats`).
+    pub fn nats_as(&self, region: &str, user: &str) -> String {
+        self.with_credentials(&self.regions[region].0, user)
+    }
+
+    /// NATS `url` with `user`'s credentials in it (unchanged if the deployment has no
+    /// such user).
+    pub fn with_credentials(&self, url: &str, user: &str) -> String {
+        match std::fs::read_to_string(self.dir.0.join("secrets/nats").join(user)) {
+            Ok(password) => url.replacen("://", &format!("://{user}:{}@", password.trim()), 1),
+            Err(_) => url.to_string(),
+        }
+    }
+
+    /// Region `region`'s NATS URL without credentials (what an outsider knows).
+    pub fn nats_anonymous(&self, region: &str) -> String {
         self.regions[region].0.clone()
     }
 

@@ -17,6 +17,10 @@ pub struct ClusterJson {
     /// A token that may only read (an extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_token: Option<String>,
+    /// NATS users a client of the deployment may connect as, with their passwords (an
+    /// extension): `client` (the API subjects only) and `admin` (everything).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nats_users: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -141,6 +141,16 @@ impl Changeset {
         w.finish()
     }
 
+    /// The origin a changeset says it is of, read from its header alone (`None`: not a
+    /// changeset this build reads).
+    pub fn peek_origin(bytes: &[u8]) -> Option<Origin> {
+        let mut r = Reader::new(bytes);
+        if r.raw(3).ok()? != MAGIC || !(FORMAT_VERSION_PLAIN..=FORMAT_VERSION).contains(&r.u8().ok()?) {
+            return None;
+        }
+        parse_origin(&r.string(64).ok()?).ok()
+    }
+
     pub fn decode(bytes: &[u8]) -> CoreResult<Changeset> {
         let mut r = Reader::new(bytes);
         if r.raw(3)? != MAGIC {
@@ -330,6 +340,7 @@ mod tests {
         #[test]
         fn changesets_round_trip(cs in changeset()) {
             let bytes = cs.encode();
+            prop_assert_eq!(Changeset::peek_origin(&bytes), Some(cs.origin.clone()));
             prop_assert_eq!(Changeset::decode(&bytes).unwrap(), cs);
         }
 

@@ -32,7 +32,11 @@ pub struct Prepared {
     entries: Vec<Entry>,
     now_ms: u64,
     plan: Plan,
+    forged: Forged,
 }
+
+/// Entries found forged, by stream sequence, with why.
+pub type Forged = BTreeMap<u64, String>;
 
 impl Prepared {
     /// What to load before [`Engine::apply`].
@@ -76,8 +80,15 @@ pub(crate) struct Merged {
 impl Engine {
     /// Classify `entries` of `stream` (in stream order) and say what they need loaded.
     pub fn prepare(&self, stream: &str, entries: Vec<Entry>, now_ms: u64) -> Prepared {
-        let plan = classify(self, stream, &entries, &Refused::new(), now_ms);
-        Prepared { stream: stream.to_string(), entries, now_ms, plan }
+        self.prepare_screened(stream, entries, Forged::new(), now_ms)
+    }
+
+    /// [`Engine::prepare`], with the entries the runtime found forged (by stream
+    /// sequence, with why: a publisher that is not who its origin's epoch belongs to):
+    /// they are dead letters, whatever they hold.
+    pub fn prepare_screened(&self, stream: &str, entries: Vec<Entry>, forged: Forged, now_ms: u64) -> Prepared {
+        let plan = classify(self, stream, &entries, &Refused::new(), &forged, now_ms);
+        Prepared { stream: stream.to_string(), entries, now_ms, plan, forged }
     }
 
     /// Apply prepared entries with the facts their [`Prepared::needs`] named.
@@ -87,7 +98,7 @@ impl Engine {
     /// keys. (Pipelined appends would have to re-apply their changes at commit.)
     pub fn apply(&mut self, prepared: Prepared, facts: &Facts) -> Result<Output, Fatal> {
         assert!(!self.append_in_flight(), "stream entries applied while an append is in flight");
-        let Prepared { stream, entries, now_ms, mut plan } = prepared;
+        let Prepared { stream, entries, now_ms, mut plan, forged } = prepared;
         let mut refused = Refused::new();
         loop {
             match self.attempt(&plan, facts, now_ms)? {
@@ -96,7 +107,7 @@ impl Engine {
                     // Each round dead-letters at least one more changeset: it ends.
                     assert!(more.keys().all(|k| !refused.contains_key(k)), "a refusal repeats");
                     refused.extend(more);
-                    plan = classify(self, &stream, &entries, &refused, now_ms);
+                    plan = classify(self, &stream, &entries, &refused, &forged, now_ms);
                 }
             }
         }

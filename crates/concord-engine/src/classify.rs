@@ -159,7 +159,14 @@ struct Walk<'e> {
 }
 
 /// Classify `entries` of `stream` (see the module doc).
-pub(crate) fn classify(engine: &Engine, stream: &str, entries: &[Entry], refused: &Refused, now_ms: u64) -> Plan {
+pub(crate) fn classify(
+    engine: &Engine,
+    stream: &str,
+    entries: &[Entry],
+    refused: &Refused,
+    forged: &crate::apply::Forged,
+    now_ms: u64,
+) -> Plan {
     let region = engine.cfg.streams.get(stream).unwrap_or_else(|| panic!("{stream} is not a stream of this replica"));
     let mut walk = Walk {
         engine,
@@ -188,7 +195,10 @@ pub(crate) fn classify(engine: &Engine, stream: &str, entries: &[Entry], refused
     }
     for entry in entries {
         let seen_before = entry.seq <= engine.cursor(stream);
-        let item = walk.entry(entry, region);
+        let item = match forged.get(&entry.seq) {
+            Some(why) => walk.forged(entry, why),
+            None => walk.entry(entry, region),
+        };
         let parks = matches!(item, Item::Park { .. });
         match item {
             // Decided alike when it was first consumed; a redelivery only matters when
@@ -269,6 +279,17 @@ impl Walk<'_> {
             at_ms: self.now_ms,
             payload: Vec::new(),
         }
+    }
+
+    /// An entry whose publisher may not write as its origin: a dead letter, whatever it
+    /// holds (what it says of itself is named, when it decodes).
+    fn forged(&mut self, entry: &Entry, why: &str) -> Item {
+        let cs = Changeset::decode(&entry.payload).ok();
+        // Not anyone's predecessor: it was never its origin's.
+        self.current = Some(Tail { seq: entry.seq, changeset: None });
+        let reason = format!("forged: {why}");
+        let letter = DeadLetter { payload: entry.payload.to_vec(), ..self.letter(entry.seq, cs.as_ref(), reason) };
+        Item::DeadLetter { letter, waited: None, refusal: false }
     }
 
     fn entry(&mut self, entry: &Entry, region: &RegionId) -> Item {

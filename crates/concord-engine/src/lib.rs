@@ -64,7 +64,7 @@ pub mod writer;
 
 pub mod memstore;
 
-pub use apply::Prepared;
+pub use apply::{Forged, Prepared};
 pub use conflicts::open_key;
 pub use engine::{
     APPENDS_IN_FLIGHT_MAX_DEFAULT, Engine, EngineConfig, Gap, Parked, StartAs, WAITING_BYTES_MAX_DEFAULT,

@@ -121,6 +121,41 @@ fn value_of(r: &Replica, key: &str) -> Option<Vec<u8>> {
     r.store.kv.get(&("b".to_string(), key.to_string())).and_then(|reg| reg.winner().value.clone())
 }
 
+/// A changeset of us-east on eu-west's mirror (a region publishing as another): refused.
+#[test]
+fn a_changeset_of_another_region_than_the_streams_is_a_dead_letter() {
+    let mut r = Replica::follower(config());
+    let why = r.dead_lettered(MIRROR, 1, put(&us(1), 1, "k", b"as us-east", 1_000), &us(1));
+    assert!(why.contains("us-east"), "{why}");
+    assert_eq!(value_of(&r, "k"), None);
+    r.deliver(MIRROR, 2, put(&eu(1), 1, "k", b"eu-west's own", 1_000));
+    assert_eq!(value_of(&r, "k"), Some(b"eu-west's own".to_vec()), "the stream goes on");
+}
+
+/// What the runtime found forged (its publisher does not own the origin's epoch) is a
+/// dead letter with the reason given, however good its bytes; the entries around it
+/// apply, and the origin's sequence is not claimed past it.
+#[test]
+fn an_entry_the_runtime_screened_as_forged_is_a_dead_letter_with_its_reason() {
+    let mut r = Replica::follower(config());
+    let entries = vec![
+        Entry { seq: 1, payload: put(&eu(1), 1, "a", b"1", 1_000) },
+        Entry { seq: 2, payload: put(&eu(1), 2, "forged", b"evil", 1_001) },
+    ];
+    let forged = BTreeMap::from([(2, "published by eu-west-2; epoch eu-west.1 is eu-west-1's".to_string())]);
+    let prepared = r.engine.prepare_screened(MIRROR, entries, forged, 2_000);
+    let facts = r.store.load(prepared.needs());
+    let out = r.engine.apply(prepared, &facts).unwrap();
+    r.store.commit(out.commit.as_ref().unwrap());
+    assert_eq!(r.engine.validate(), Ok(()));
+    assert!(out.alerts.iter().any(|a| matches!(a, Alert::DeadLettered { stream_seq: 2, .. })), "{:?}", out.alerts);
+    let letter = r.store.dead_letters.values().next_back().expect("recorded");
+    assert!(letter.reason.starts_with("forged: published by eu-west-2"), "{}", letter.reason);
+    assert_eq!((value_of(&r, "a"), value_of(&r, "forged")), (Some(b"1".to_vec()), None));
+    assert_eq!(r.engine.applied().get(&eu(1)), 1, "not claimed past the forged one");
+    assert_eq!(r.engine.cursor(MIRROR), 2, "consumed");
+}
+
 /// A timestamp at the end of `u64`: once observed, the leader's clock had no successor
 /// left, and its next write overflowed (`hlc.rs`, `successor`).
 #[test]

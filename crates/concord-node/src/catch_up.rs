@@ -2,7 +2,7 @@
 //! bounded chunks, then write in a new epoch — or follow, when deposed. (Appending is
 //! [`crate::pipeline`]'s.)
 
-use concord_engine::{CatchUp, CaughtUp, Entry};
+use concord_engine::{CatchUp, CaughtUp};
 use concord_transport::backoff::{Backoff, GaveUp, retry};
 use concord_transport::{LogError, RegionLog};
 use tokio::sync::watch;
@@ -59,8 +59,10 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                         Err(GaveUp::Failed(e)) => return self.catch_up_failed(e).await,
                     };
                     let own = self.engine().config().own_stream.clone();
-                    let entries: Vec<Entry> =
-                        chunk.entries.into_iter().map(|e| Entry { seq: e.seq, payload: e.payload }).collect();
+                    let mut entries = chunk.entries;
+                    if !self.screen(&mut entries, shutdown).await {
+                        return Ok(false);
+                    }
                     if !entries.is_empty() {
                         self.apply(own.clone(), entries).await?;
                     }
@@ -70,6 +72,32 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 CatchUp::Done => return self.decide(last, shutdown).await,
             }
         }
+    }
+
+    /// Check who published each entry of the region's log (asking again while its lease
+    /// history cannot be read). False when shutdown interrupted it.
+    async fn screen(&self, entries: &mut [concord_transport::LogEntry], shutdown: &mut watch::Receiver<bool>) -> bool {
+        let Some(identity) = self.identity.clone() else { return true };
+        let region = self.engine().config().region.to_string();
+        for e in entries.iter_mut() {
+            let mut backoff = Backoff::network();
+            loop {
+                match identity.verdict(&region, e).await {
+                    Ok(forged) => {
+                        e.forged = forged;
+                        break;
+                    }
+                    Err(why) => {
+                        warn!(why, "checking who wrote the region's log failed; asking again");
+                        tokio::select! {
+                            _ = backoff.wait() => {}
+                            _ = shutdown.wait_for(|s| *s) => return false,
+                        }
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Retries of a catch-up end at the lease's deadline, if this node holds one.

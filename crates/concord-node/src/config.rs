@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use concord_core::ids::RegionId;
 use serde::{Deserialize, Serialize};
 
+use crate::api::auth::Secret;
+
+/// A NATS user and its password.
+pub type NatsCredentials = (String, Secret);
+
 /// The role a node starts with: the same type `cluster.json` records.
 pub use concord_api::Role;
 
@@ -130,6 +135,16 @@ pub struct NodeConfig {
     pub mark_interval_s: u64,
     /// Every replica looks for stable tombstones to collect this often. 0: never.
     pub gc_interval_s: u64,
+    /// The NATS user this node connects as (its own: NATS lets it publish on its own log
+    /// subject only), with its password (`nats_password`, CONCORD_NATS_PASSWORD, or the
+    /// first line of `nats_password_file`). Empty: no credentials (a NATS without
+    /// authentication).
+    pub nats_user: String,
+    pub nats_password: String,
+    pub nats_password_file: String,
+    /// A CA certificate (PEM) that the NATS servers' certificates are checked against:
+    /// the connection to them is TLS. Empty: plain TCP.
+    pub nats_ca_file: String,
     /// `required` (the default): the HTTP API takes requests only with a bearer token of
     /// the deployment, and the node refuses to start without one; `none`: the API is
     /// open to whoever reaches it (a bench on loopback, never across a network).
@@ -188,6 +203,10 @@ impl Default for NodeConfig {
             waiting_bytes_max: concord_engine::WAITING_BYTES_MAX_DEFAULT,
             lease_ttl_ms: 3_000,
             lease_renew_ms: 750,
+            nats_user: String::new(),
+            nats_password: String::new(),
+            nats_password_file: String::new(),
+            nats_ca_file: String::new(),
             api_auth: "required".into(),
             api_token: String::new(),
             api_token_file: String::new(),
@@ -337,9 +356,27 @@ impl NodeConfig {
         Ok(region)
     }
 
+    /// The NATS user and password this node connects with, if any.
+    pub fn nats_credentials(&self) -> Result<Option<NatsCredentials>, ConfigError> {
+        use crate::api::auth::read_token_file;
+        if self.nats_user.is_empty() {
+            return Ok(None);
+        }
+        let password = match (self.nats_password.is_empty(), self.nats_password_file.is_empty()) {
+            (false, true) => Secret::new(self.nats_password.clone()),
+            (true, false) => read_token_file(Path::new(&self.nats_password_file)).map_err(ConfigError::Invalid)?,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "nats_user needs exactly one of nats_password and nats_password_file".into(),
+                ));
+            }
+        };
+        Ok(Some((self.nats_user.clone(), password)))
+    }
+
     /// The API's tokens, read from their files or fields (see `api_auth`).
     pub fn tokens(&self) -> Result<crate::api::auth::Tokens, ConfigError> {
-        use crate::api::auth::{Secret, Tokens, read_token_file};
+        use crate::api::auth::{Tokens, read_token_file};
         let load = |value: &str, file: &str| -> Result<Option<Secret>, ConfigError> {
             match (value.is_empty(), file.is_empty()) {
                 (true, true) => Ok(None),
@@ -369,9 +406,12 @@ impl NodeConfig {
         }
     }
 
-    /// The region's NATS servers.
-    pub fn nats_urls(&self) -> Vec<String> {
-        self.nats_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+    /// The region's NATS servers, and the credentials to connect with: `nats_user`'s, else
+    /// those written into the URL (`nats://user:password@host:port`).
+    pub fn nats_servers(&self) -> Result<(Vec<String>, Option<NatsCredentials>), ConfigError> {
+        let servers = concord_transport::address::parse(&self.nats_url).map_err(ConfigError::Invalid)?;
+        let from_url = servers.credentials.map(|(user, password)| (user, Secret::new(password)));
+        Ok((servers.urls, self.nats_credentials()?.or(from_url)))
     }
 
     /// The URL other nodes use to reach this node's HTTP API.

@@ -32,6 +32,7 @@ pub mod config;
 mod deferred;
 pub mod error;
 pub mod followers;
+pub mod identity;
 pub mod lease;
 pub mod metrics;
 mod pipeline;
@@ -166,9 +167,11 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let (lease_tx, lease_rx) = mpsc::channel(4);
     let timing = lease::Timing::of(&cfg);
     let (deadline_tx, deadline_rx) = watch::channel(held.map(|(_, sent)| sent + timing.deadline));
-    spawn_gap_repair(&sup, &log, &region, &views, inbound_tx.clone(), &metrics);
+    let identity = Arc::new(identity::Identity::new(log.clone(), region.to_string()));
+    spawn_gap_repair(&sup, &log, &region, &views, inbound_tx.clone(), &metrics, &identity);
     let origins = mirrors.iter().map(|(stream, region)| (stream.clone(), region.to_string())).collect();
-    let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone(), origins);
+    let streams = streams::StreamSet::new(log.clone(), inbound_tx, sup.clone(), views.cursors.clone(), origins)
+        .with_identity(identity.clone(), region.to_string());
     let limits = start::limits(&cfg, max_payload);
     let clock = clock::WallClock::default();
     if !cfg.test_clock_skew_file.is_empty() {
@@ -183,6 +186,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let worker = Worker::new(engine, store.clone(), log.clone(), streams, metrics.clone(), watches, limits)
         .with_conflict_publisher(spawn_conflict_publisher(&sup, &client, &region))
         .with_repairs(repairs)
+        .with_identity(identity)
         .with_collection(spawn_collection(&sup, &cfg, &store, &metrics), Duration::from_secs(cfg.mark_interval_s))
         .with_lease(lease_rx, deadline_rx)
         .with_clock(clock);
@@ -294,10 +298,12 @@ fn spawn_gap_repair(
     views: &Views,
     inbound: mpsc::Sender<(String, concord_transport::LogEntry)>,
     metrics: &Arc<Metrics>,
+    identity: &Arc<identity::Identity>,
 ) {
     let (l, r, v, m, s) = (log.clone(), region.clone(), views.clone(), metrics.clone(), sup.shutdown());
+    let i = identity.clone();
     sup.spawn("gap repair", Policy::Restart, move || {
-        repair::repair_gaps(l.clone(), r.clone(), v.clone(), inbound.clone(), m.clone(), s.clone())
+        repair::repair_gaps(l.clone(), r.clone(), v.clone(), inbound.clone(), m.clone(), i.clone(), s.clone())
     });
 }
 

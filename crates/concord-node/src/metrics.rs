@@ -103,6 +103,7 @@ counters! {
     anti_entropy_failures_total: "Anti-entropy comparisons that failed (a peer that did not answer, a damaged reply); tried again later.",
     anti_entropy_entries_repaired_total: "Registers and documents taken from a peer's state because they differed from this replica's.",
     anti_entropy_refused_total: "Entries of a peer's state refused (they do not decode, or a document refused their changes).",
+    forged_total: "Changesets whose publisher may not write as their origin (not the owner of its epoch in the lease history): dead letters.",
     tombstones_collected_total: "Tombstones collected once every region had applied them (causal stability).",
     gc_sweeps_total: "Sweeps of the store for collectable tombstones.",
     marks_written_total: "Marks this writer put in its region's log (what it had applied, for tombstone collection).",

@@ -40,11 +40,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use concord_core::changeset::Changeset;
 use concord_core::ids::{Origin, RegionId};
 use concord_engine::Gap;
-use concord_transport::nats::NatsLog;
+use concord_transport::nats::{NatsLog, RawMessage};
 use concord_transport::{LogEntry, LogResult};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -97,23 +96,23 @@ pub fn judge(gap: &Gap, payload: &[u8]) -> Step {
 /// Where the messages of a gap's stream are read.
 pub trait Source {
     /// The message `seq` of the local stream `stream`, if it holds it.
-    fn local(&self, stream: &str, seq: u64) -> impl Future<Output = LogResult<Option<Bytes>>> + Send;
+    fn local(&self, stream: &str, seq: u64) -> impl Future<Output = LogResult<Option<RawMessage>>> + Send;
     /// The message `seq` of `region`'s log, read in that region's domain.
-    fn origin(&self, region: &RegionId, seq: u64) -> impl Future<Output = LogResult<Option<Bytes>>> + Send;
+    fn origin(&self, region: &RegionId, seq: u64) -> impl Future<Output = LogResult<Option<RawMessage>>> + Send;
 }
 
 impl Source for NatsLog {
-    async fn local(&self, stream: &str, seq: u64) -> LogResult<Option<Bytes>> {
+    async fn local(&self, stream: &str, seq: u64) -> LogResult<Option<RawMessage>> {
         timed(self.message(None, stream, seq)).await
     }
 
-    async fn origin(&self, region: &RegionId, seq: u64) -> LogResult<Option<Bytes>> {
+    async fn origin(&self, region: &RegionId, seq: u64) -> LogResult<Option<RawMessage>> {
         let stream = concord_transport::nats::stream_name(region.as_str());
         timed(self.message(Some(region.as_str()), &stream, seq)).await
     }
 }
 
-async fn timed(read: impl Future<Output = LogResult<Option<Bytes>>>) -> LogResult<Option<Bytes>> {
+async fn timed(read: impl Future<Output = LogResult<Option<RawMessage>>>) -> LogResult<Option<RawMessage>> {
     tokio::time::timeout(READ_TIMEOUT, read).await.unwrap_or_else(|_| {
         Err(concord_transport::LogError::Unavailable(format!("no answer within {} s", READ_TIMEOUT.as_secs())))
     })
@@ -138,12 +137,13 @@ pub async fn walk<S: Source>(source: &S, own: &RegionId, gap: &Gap) -> LogResult
     let lowest = gap.stream_seq.saturating_sub(READS_MAX).max(1);
     for seq in (lowest..gap.stream_seq).rev() {
         found.reads += 1;
-        let (payload, missing_here) = match source.local(&gap.stream, seq).await? {
-            Some(p) => {
+        let (msg, missing_here) = match source.local(&gap.stream, seq).await? {
+            Some(m) => {
                 if seq + 1 == gap.stream_seq {
-                    found.before = Some(LogEntry { seq, payload: p.clone() });
+                    found.before =
+                        Some(LogEntry { seq, payload: m.payload.clone(), subject: m.subject.clone(), forged: None });
                 }
-                (p, false)
+                (m, false)
             }
             None if gap.origin.region == *own => continue,
             None => match source.origin(&gap.origin.region, seq).await? {
@@ -151,9 +151,9 @@ pub async fn walk<S: Source>(source: &S, own: &RegionId, gap: &Gap) -> LogResult
                 None => continue,
             },
         };
-        let step = judge(gap, &payload);
+        let step = judge(gap, &msg.payload);
         if missing_here && matches!(step, Step::Take | Step::TakeLast) {
-            found.entries.push(LogEntry { seq, payload });
+            found.entries.push(LogEntry { seq, payload: msg.payload, subject: msg.subject, forged: None });
         }
         if matches!(step, Step::Stop | Step::TakeLast) {
             found.complete = true;
@@ -178,6 +178,7 @@ pub async fn repair_gaps(
     views: Views,
     inbound: mpsc::Sender<(String, LogEntry)>,
     metrics: Arc<Metrics>,
+    identity: Arc<crate::identity::Identity>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut attempts: BTreeMap<(Origin, u64), Attempts> = BTreeMap::new();
@@ -195,7 +196,11 @@ pub async fn repair_gaps(
             if now < due.next_at {
                 continue;
             }
-            let handed = match walk(log.as_ref(), &own, &gap).await {
+            let walked = match walk(log.as_ref(), &own, &gap).await {
+                Ok(mut found) => screen(&identity, &gap, &mut found).await.map(|()| found),
+                Err(e) => Err(e.to_string()),
+            };
+            let handed = match walked {
                 Ok(found) => hand_over(log.as_ref(), &gap, found, &inbound, &metrics).await?,
                 Err(e) => {
                     warn!(origin = %gap.origin, error = %e, "repairing a gap: reading the logs failed; trying again later");
@@ -206,6 +211,15 @@ pub async fn repair_gaps(
             due.next_at = Instant::now() + due.wait;
         }
     }
+}
+
+/// Check who published what a walk found ([`crate::identity`]).
+async fn screen(identity: &crate::identity::Identity, gap: &Gap, found: &mut Found) -> Result<(), String> {
+    let region = gap.origin.region.as_str();
+    for e in found.entries.iter_mut().chain(found.before.iter_mut()) {
+        e.forged = identity.verdict(region, e).await?;
+    }
+    Ok(())
 }
 
 /// Give the worker what a walk found. False when it found nothing.
@@ -239,7 +253,9 @@ async fn hand_over<S: Source>(
 pub async fn recheck<S: Source>(source: &S, gap: &Gap, before: Option<LogEntry>) -> Vec<LogEntry> {
     let Some(before) = before else { return Vec::new() };
     match source.local(&gap.stream, gap.stream_seq).await {
-        Ok(Some(payload)) => vec![before, LogEntry { seq: gap.stream_seq, payload }],
+        Ok(Some(m)) => {
+            vec![before, LogEntry { seq: gap.stream_seq, payload: m.payload, subject: m.subject, forged: None }]
+        }
         _ => Vec::new(),
     }
 }

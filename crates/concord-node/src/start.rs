@@ -24,17 +24,26 @@ const CHANGESET_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Connect to the region's NATS, retrying until `nats_connect_timeout_ms`.
 pub async fn connect(cfg: &NodeConfig, shutdown: &mut watch::Receiver<bool>) -> Result<async_nats::Client, StartError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.nats_connect_timeout_ms);
+    let (urls, credentials) = cfg.nats_servers()?;
+    let shown = concord_transport::address::redact(&cfg.nats_url);
     let attempt = || async {
-        let connect = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = &credentials {
+            options = options.user_and_password(user.clone(), password.expose().to_string());
+        }
+        if !cfg.nats_ca_file.is_empty() {
+            options = options.add_root_certificates(cfg.nats_ca_file.clone().into()).require_tls(true);
+        }
+        let connect = options
             .name(format!("concord {}", cfg.node))
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(10)))
-            .connect(cfg.nats_urls());
+            .connect(urls.clone());
         match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(client)) => Ok(client),
-            Ok(Err(e)) => Err(format!("connecting to {}: {e}", cfg.nats_url)),
-            Err(_) => Err(format!("connecting to {}: timed out", cfg.nats_url)),
+            Ok(Err(e)) => Err(format!("connecting to {shown}: {e}")),
+            Err(_) => Err(format!("connecting to {shown}: timed out")),
         }
     };
     match retry("reaching NATS", Backoff::network().until(deadline), shutdown, |_| true, attempt).await {
@@ -88,7 +97,8 @@ async fn open_streams_once(
     region: &RegionId,
     client: &async_nats::Client,
 ) -> Result<(Arc<NatsLog>, BTreeMap<String, RegionId>), concord_transport::LogError> {
-    let log = Arc::new(NatsLog::open(client.clone(), region.as_str(), cfg.retention(), cfg.nats_replicas).await?);
+    let log =
+        Arc::new(NatsLog::open(client.clone(), region.as_str(), &cfg.node, cfg.retention(), cfg.nats_replicas).await?);
     let mut mirrors = BTreeMap::new();
     for remote in cfg.remote_regions() {
         // Whoever leads later needs it; creating it is idempotent.

@@ -12,6 +12,7 @@ use concord_transport::LogEntry;
 use concord_transport::nats::NatsLog;
 use tokio::sync::{mpsc, watch};
 
+use crate::identity::Identity;
 use crate::supervisor::{Policy, Supervisor};
 
 /// What the worker asks of whoever delivers streams.
@@ -39,6 +40,9 @@ pub struct StreamSet {
     /// Mirror stream → the region whose log it mirrors (read instead while the mirror
     /// lags far behind: `concord_transport::follow`).
     origins: BTreeMap<String, String>,
+    /// Who may have written each entry ([`crate::identity`]), and this region (whose log
+    /// is the stream no mirror names).
+    identity: Option<(Arc<Identity>, String)>,
 }
 
 impl StreamSet {
@@ -49,7 +53,42 @@ impl StreamSet {
         cursors: watch::Receiver<BTreeMap<String, u64>>,
         origins: BTreeMap<String, String>,
     ) -> StreamSet {
-        StreamSet { log, tx, supervisor, cursors, running: BTreeMap::new(), origins }
+        StreamSet { log, tx, supervisor, cursors, running: BTreeMap::new(), origins, identity: None }
+    }
+
+    /// Check the publisher of every entry before the worker sees it.
+    pub fn with_identity(mut self, identity: Arc<Identity>, own_region: String) -> Self {
+        self.identity = Some((identity, own_region));
+        self
+    }
+}
+
+/// Entries checked at once on their way from a stream's consumer to the worker.
+const SCREEN_QUEUE: usize = 256;
+
+/// Pass `rx`'s entries to `tx` with the verdict on their publisher, in order; an entry
+/// whose verdict cannot be had now (its region's lease history unreachable) holds the
+/// stream back until it can.
+async fn screen(
+    identity: Arc<Identity>,
+    region: String,
+    mut rx: mpsc::Receiver<(String, LogEntry)>,
+    tx: mpsc::Sender<(String, LogEntry)>,
+) {
+    while let Some((stream, mut entry)) = rx.recv().await {
+        let mut backoff = concord_transport::backoff::Backoff::network();
+        entry.forged = loop {
+            match identity.verdict(&region, &entry).await {
+                Ok(v) => break v,
+                Err(why) => {
+                    tracing::warn!(stream, why, "checking who wrote an entry failed; asking again");
+                    backoff.wait().await;
+                }
+            }
+        };
+        if tx.send((stream, entry)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -61,17 +100,26 @@ impl StreamControl for StreamSet {
         self.running.insert(stream.to_string(), stop_tx);
         let (log, tx, cursors, name) = (self.log.clone(), self.tx.clone(), self.cursors.clone(), stream.to_string());
         let origin = self.origins.get(stream).cloned();
+        let identity = self.identity.clone().map(|(id, own)| (id, origin.clone().unwrap_or(own)));
         self.supervisor.spawn(format!("follow {stream}"), Policy::Restart, move || {
             let resume = cursors.borrow().get(&name).map_or(0, |c| c + 1);
-            let (log, tx, name, mut stop, origin) =
-                (log.clone(), tx.clone(), name.clone(), stop_rx.clone(), origin.clone());
+            let (log, tx, name, mut stop, origin, identity) =
+                (log.clone(), tx.clone(), name.clone(), stop_rx.clone(), origin.clone(), identity.clone());
             async move {
                 if *stop.borrow() {
                     return Ok(());
                 }
+                let Some((identity, region)) = identity else {
+                    tokio::select! {
+                        // `follow` returns only once the worker's channel closed: shutdown.
+                        _ = log.follow(name, from.max(resume), origin, tx) => return Ok(()),
+                        _ = stop.changed() => return Ok(()),
+                    }
+                };
+                let (screen_tx, screen_rx) = mpsc::channel(SCREEN_QUEUE);
                 tokio::select! {
-                    // `follow` returns only once the worker's channel closed: shutdown.
-                    _ = log.follow(name, from.max(resume), origin, tx) => Ok(()),
+                    _ = log.follow(name, from.max(resume), origin, screen_tx) => Ok(()),
+                    _ = screen(identity, region, screen_rx, tx) => Ok(()),
                     _ = stop.changed() => Ok(()),
                 }
             }

@@ -146,6 +146,9 @@ pub fn report(m: &Metrics, alerts: &[Alert], stats: &Stats) {
             }
             Alert::DeadLettered { stream, stream_seq, reason } => {
                 metrics::inc(&m.dead_letters_total);
+                if reason.starts_with("forged:") {
+                    metrics::inc(&m.forged_total);
+                }
                 error!(stream, stream_seq, reason, "a message went to the dead-letter table");
             }
             Alert::StreamGap { stream, from, to } => {

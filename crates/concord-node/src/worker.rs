@@ -114,6 +114,8 @@ pub struct Worker<L: RegionLog, S: StreamControl> {
     pub(crate) inflight: InFlight,
     /// Repairs from anti-entropy ([`crate::anti_entropy`]).
     repairs: Option<mpsc::Receiver<RepairRequest>>,
+    /// Checks who published what a catch-up reads ([`crate::identity`]).
+    pub(crate) identity: Option<Arc<crate::identity::Identity>>,
     /// Candidates for tombstone collection ([`crate::collect`]).
     collects: Option<mpsc::Receiver<CollectRequest>>,
     /// A catch-up that waits for this replica to apply more of the other streams is
@@ -151,6 +153,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
             deferred: Deferred::default(),
             inflight: InFlight::default(),
             repairs: None,
+            identity: None,
             collects: None,
             catch_up_after: None,
             mark_interval_ms: MARK_INTERVAL_DEFAULT.as_millis() as u64,
@@ -178,6 +181,12 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
     pub fn with_collection(mut self, collects: mpsc::Receiver<CollectRequest>, mark_interval: Duration) -> Self {
         self.collects = Some(collects);
         self.mark_interval_ms = mark_interval.as_millis() as u64;
+        self
+    }
+
+    /// Check who published what a catch-up reads.
+    pub fn with_identity(mut self, identity: Arc<crate::identity::Identity>) -> Self {
+        self.identity = Some(identity);
         self
     }
 
@@ -344,13 +353,10 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         inbound: &mut mpsc::Receiver<(String, LogEntry)>,
     ) -> Result<(), NodeError> {
         let mut bytes = first.1.payload.len();
-        let mut by_stream: Vec<(String, Vec<Entry>)> = Vec::new();
-        let mut push = |(stream, e): (String, LogEntry)| {
-            let entry = Entry { seq: e.seq, payload: e.payload };
-            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
-                Some((_, entries)) => entries.push(entry),
-                None => by_stream.push((stream, vec![entry])),
-            }
+        let mut by_stream: Vec<(String, Vec<LogEntry>)> = Vec::new();
+        let mut push = |(stream, e): (String, LogEntry)| match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, entries)) => entries.push(e),
+            None => by_stream.push((stream, vec![e])),
         };
         push(first);
         let mut n = 1;
@@ -368,12 +374,17 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
         Ok(())
     }
 
-    pub(crate) async fn apply(&mut self, stream: String, entries: Vec<Entry>) -> Result<(), NodeError> {
+    /// Apply entries of `stream` (those found forged are dead letters:
+    /// [`crate::identity`]).
+    pub(crate) async fn apply(&mut self, stream: String, entries: Vec<LogEntry>) -> Result<(), NodeError> {
         let now = self.clock.now_ms();
         let started = std::time::Instant::now();
+        let forged: concord_engine::Forged =
+            entries.iter().filter_map(|e| e.forged.clone().map(|why| (e.seq, why))).collect();
+        let entries: Vec<Entry> = entries.into_iter().map(|e| Entry { seq: e.seq, payload: e.payload }).collect();
         let out = self
             .step(move |e, s| {
-                let prepared = e.prepare(&stream, entries, now);
+                let prepared = e.prepare_screened(&stream, entries, forged, now);
                 let facts = s.load(prepared.needs())?;
                 Ok(e.apply(prepared, &facts)?)
             })

@@ -181,7 +181,14 @@ impl NatsLog {
                 continue;
             }
             *next = seq + 1;
-            if tx.send((stream_name.to_string(), LogEntry { seq, payload: msg.payload.clone() })).await.is_err() {
+            if tx
+                .send((
+                    stream_name.to_string(),
+                    LogEntry { seq, payload: msg.payload.clone(), subject: msg.subject.to_string(), forged: None },
+                ))
+                .await
+                .is_err()
+            {
                 return Ended::Closed;
             }
         }

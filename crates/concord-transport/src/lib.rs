@@ -16,6 +16,7 @@
 //! An append whose outcome is unknown (timeout, disconnect) is [`LogError::Indeterminate`]:
 //! the caller must re-read the log before it appends again.
 
+pub mod address;
 pub mod backoff;
 pub mod follow;
 pub mod lease;
@@ -50,6 +51,13 @@ pub type LogResult<T> = Result<T, LogError>;
 pub struct LogEntry {
     pub seq: u64,
     pub payload: bytes::Bytes,
+    /// The subject it was published on, which names its publisher
+    /// (`concord.log.<region>.<node>`; empty where unknown). NATS permits each node
+    /// only its own: it is the publisher's identity.
+    pub subject: String,
+    /// Set by whoever checked the publisher against its origin (the node's identity
+    /// check): why the entry is forged. `None`: not found forged (or not checked).
+    pub forged: Option<String>,
 }
 
 /// What one bounded read returned: the messages it found, and how far it looked.

@@ -53,7 +53,7 @@ impl RegionLog for MemoryLog {
             }
             let payload = inner.entries[seq as usize - 1].clone();
             bytes += payload.len();
-            chunk.entries.push(LogEntry { seq, payload });
+            chunk.entries.push(LogEntry { seq, payload, subject: String::new(), forged: None });
         }
         Ok(chunk)
     }
@@ -77,7 +77,10 @@ mod tests {
         assert_eq!(log.append("a".into(), "x:1".into(), 0).await, Ok(1));
         assert_eq!(log.append("b".into(), "y:1".into(), 0).await, Err(LogError::Fenced { expected: 0 }));
         assert_eq!(log.append("b".into(), "x:2".into(), 1).await, Ok(2));
-        assert_eq!(log.read(2, 10, 1 << 20).await.unwrap().entries, vec![LogEntry { seq: 2, payload: "b".into() }]);
+        assert_eq!(
+            log.read(2, 10, 1 << 20).await.unwrap().entries,
+            vec![LogEntry { seq: 2, payload: "b".into(), subject: String::new(), forged: None }]
+        );
         let first = log.read(1, 2, 1).await.unwrap();
         assert_eq!((first.entries.len(), first.through), (1, 1), "bounded by bytes, at least one message");
         assert_eq!(log.last_seq().await, Ok(2));

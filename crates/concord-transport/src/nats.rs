@@ -21,14 +21,52 @@ pub const APPEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading one message of a catch-up may take before the read is retried.
 const READ_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const EPOCH_BUCKET: &str = "concord_epochs";
+/// The lease history: which node each epoch belongs to. Write-once (see
+/// [`NatsLog::owners_bucket`]).
+const OWNERS_BUCKET: &str = "concord_owners";
 const LEADERS_BUCKET: &str = "concord_leaders";
 
 pub fn stream_name(region: &str) -> String {
     format!("CONCORD_LOG_{}", region.to_ascii_uppercase().replace('-', "_"))
 }
 
+/// The subject a region's log was written on before publishers had identities (still
+/// in the stream's subjects, for what was written then).
 pub fn subject(region: &str) -> String {
     format!("concord.log.{region}")
+}
+
+/// The subject node `node` writes `region`'s log on: NATS lets each node publish on its
+/// own only, so the subject of a stored changeset names who wrote it.
+pub fn node_subject(region: &str, node: &str) -> String {
+    format!("concord.log.{region}.{node}")
+}
+
+/// The node that published a message of `region`'s log, from its subject: `Some(None)`
+/// for the subject of before identities, `None` for a subject that is no log's.
+pub fn publisher(region: &str, subject: &str) -> Option<Option<String>> {
+    let rest = subject.strip_prefix("concord.log.")?.strip_prefix(region)?;
+    match rest.strip_prefix('.') {
+        None if rest.is_empty() => Some(None),
+        Some(node) if !node.is_empty() && !node.contains('.') => Some(Some(node.to_string())),
+        _ => None,
+    }
+}
+
+/// The subjects of `region`'s log: one per writing node, and the one of before.
+fn log_subjects(region: &str) -> Vec<String> {
+    vec![subject(region), format!("concord.log.{region}.*")]
+}
+
+fn epoch_owner_key(region: &str, epoch: u64) -> String {
+    format!("owner.{region}.{epoch}")
+}
+
+/// A message read from a stream: what it holds and the subject it was published on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    pub subject: String,
+    pub payload: Bytes,
 }
 
 /// The local copy of a remote region's log: a mirror keeps the origin's sequences,
@@ -66,6 +104,8 @@ pub struct NatsLog {
     pub(crate) js: jetstream::Context,
     stream: String,
     subject: String,
+    /// This node's name (its epochs are recorded as its own).
+    node: String,
     /// Copies of every stream and bucket this node creates (1, or 3 on a region's
     /// three-server JetStream cluster).
     replicas: usize,
@@ -103,6 +143,7 @@ impl NatsLog {
     pub async fn open(
         client: async_nats::Client,
         region: &str,
+        node: &str,
         retention: Retention,
         replicas: usize,
     ) -> LogResult<NatsLog> {
@@ -110,7 +151,7 @@ impl NatsLog {
         let name = stream_name(region);
         let mut config = stream::Config {
             name: name.clone(),
-            subjects: vec![subject(region)],
+            subjects: log_subjects(region),
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
             allow_direct: true,
@@ -119,21 +160,29 @@ impl NatsLog {
         };
         retention.apply(&mut config);
         let stream = js.get_or_create_stream(config).await.map_err(unavailable)?;
-        let log = NatsLog { js, stream: name, subject: subject(region), replicas };
-        log.keep_retention(stream, retention).await?;
+        let log = NatsLog { js, stream: name, subject: node_subject(region, node), node: node.to_string(), replicas };
+        log.keep_retention(stream, retention, Some(log_subjects(region))).await?;
         Ok(log)
     }
 
     /// Give an existing stream the retention it should have (a deployment that changed
     /// its limits, or one made before they were on by default).
-    async fn keep_retention(&self, mut stream: stream::Stream, retention: Retention) -> LogResult<()> {
+    async fn keep_retention(
+        &self,
+        mut stream: stream::Stream,
+        retention: Retention,
+        subjects: Option<Vec<String>>,
+    ) -> LogResult<()> {
         let config = stream.info().await.map_err(unavailable)?.config.clone();
-        if retention.holds(&config) {
+        if retention.holds(&config) && subjects.as_ref().is_none_or(|s| *s == config.subjects) {
             return Ok(());
         }
         let mut updated = config;
         retention.apply(&mut updated);
-        warn!(stream = updated.name, ?retention, "changing the stream's retention");
+        if let Some(s) = subjects {
+            updated.subjects = s;
+        }
+        warn!(stream = updated.name, ?retention, "changing the stream's retention or subjects");
         self.js.update_stream(updated).await.map_err(unavailable)?;
         Ok(())
     }
@@ -183,6 +232,36 @@ impl NatsLog {
                 .await
                 .map_err(unavailable),
         }
+    }
+
+    /// The lease history's bucket, made write-once: the server refuses a second message
+    /// on a key (one per subject, new ones discarded), and deleting or purging, so an
+    /// owner record, once written, is never replaced, not even by a node that may
+    /// write the bucket. Read through the stream's leader (no direct gets, which any
+    /// copy answers): a record is acknowledged before its epoch writes anything, so a
+    /// reader never misses one a lagging copy has not stored yet.
+    async fn owners_bucket(&self) -> LogResult<jetstream::kv::Store> {
+        if let Ok(kv) = self.js.get_key_value(OWNERS_BUCKET).await {
+            return Ok(kv);
+        }
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{OWNERS_BUCKET}"),
+                subjects: vec![format!("$KV.{OWNERS_BUCKET}.>")],
+                max_messages_per_subject: 1,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
+                deny_delete: true,
+                deny_purge: true,
+                allow_rollup: false,
+                allow_direct: false,
+                num_replicas: self.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        self.js.get_key_value(OWNERS_BUCKET).await.map_err(unavailable)
     }
 
     pub fn stream(&self) -> &str {
@@ -246,7 +325,7 @@ impl NatsLog {
         };
         retention.apply(&mut config);
         let stream = self.js.get_or_create_stream(config).await.map_err(unavailable)?;
-        self.keep_retention(stream, retention).await?;
+        self.keep_retention(stream, retention, None).await?;
         Ok(name)
     }
 
@@ -282,17 +361,27 @@ impl NatsLog {
     /// The message `seq` of `stream_name`, in this region's JetStream (`domain` None) or
     /// in another region's domain: `None` when the stream does not hold it (never
     /// stored, deleted, or removed by retention).
-    pub async fn message(&self, domain: Option<&str>, stream_name: &str, seq: u64) -> LogResult<Option<Bytes>> {
+    pub async fn message(&self, domain: Option<&str>, stream_name: &str, seq: u64) -> LogResult<Option<RawMessage>> {
         let js = match domain {
             Some(domain) => jetstream::with_domain(self.js.client(), domain),
             None => self.js.clone(),
         };
         let stream = js.get_stream_no_info(stream_name).await.map_err(unavailable)?;
         match stream.direct_get(seq).await {
-            Ok(msg) => Ok(Some(msg.payload)),
+            Ok(msg) => Ok(Some(RawMessage { subject: msg.subject.to_string(), payload: msg.payload })),
             Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    /// The node that epoch `epoch` of `region` was allocated to (the lease history in that
+    /// region's write-once `concord_owners` bucket, read in its domain when it is not this one's):
+    /// `None` when the history holds no such epoch.
+    pub async fn epoch_owner(&self, own_region: &str, region: &str, epoch: u64) -> LogResult<Option<String>> {
+        let js = if region == own_region { self.js.clone() } else { jetstream::with_domain(self.js.client(), region) };
+        let kv = js.get_key_value(OWNERS_BUCKET).await.map_err(unavailable)?;
+        let value = kv.get(epoch_owner_key(region, epoch)).await.map_err(unavailable)?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Allocate the next leader epoch of `region` (compare-and-set, so two starting
@@ -387,7 +476,12 @@ impl RegionLog for NatsLog {
                 break;
             }
             bytes += msg.payload.len();
-            chunk.entries.push(LogEntry { seq, payload: msg.payload.clone() });
+            chunk.entries.push(LogEntry {
+                seq,
+                payload: msg.payload.clone(),
+                subject: msg.subject.to_string(),
+                forged: None,
+            });
             if seq == to {
                 break;
             }
@@ -400,6 +494,11 @@ impl RegionLog for NatsLog {
     }
 
     async fn next_epoch(&self, region: &str) -> LogResult<u64> {
-        self.allocate_epoch(region).await
+        let epoch = self.allocate_epoch(region).await?;
+        // The lease history: who writes as this epoch. Recorded before anything of the
+        // epoch is written, so a replica that reads a changeset of it finds the record.
+        let kv = self.owners_bucket().await?;
+        kv.create(epoch_owner_key(region, epoch), Bytes::from(self.node.clone())).await.map_err(unavailable)?;
+        Ok(epoch)
     }
 }

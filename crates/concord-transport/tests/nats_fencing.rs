@@ -101,7 +101,7 @@ async fn open(servers: &Servers, replicas: usize) -> NatsLog {
     loop {
         let attempt = async {
             let client = async_nats::connect(urls.clone()).await.map_err(|e| e.to_string())?;
-            NatsLog::open(client, "us-east", Default::default(), replicas).await.map_err(|e| e.to_string())
+            NatsLog::open(client, "us-east", "us-east-1", Default::default(), replicas).await.map_err(|e| e.to_string())
         };
         match attempt.await {
             Ok(log) => return log,

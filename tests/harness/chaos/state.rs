@@ -163,7 +163,7 @@ pub async fn capture_node(url: &str, registers: &[String], docs: &[String]) -> N
 
 /// Every changeset of `region`'s log, read from the region's NATS at `nats_url`.
 pub async fn read_log(nats_url: &str, region: &str) -> Result<Vec<LogEntry>, String> {
-    let client = async_nats::connect(nats_url).await.map_err(|e| format!("{nats_url}: {e}"))?;
+    let client = crate::nats_connect(nats_url).await.map_err(|e| format!("{nats_url}: {e}"))?;
     let js = async_nats::jetstream::new(client);
     let name = format!("CONCORD_LOG_{}", region.to_ascii_uppercase().replace('-', "_"));
     let mut stream = js.get_stream(&name).await.map_err(|e| format!("{name}: {e}"))?;

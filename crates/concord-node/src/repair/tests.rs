@@ -5,6 +5,8 @@ use concord_core::hlc::Hlc;
 use concord_transport::LogError;
 
 use super::*;
+use bytes::Bytes;
+use concord_transport::nats::RawMessage;
 
 const MIRROR: &str = "CONCORD_MIRROR_AP_SOUTH";
 
@@ -59,18 +61,22 @@ struct Logs {
 }
 
 impl Source for Logs {
-    async fn local(&self, stream: &str, seq: u64) -> LogResult<Option<Bytes>> {
+    async fn local(&self, stream: &str, seq: u64) -> LogResult<Option<RawMessage>> {
         assert_eq!(stream, MIRROR);
-        Ok(self.local.get(&seq).cloned())
+        Ok(self.local.get(&seq).cloned().map(raw))
     }
 
-    async fn origin(&self, region: &RegionId, seq: u64) -> LogResult<Option<Bytes>> {
+    async fn origin(&self, region: &RegionId, seq: u64) -> LogResult<Option<RawMessage>> {
         assert_eq!(region.as_str(), "ap-south");
         if self.down {
             return Err(LogError::Unavailable("cut off".into()));
         }
-        Ok(self.origin.get(&seq).cloned())
+        Ok(self.origin.get(&seq).cloned().map(raw))
     }
+}
+
+fn raw(payload: Bytes) -> RawMessage {
+    RawMessage { subject: "concord.log.ap-south".into(), payload }
 }
 
 /// The origin's log: seqs 1..=39 hold ap-south.1's changes 1..=117 (3 per changeset,

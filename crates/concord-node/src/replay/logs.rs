@@ -53,14 +53,19 @@ async fn timed<T, E: std::fmt::Display>(
 impl Logs {
     /// Reach the region's NATS (`url`: one URL, or several separated by commas).
     pub async fn connect(url: &str) -> Result<Logs, ReplayError> {
-        let urls: Vec<String> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
-        let connect = async_nats::ConnectOptions::new()
+        let servers = concord_transport::address::parse(url).map_err(ReplayError::Refused)?;
+        let url = concord_transport::address::redact(url);
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = servers.credentials {
+            options = options.user_and_password(user, password);
+        }
+        let connect = options
             .name("concord restore")
             .connection_timeout(CALL_TIMEOUT)
             .request_timeout(Some(CALL_TIMEOUT))
-            .connect(urls);
+            .connect(servers.urls);
         let client = timed(|| format!("connecting to {url}"), connect).await?;
-        Ok(Logs { js: jetstream::new(client), url: url.to_string() })
+        Ok(Logs { js: jetstream::new(client), url })
     }
 
     /// Every mirror of another region's log this JetStream holds, with that region

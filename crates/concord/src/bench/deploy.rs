@@ -84,8 +84,13 @@ impl Deployment {
         r.nodes.iter().find(|n| n.role.as_str() == role).with_context(|| format!("no {role} in {region}"))
     }
 
+    /// Region `region`'s NATS URL, with the deployment's `client` credentials in it.
     pub fn nats(&self, region: &str) -> anyhow::Result<String> {
-        Ok(self.cluster.regions.get(region).with_context(|| format!("no region {region}"))?.nats.clone())
+        let url = &self.cluster.regions.get(region).with_context(|| format!("no region {region}"))?.nats;
+        Ok(match self.cluster.nats_users.get("client") {
+            Some(password) => url.replacen("://", &format!("://client:{password}@"), 1),
+            None => url.clone(),
+        })
     }
 
     pub async fn status(&self, region: &str, role: &str) -> anyhow::Result<StatusBody> {

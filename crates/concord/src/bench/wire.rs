@@ -80,14 +80,13 @@ impl Target {
             Target::HttpPut { addr, durability } => http(addr, Request::Put(durability)).await?,
             Target::HttpGet { addr } => http(addr, Request::Get).await?,
             Target::HttpDoc { addr } => http(addr, Request::Doc).await?,
-            Target::NatsPut { url, region } => Conn::Nats {
-                client: async_nats::connect(url).await.with_context(|| format!("connecting to {url}"))?,
-                subject: format!("concord.api.{region}.kv.put"),
-            },
+            Target::NatsPut { url, region } => {
+                Conn::Nats { client: nats_connect(url).await?, subject: format!("concord.api.{region}.kv.put") }
+            }
             Target::RedisSet { addr } => redis(addr, true).await?,
             Target::RedisGet { addr } => redis(addr, false).await?,
             Target::NatsKvPut { url } => {
-                let client = async_nats::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+                let client = nats_connect(url).await?;
                 let js = async_nats::jetstream::new(client);
                 Conn::Kv {
                     store: Box::new(js.get_key_value("bench").await.context("opening the key/value bucket bench")?),
@@ -95,6 +94,17 @@ impl Target {
             }
         })
     }
+}
+
+/// Connect to NATS at `url`, with the credentials it carries (`nats://user:password@...`).
+pub async fn nats_connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = concord_transport::address::parse(url).map_err(anyhow::Error::msg)?;
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = servers.credentials {
+        options = options.user_and_password(user, password);
+    }
+    let shown = concord_transport::address::redact(url);
+    options.connect(servers.urls).await.with_context(|| format!("connecting to {shown}"))
 }
 
 async fn http(addr: &str, request: Request) -> anyhow::Result<Conn> {

@@ -3,9 +3,12 @@
 //! stops everything on Ctrl-C or SIGTERM; the other commands act on one process or one
 //! link from another shell, through the records in `DIR/procs/` and `DIR/faults.json`.
 
+mod compose_conf;
+mod nats_auth;
 mod nats_conf;
 pub(crate) mod procs;
 mod proxy;
+pub mod tls;
 mod up;
 
 use proxy::Faults;
@@ -92,6 +95,26 @@ pub enum ClusterCommand {
         #[arg(allow_negative_numbers = true)]
         ms: i64,
     },
+    /// Make a local certificate authority and a certificate it signs for HOSTS in OUT
+    /// (ca.pem, ca-key.pem, server.pem, server-key.pem): what the NATS servers present
+    /// on the links between regions. Never replaces files. `up` makes its own.
+    Tls {
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names and IP addresses the certificate names, comma-separated.
+        #[arg(long, default_value = "127.0.0.1,localhost")]
+        hosts: String,
+    },
+    /// Make the NATS credentials and TLS files of the compose deployment in OUT (its
+    /// secrets directory): a user per node, client, admin, each region's servers on the
+    /// backbone, the routes; the generated parts of the servers' configuration; a CA and
+    /// certificate for the containers' host names. Keeps what exists.
+    ComposeSecrets {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = REGIONS_DEFAULT)]
+        regions: String,
+    },
 }
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
@@ -99,6 +122,23 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Up { dir, regions, followers, port_offset, nats_servers } => {
             let regions = regions.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
             up::up(&dir, nats_conf::Layout { regions, followers, servers: nats_servers, offset: port_offset }).await
+        }
+        ClusterCommand::Tls { out, hosts } => {
+            let hosts: Vec<String> = hosts.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            let files = tls::make(&out, &hosts, false)?;
+            println!(
+                "CA {}; certificate {} (key {}) for {}",
+                files.ca.display(),
+                files.cert.display(),
+                files.key.display(),
+                hosts.join(", ")
+            );
+            Ok(())
+        }
+        ClusterCommand::ComposeSecrets { out, regions } => {
+            let regions: Vec<String> =
+                regions.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            compose_conf::write(&out, &regions)
         }
         ClusterCommand::Kill { dir, node } => {
             procs::kill(&dir, &node)?;

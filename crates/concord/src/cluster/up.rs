@@ -13,14 +13,20 @@ use anyhow::{Context, bail};
 use concord_api::{ClusterJson, ClusterNode, ClusterRegion, Role, StatusBody, StreamLag};
 use tokio::sync::watch;
 
+use super::nats_auth::NatsAuth;
 use super::nats_conf::{self, Layout};
 use super::proxy::{self, Faults};
+use super::tls::{self, TlsFiles};
 use super::{nats_server_binary, procs};
 
 /// What `up` runs, and where its records go.
 struct Deployment {
     dir: PathBuf,
     layout: Layout,
+    /// Every NATS user and password ([`super::nats_auth`]).
+    nats_auth: NatsAuth,
+    /// The CA and certificate of the links between regions ([`super::tls`]).
+    tls: TlsFiles,
     children: Vec<Child>,
     faults: watch::Receiver<Faults>,
 }
@@ -34,10 +40,16 @@ pub async fn up(dir: &Path, layout: Layout) -> anyhow::Result<()> {
     let tokens = api_tokens(&dir)?;
     crate::http::set(tokens.as_ref().map(|t| t.0.clone()));
     let (faults_tx, faults) = start_proxies(&dir, &layout).await?;
-    let mut d = Deployment { dir, layout, children: Vec::new(), faults };
+    let nats_auth = NatsAuth::generate(&layout.regions);
+    nats_auth.write(&dir)?;
+    let tls = local_tls(&dir)?;
+    let mut d = Deployment { dir, layout, nats_auth, tls, children: Vec::new(), faults };
     let mut cluster = ClusterJson::default();
     if let Some((token, read)) = tokens {
         (cluster.token, cluster.read_token) = (Some(token), Some(read));
+    }
+    for user in ["client", "admin"] {
+        cluster.nats_users.insert(user.to_string(), d.nats_auth.passwords[user].clone());
     }
     for i in 0..d.layout.regions.len() {
         start_region_nats(&mut d, i)?;
@@ -106,7 +118,7 @@ fn start_region_nats(d: &mut Deployment, i: usize) -> anyhow::Result<()> {
     let nats_bin = nats_server_binary()?;
     let mut servers = vec![(
         format!("backbone-{region}"),
-        nats_conf::backbone_server(&d.layout, i),
+        nats_conf::backbone_server(&d.layout, i, &d.nats_auth, &d.tls),
         d.layout.ports(i).backbone_client,
     )];
     for k in 1..=d.layout.servers {
@@ -114,7 +126,7 @@ fn start_region_nats(d: &mut Deployment, i: usize) -> anyhow::Result<()> {
             1 => d.dir.join("nats").join(&region),
             _ => d.dir.join("nats").join(&region).join(k.to_string()),
         };
-        let conf = nats_conf::region_server(&d.layout, i, k, &store);
+        let conf = nats_conf::region_server(&d.layout, i, k, &store, &d.nats_auth, &d.tls);
         servers.push((d.layout.server_name(&region, k), conf, d.layout.server_port(i, k)));
     }
     for (name, conf, port) in servers {
@@ -177,6 +189,8 @@ async fn start_nodes(d: &mut Deployment, i: usize) -> anyhow::Result<ClusterRegi
                 k.starts_with("CONCORD_") && k != "CONCORD_NATS_SERVER" && !SECRET_ENV.contains(&k.as_str())
             })
             .collect();
+        env.push(("CONCORD_NATS_USER".into(), node.clone()));
+        env.push(("CONCORD_NATS_PASSWORD_FILE".into(), NatsAuth::password_file(&d.dir, &node).display().to_string()));
         if api_auth_required() {
             // The tokens go by file, so no record of the deployment (DIR/procs) holds them.
             for (var, file) in
@@ -195,9 +209,26 @@ async fn start_nodes(d: &mut Deployment, i: usize) -> anyhow::Result<ClusterRegi
     Ok(ClusterRegion { nats: servers[0].clone(), nats_servers: servers, nodes })
 }
 
+/// The deployment's CA and certificate (`DIR/secrets/tls`), made the first time.
+fn local_tls(dir: &Path) -> anyhow::Result<TlsFiles> {
+    let tls_dir = dir.join("secrets/tls");
+    let files = TlsFiles::in_dir(&tls_dir);
+    if files.exist() {
+        return Ok(files);
+    }
+    tls::make(&tls_dir, &["127.0.0.1".to_string(), "localhost".to_string()], false)
+}
+
 /// Environment a node does not inherit from `cluster up` (credentials go by file).
-pub const SECRET_ENV: [&str; 4] =
-    ["CONCORD_API_TOKEN", "CONCORD_API_READ_TOKEN", "CONCORD_API_TOKEN_FILE", "CONCORD_API_READ_TOKEN_FILE"];
+pub const SECRET_ENV: [&str; 7] = [
+    "CONCORD_API_TOKEN",
+    "CONCORD_API_READ_TOKEN",
+    "CONCORD_API_TOKEN_FILE",
+    "CONCORD_API_READ_TOKEN_FILE",
+    "CONCORD_NATS_USER",
+    "CONCORD_NATS_PASSWORD",
+    "CONCORD_NATS_PASSWORD_FILE",
+];
 /// Where the deployment's API tokens are kept (readable by this user only).
 pub const TOKEN_FILE: &str = "secrets/api-token";
 pub const READ_TOKEN_FILE: &str = "secrets/api-read-token";
