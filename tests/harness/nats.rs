@@ -8,11 +8,7 @@ use std::time::Duration;
 /// it (`nats://user:password@host:port`; the NATS library ignores them there).
 pub async fn nats_connect(url: impl AsRef<str>) -> Result<async_nats::Client, async_nats::ConnectError> {
     let servers = concord_transport::address::parse(url.as_ref()).expect("NATS URLs");
-    let mut options = async_nats::ConnectOptions::new();
-    if let Some((user, password)) = servers.credentials {
-        options = options.user_and_password(user, password);
-    }
-    options.connect(servers.urls).await
+    servers.options().connect(servers.urls).await
 }
 
 /// The `INFO` a NATS port (client, route or leaf) sends first, as JSON: what it

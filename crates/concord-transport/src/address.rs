@@ -12,6 +12,18 @@ pub struct Servers {
     pub credentials: Option<(String, String)>,
 }
 
+impl Servers {
+    /// Client options that authenticate with these credentials (none without).
+    pub fn options(&self) -> async_nats::ConnectOptions {
+        match &self.credentials {
+            Some((user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            None => async_nats::ConnectOptions::new(),
+        }
+    }
+}
+
 /// Split `list` (comma-separated URLs) into URLs and credentials. Two URLs naming
 /// different users or passwords are an error: one connection authenticates once.
 pub fn parse(list: &str) -> Result<Servers, String> {

@@ -55,11 +55,8 @@ impl Logs {
     pub async fn connect(url: &str) -> Result<Logs, ReplayError> {
         let servers = concord_transport::address::parse(url).map_err(ReplayError::Refused)?;
         let url = concord_transport::address::redact(url);
-        let mut options = async_nats::ConnectOptions::new();
-        if let Some((user, password)) = servers.credentials {
-            options = options.user_and_password(user, password);
-        }
-        let connect = options
+        let connect = servers
+            .options()
             .name("concord restore")
             .connection_timeout(CALL_TIMEOUT)
             .request_timeout(Some(CALL_TIMEOUT))

@@ -99,12 +99,8 @@ impl Target {
 /// Connect to NATS at `url`, with the credentials it carries (`nats://user:password@...`).
 pub async fn nats_connect(url: &str) -> anyhow::Result<async_nats::Client> {
     let servers = concord_transport::address::parse(url).map_err(anyhow::Error::msg)?;
-    let mut options = async_nats::ConnectOptions::new();
-    if let Some((user, password)) = servers.credentials {
-        options = options.user_and_password(user, password);
-    }
     let shown = concord_transport::address::redact(url);
-    options.connect(servers.urls).await.with_context(|| format!("connecting to {shown}"))
+    servers.options().connect(servers.urls).await.with_context(|| format!("connecting to {shown}"))
 }
 
 async fn http(addr: &str, request: Request) -> anyhow::Result<Conn> {
