@@ -13,6 +13,11 @@ use crate::marks::context_met;
 use crate::state::{Durable, Mark, Waiting};
 use crate::writer::Writer;
 
+/// The largest sequence a replica holds (applied, cursor, void from). JetStream's
+/// sequences are `u64`, but no log reaches 2^63 (a million appends a second for 290,000
+/// years): a stored sequence past it is damage, and the bound leaves room to add one.
+pub const SEQ_MAX: u64 = i64::MAX as u64;
+
 /// Most changesets kept waiting behind gaps, and their bytes, unless configured.
 pub const WAITING_MAX_DEFAULT: usize = 10_000;
 pub const WAITING_BYTES_MAX_DEFAULT: usize = 256 << 20;
@@ -231,10 +236,12 @@ impl Engine {
             marked_at_ms: None,
             data_seq: BTreeMap::new(),
         };
+        let broken = |e| Fatal(format!("durable state breaks an invariant: {e}"));
+        engine.check_sequences().map_err(broken)?;
         if start == StartAs::Leader {
             engine.begin_catch_up(None);
         }
-        engine.validate().map_err(|e| Fatal(format!("durable state breaks an invariant: {e}")))?;
+        engine.validate().map_err(broken)?;
         Ok(engine)
     }
 
@@ -318,9 +325,24 @@ impl Engine {
             .collect()
     }
 
+    /// Every sequence held is at most [`SEQ_MAX`]: the other checks, and every step, add
+    /// one to them.
+    fn check_sequences(&self) -> Result<(), String> {
+        let applied = self.applied.iter().map(|(o, s)| (o.to_string(), s));
+        let cursors = self.cursors.iter().map(|(s, c)| (s.clone(), *c));
+        let void = self.void_from.iter().map(|(o, s)| (o.to_string(), *s));
+        match applied.chain(cursors).chain(void).find(|(_, seq)| *seq > SEQ_MAX) {
+            Some((name, seq)) => {
+                Err(format!("{name} is at sequence {seq}, past the largest a log reaches ({SEQ_MAX})"))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The invariants that hold between steps. Checked after every step by the
     /// simulator and, in debug builds, by the node runtime.
     pub fn validate(&self) -> Result<(), String> {
+        self.check_sequences()?;
         for (origin, held) in &self.waiting {
             let have = self.applied.get(origin);
             for (first, h) in held {
