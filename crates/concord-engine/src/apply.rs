@@ -477,7 +477,7 @@ fn apply_doc(
 /// stored state, and tries each change on a copy).
 /// Some damaged changes are even accepted, and the panic comes when the document is
 /// asked for them: each change is looked up here, under the same guard.
-fn apply_guarded(doc: &mut automerge::Automerge, changes: Vec<automerge::Change>) -> Result<(), String> {
+pub(crate) fn apply_guarded(doc: &mut automerge::Automerge, changes: Vec<automerge::Change>) -> Result<(), String> {
     let hashes: Vec<automerge::ChangeHash> = changes.iter().map(|c| c.hash()).collect();
     let apply = || {
         doc.apply_changes(changes)?;
@@ -499,7 +499,7 @@ fn apply_guarded(doc: &mut automerge::Automerge, changes: Vec<automerge::Change>
 /// document that took changes from another replica is saved and loaded once before it
 /// is kept (a cost paid on documents changed by other regions only: local writes build
 /// their changes with Automerge itself).
-fn reloads(doc: &automerge::Automerge) -> Result<(), String> {
+pub(crate) fn reloads(doc: &automerge::Automerge) -> Result<(), String> {
     let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.save()))
         .map_err(|_| "automerge failed saving the document with it (a damaged change)".to_string())?;
     concord_core::doc::load_doc(&saved)

@@ -9,6 +9,7 @@
 //! made while appends are in flight is made over the state they leave (see
 //! [`crate::writer`], "Pipelined appends").
 
+use automerge::ReadDoc;
 use bytes::Bytes;
 use concord_core::changeset::{Change, ChangeBody, Changeset};
 use concord_core::doc::{self, DocOp};
@@ -19,6 +20,7 @@ use concord_core::vv::VersionVector;
 use uuid::Uuid;
 
 use crate::Fatal;
+use crate::apply::{apply_guarded, reloads};
 use crate::engine::Engine;
 use crate::output::{Ack, Append, Output, WriteError};
 use crate::overlay::Overlay;
@@ -41,6 +43,15 @@ pub enum WriteOp {
         key: String,
         ops: Vec<DocOp>,
     },
+    /// One Automerge change made elsewhere (a local-first client's, synced to this
+    /// node): applied to the document as it is, kept as its own change of the
+    /// changeset. Refused when it does not decode, or its dependencies are not in the
+    /// document (the client sends them first); unchanged when the document has it.
+    DocChange {
+        bucket: String,
+        key: String,
+        change: Bytes,
+    },
     /// A mark ([`crate::marks`]): the runtime asks for one every so often.
     Mark,
 }
@@ -52,15 +63,17 @@ impl WriteOp {
             WriteOp::Put { value, key, .. } => value.len() + key.len() + 64,
             WriteOp::Delete { key, .. } => key.len() + 64,
             WriteOp::Doc { key, ops, .. } => key.len() + 64 + ops.iter().map(DocOp::bytes).sum::<usize>(),
+            WriteOp::DocChange { key, change, .. } => key.len() + 64 + change.len(),
             WriteOp::Mark => 1024,
         }
     }
 
     fn doc_key(&self) -> Option<DocKey> {
         match self {
-            WriteOp::Put { bucket, key, .. } | WriteOp::Delete { bucket, key } | WriteOp::Doc { bucket, key, .. } => {
-                Some((bucket.clone(), key.clone()))
-            }
+            WriteOp::Put { bucket, key, .. }
+            | WriteOp::Delete { bucket, key }
+            | WriteOp::Doc { bucket, key, .. }
+            | WriteOp::DocChange { bucket, key, .. } => Some((bucket.clone(), key.clone())),
             WriteOp::Mark => None,
         }
     }
@@ -89,7 +102,7 @@ impl Engine {
         for w in writes {
             match (&w.op, w.op.doc_key()) {
                 (_, None) => false,
-                (WriteOp::Doc { .. }, Some(k)) => needs.docs.insert(k),
+                (WriteOp::Doc { .. } | WriteOp::DocChange { .. }, Some(k)) => needs.docs.insert(k),
                 (_, Some(k)) => needs.kv.insert(k),
             };
             needs.records.extend(w.resolves);
@@ -208,6 +221,9 @@ impl Engine {
             WriteOp::Doc { bucket, key, ops } => {
                 return self.make_doc(ov, origin, (bucket, key), &ops, resolves, now_ms);
             }
+            WriteOp::DocChange { bucket, key, change } => {
+                return self.take_doc_change(ov, (bucket, key), change, now_ms);
+            }
         };
         let k = (bucket, key);
         let mut vv = VersionVector::new();
@@ -254,5 +270,34 @@ impl Engine {
                 Ok(Made::Change(Change { hlc, bucket: k.0, key: k.1, body, resolves }))
             }
         }
+    }
+
+    /// A change made elsewhere, applied as it is (see [`WriteOp::DocChange`]). It is
+    /// tried on a copy, so a refused change leaves this batch's earlier changes to the
+    /// document in place.
+    fn take_doc_change(&mut self, ov: &mut Overlay<'_>, k: DocKey, bytes: Bytes, now_ms: u64) -> Result<Made, Fatal> {
+        let change = match doc::decode_change(bytes.to_vec()) {
+            Ok(change) => change,
+            Err(e) => return Ok(Made::Rejected(WriteError::Invalid(format!("the change does not decode: {e}")))),
+        };
+        let document = ov.doc_mut(&k)?;
+        if document.get_change_by_hash(&change.hash()).is_some() {
+            return Ok(Made::Unchanged);
+        }
+        if let Some(missing) = change.deps().iter().find(|d| document.get_change_by_hash(d).is_none()) {
+            return Ok(Made::Rejected(WriteError::Invalid(format!(
+                "the change depends on {missing}, which {}/{} does not have",
+                k.0, k.1
+            ))));
+        }
+        let mut copy = document.clone();
+        if let Err(why) = apply_guarded(&mut copy, vec![change.clone()]).and_then(|()| reloads(&copy)) {
+            return Ok(Made::Rejected(WriteError::Invalid(format!("the document refuses the change: {why}"))));
+        }
+        *document = copy;
+        ov.dirty_docs.insert(k.clone());
+        let hlc = self.clock.tick(now_ms);
+        let body = ChangeBody::Doc { change: change.raw_bytes().to_vec() };
+        Ok(Made::Change(Change { hlc, bucket: k.0, key: k.1, body, resolves: None }))
     }
 }
