@@ -12,7 +12,11 @@
 //! - A client cut off (offline, and its region partitioned) edits; on reconnect it
 //!   catches up with what others wrote meanwhile, and everyone gets its edits.
 //! - Malformed frames and oversized messages get an `error` and a closed connection, and
-//!   the stored document does not change; connections past the limit are refused.
+//!   the stored document does not change; connections past the limit are refused, and so
+//!   is a document past the per-connection limit.
+//! - Without the deployment's token: 401 (the token may come in the query, as a browser's
+//!   WebSocket cannot send headers); the read token syncs down and may not send changes.
+//!   Ephemeral messages reach the node's other clients of the document.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,12 +35,30 @@ fn python() -> PathBuf {
     python
 }
 
-/// The sync client's command line for `command` against `http_url`'s node.
+/// The sync client's command line for `command` against `http_url`'s node, with the
+/// deployment's token.
 fn client(http_url: &str, store: &Path, command: &str, args: &[&str]) -> Command {
+    client_as(http_url, store, command, args, Token::Header(TEST_TOKEN))
+}
+
+/// How a client presents its token.
+enum Token<'a> {
+    Header(&'a str),
+    /// In the URL's query (what a browser's WebSocket can do).
+    Query(&'a str),
+    None,
+}
+
+fn client_as(http_url: &str, store: &Path, command: &str, args: &[&str], token: Token) -> Command {
+    let mut url = format!("{}/v1/sync", http_url.replacen("http://", "ws://", 1));
     let mut c = Command::new(python());
     c.arg(repo_root().join("tests/sync/client.py")).arg(command);
-    c.args(["--url", &format!("{}/v1/sync", http_url.replacen("http://", "ws://", 1))]);
-    c.args(["--token", TEST_TOKEN, "--store"]).arg(store).args(args);
+    match token {
+        Token::Header(t) => drop(c.args(["--token", t])),
+        Token::Query(t) => url.push_str(&format!("?token={t}")),
+        Token::None => {}
+    }
+    c.args(["--url", &url, "--store"]).arg(store).args(args);
     c
 }
 
@@ -295,4 +317,61 @@ async fn bad_frames_and_oversized_messages_close_the_connection_and_change_nothi
     let again = run_async(client(&url, &dir.0.join("again.am"), "sync", &["--doc", &id])).await;
     assert_eq!(again["doc"], json!({"title": "kept"}));
     assert_eq!(stored().await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_the_document_limit_and_ephemeral_messages() {
+    const READ_TOKEN: &str = "concord-test-read-token-fedcba9876543210";
+    let env = [("CONCORD_API_READ_TOKEN", READ_TOKEN), ("CONCORD_SYNC_DOCS_PER_CONNECTION_MAX", "1")];
+    let cluster = Cluster::start_with_env(&["us-east"], &env);
+    let url = cluster.url("us-east");
+    cluster.wait_ready(&url, Duration::from_secs(60)).await;
+    let dir = TempDir::new("sync-tokens");
+    let store = |name: &str| dir.0.join(name);
+    let first = run_async(client(&url, &store("1.am"), "create", &["--json", r#"{"n":1}"#])).await;
+    let second = run_async(client(&url, &store("2.am"), "create", &["--json", r#"{"n":2}"#])).await;
+    let (id, id2) = (bare(&first["doc_id"]), bare(&second["doc_id"]));
+    let stored = || async {
+        let resp = http().get(format!("{url}/v1/docs/sync/{id}?format=automerge")).send().await.unwrap();
+        resp.bytes().await.unwrap()
+    };
+
+    // No token, or a wrong one: 401 before any upgrade. The token in the query works.
+    for token in [Token::None, Token::Header("not-a-token"), Token::Query("not-a-token")] {
+        let answer = run(client_as(&url, &store("x.am"), "raw", &["--join"], token));
+        assert_eq!(answer["http_status"], json!(401), "{answer}");
+    }
+    let got = run_async(client_as(&url, &store("q.am"), "sync", &["--doc", &id], Token::Query(TEST_TOKEN))).await;
+    assert_eq!(got["doc"], json!({"n": 1}));
+
+    // The read token syncs down, and may not send changes.
+    let reader = store("r.am");
+    let got = run(client_as(&url, &reader, "sync", &["--doc", &id], Token::Header(READ_TOKEN)));
+    assert_eq!(got["doc"], json!({"n": 1}));
+    run(client(&url, &reader, "edit", &["--set", "n=100"]));
+    let before = stored().await;
+    let out = client_as(&url, &reader, "sync", &[], Token::Header(READ_TOKEN)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("may read, not write"), "{stderr}");
+    assert_eq!(stored().await, before, "the read token's change is not stored");
+
+    // One document per connection here: a second is refused.
+    let empty = "hex:4200000000";
+    let sync = |doc: &str| {
+        format!(r#"{{"type":"sync","senderId":"$PEER","targetId":"$SERVER","documentId":"{doc}","data":"{empty}"}}"#)
+    };
+    let (types, answer) = raw(&url, &store("x.am"), &["--join", "--cbor-json", &sync(&id), "--cbor-json", &sync(&id2)]);
+    assert_eq!(types, vec!["peer", "sync", "error"], "{answer}");
+    assert!(answer["received"][2]["message"].as_str().unwrap().contains("sync_docs_per_connection_max"));
+
+    // Ephemeral messages go to the other connections that sync the document, not back.
+    let listen = client(&url, &store("l.am"), "sync", &["--doc", &id, "--stay", "6"]);
+    let listening = tokio::task::spawn_blocking(move || run(listen));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let said = run_async(client(&url, &store("s.am"), "sync", &["--doc", &id, "--say", "0102ff", "--stay", "1"])).await;
+    let heard = listening.await.unwrap();
+    let data: Vec<&Value> = heard["ephemeral"].as_array().unwrap().iter().map(|e| &e["data"]).collect();
+    assert_eq!(data, vec![&json!("0102ff")], "{heard}");
+    assert_eq!(heard["ephemeral"][0]["from"], said["peer_id"]);
+    assert_eq!(said["ephemeral"], json!([]), "not back to its sender");
 }

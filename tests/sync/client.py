@@ -10,9 +10,10 @@ packages that .ci/setup.sh installs into .tools/venv.
 Usage (with .tools/venv/bin/python): client.py COMMAND [options]. One JSON object is
 printed on stdout, diagnostics go to stderr; exit 0 on success, 1 on failure.
   create --json OBJ [--text-key K --text S]   a new document, saved to --store, then synced
-  sync [--doc URL] [--until-key K --until-value JSON] [--stay S]   syncs the --store copy
+  sync [--doc URL] [--until-key K --until-value JSON] [--stay S] [--say HEX]   syncs the --store copy
       (or, with no store yet, asks for --doc); prints doc_id, doc, heads, unavailable,
-      in_sync (the server's last reported heads equal ours), server_heads
+      in_sync (the server's last reported heads equal ours), server_heads, ephemeral (the
+      ephemeral messages received: sender and data); --say sends one
   edit [--set K=JSON] [--insert K POS TEXT] [--delete K POS COUNT]   offline, one change,
       the edits applied in command-line order
   show                                         the --store copy
@@ -253,11 +254,13 @@ class Peer:
         return msg
 
 
-async def sync_doc(args, doc, doc_id, until=None, stay=0.0):
+async def sync_doc(args, doc, doc_id, until=None, stay=0.0, say=None):
     """Syncs `doc` with the server until the heads it last reported equal ours (or, should
     they never, until the server has answered and 1 s passes with nothing sent or
     received), and until root[until[0]] == until[1]; then listens `stay` more seconds
-    and waits to be in sync again. Returns what the JSON report adds."""
+    and waits to be in sync again. `say`: bytes sent once as an ephemeral message after
+    the first sync message. Returns what the JSON report adds (with the data of the
+    ephemeral messages received, in hex)."""
     deadline = time.monotonic() + args.timeout + stay
     try:
         async with open_ws(args) as ws:
@@ -265,6 +268,7 @@ async def sync_doc(args, doc, doc_id, until=None, stay=0.0):
             await peer.join(deadline)
             state, kind = SyncState(), ("sync" if doc.get_heads() else "request")
             server_heads, heard, unavailable, quiet_since, stay_until = None, False, False, 0.0, None
+            ephemeral = []
 
             async def flush():
                 nonlocal kind, quiet_since
@@ -274,6 +278,10 @@ async def sync_doc(args, doc, doc_id, until=None, stay=0.0):
                     kind, quiet_since = "sync", time.monotonic()
 
             await flush()
+            if say is not None:
+                await peer.send({"type": "ephemeral", "senderId": peer.me, "targetId": peer.server,
+                                 "documentId": doc_id, "sessionId": "s-" + peer.me, "count": 1,
+                                 "data": say})
             while True:
                 now = time.monotonic()
                 in_sync = server_heads == heads_hex(doc)
@@ -308,10 +316,13 @@ async def sync_doc(args, doc, doc_id, until=None, stay=0.0):
                     await flush()
                 elif msg["type"] == "doc-unavailable":
                     heard, unavailable = True, True
+                elif msg["type"] == "ephemeral":
+                    ephemeral.append({"from": msg.get("senderId"), "data": bytes(msg.get("data", b"")).hex()})
                 else:
                     log("ignoring", msg["type"])
             return {"unavailable": unavailable, "in_sync": server_heads == heads_hex(doc),
-                    "server_heads": server_heads, "peer_id": peer.me, "server_id": peer.server}
+                    "server_heads": server_heads, "peer_id": peer.me, "server_id": peer.server,
+                    "ephemeral": ephemeral}
     except InvalidStatus as e:
         raise Fail(f"WebSocket upgrade refused: HTTP {e.response.status_code}")
     except (OSError, ConnectionClosed, TimeoutError) as e:
@@ -357,7 +368,8 @@ async def cmd_sync(args):
     until = None
     if args.until_key is not None:
         until = (args.until_key, json.loads(args.until_value))
-    result = await sync_doc(args, doc, doc_id, until, args.stay)
+    say = bytes.fromhex(args.say) if args.say else None
+    result = await sync_doc(args, doc, doc_id, until, args.stay, say)
     save_store(args.store, doc, doc_id)
     return report(doc, doc_id, **result)
 
@@ -485,6 +497,7 @@ def parse_args(argv):
     p.add_argument("--until-key")
     p.add_argument("--until-value")
     p.add_argument("--stay", type=float, default=0.0)
+    p.add_argument("--say", metavar="HEX", help="send these bytes once as an ephemeral message")
     p = commands.add_parser("edit", parents=[common])
     p.set_defaults(ops=[])
     p.add_argument("--set", dest="ops", action=Ordered, const="set", metavar="K=JSON")

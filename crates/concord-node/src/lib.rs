@@ -105,8 +105,8 @@ pub struct Node {
     pub conflict_streams: api::OpenStreams,
     /// The documents this node commits, as it commits them (for `GET /v1/sync`).
     pub doc_feed: tokio::sync::broadcast::Sender<concord_engine::DocKey>,
-    /// The `GET /v1/sync` connections open now, at most `sync_connections_max`.
-    pub sync_connections: Arc<tokio::sync::Semaphore>,
+    /// The `GET /v1/sync` connections: how many are open, and what they relay.
+    pub sync: api::sync::Hub,
     /// True once the node is stopping (long-lived answers end then).
     pub shutdown: watch::Receiver<bool>,
     /// Who may use the HTTP API ([`api::auth`]).
@@ -209,7 +209,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     // Critical: a lease task that failed while holding could not stop the writer in time.
     sup.spawn_once("lease", task.run(held, sup.shutdown()));
     let (remote_stored, remote_wanted) = spawn_region_tasks(&sup, &cfg, &region, &client, &log, &views);
-    let sync_connections = Arc::new(tokio::sync::Semaphore::new(cfg.sync_connections_max));
+    let sync = api::sync::Hub::new(cfg.sync_connections_max);
     let node = Arc::new(Node {
         remote_stored,
         remote_wanted,
@@ -230,7 +230,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
         conflict_feed: views.conflicts.clone(),
         conflict_streams: Default::default(),
         doc_feed: views.docs.clone(),
-        sync_connections,
+        sync,
         shutdown: sup.shutdown(),
         tokens,
     });

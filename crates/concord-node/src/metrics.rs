@@ -107,6 +107,10 @@ counters! {
     tombstones_collected_total: "Tombstones collected once every region had applied them (causal stability).",
     gc_sweeps_total: "Sweeps of the store for collectable tombstones.",
     marks_written_total: "Marks this writer put in its region's log (what it had applied, for tombstone collection).",
+    sync_messages_received_total: "Messages received from sync clients (GET /v1/sync).",
+    sync_messages_sent_total: "Messages sent to sync clients (GET /v1/sync).",
+    sync_changes_written_total: "Automerge changes from sync clients written (here or by the region's leader).",
+    sync_refused_total: "Sync connections ended with an error message (a bad frame or message, changes the store refused).",
     anti_entropy_gaps_lifted_total: "Gaps in an origin's sequence lifted by a repair from a peer's state (their messages were gone from every log).",
 }
 

@@ -94,11 +94,14 @@ impl Tokens {
 
     /// Whether a request with these headers may do what `needs` says.
     pub fn check(&self, headers: &HeaderMap, needs: Access) -> Result<(), NodeError> {
+        self.check_presented(bearer(headers), needs)
+    }
+
+    /// As [`Tokens::check`], for a token presented some other way (`None`: none was).
+    pub fn check_presented(&self, presented: Option<&[u8]>, needs: Access) -> Result<(), NodeError> {
         let Some(write) = &self.write else { return Ok(()) };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .ok_or_else(|| NodeError::Unauthorized("send Authorization: Bearer <token>".into()))?;
+        let presented =
+            presented.ok_or_else(|| NodeError::Unauthorized("send Authorization: Bearer <token>".into()))?;
         // Both are compared, whatever the first says: the time taken does not tell which.
         let (is_write, is_read) = (write.matches(presented), self.read.as_ref().is_some_and(|r| r.matches(presented)));
         match (is_write, is_read, needs) {
@@ -107,6 +110,11 @@ impl Tokens {
             (false, false, _) => Err(NodeError::Unauthorized("the token is not one of this deployment's".into())),
         }
     }
+}
+
+/// The token of `Authorization: Bearer <token>`, if the request has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
 }
 
 /// `WWW-Authenticate` of a 401.

@@ -101,7 +101,10 @@ impl Route {
     fn access(self, method: &Method) -> Option<Access> {
         match self {
             Route::Ui | Route::Health => None,
-            Route::ConflictResolve | Route::Sync => Some(Access::Write),
+            // Checked by the route itself: a browser's WebSocket sends no headers, so the
+            // token may come in the query too ([`super::sync`]).
+            Route::Sync => None,
+            Route::ConflictResolve => Some(Access::Write),
             Route::Kv | Route::Docs if method != Method::GET && method != Method::HEAD => Some(Access::Write),
             _ => Some(Access::Read),
         }

@@ -144,6 +144,8 @@ pub async fn scrape(node: &Node) -> Scrape {
         "GET /v1/conflicts/events streams open now",
         node.conflict_streams.count() as u64,
     );
+    let open = node.cfg.sync_connections_max.saturating_sub(node.sync.connections.available_permits());
+    scrape.gauge("sync_connections_open", "GET /v1/sync connections open now", open as u64);
     let region = |r: &str| vec![("origin_region".to_string(), r.to_string())];
     let (mut msgs, mut secs, mut connected) = (Vec::new(), Vec::new(), Vec::new());
     for (r, l) in lags(node, &view).await {

@@ -26,8 +26,10 @@
 //! `sync_message_bytes_max` bytes per message (a larger one gets an `error` and the
 //! connection ends unread), `sync_docs_per_connection_max` documents per connection.
 //!
-//! Not done: `ephemeral` messages are not relayed, and a sync state is not kept across
-//! connections (the peer metadata names no `storageId`), so a client that reconnects
+//! `ephemeral` messages (presence, cursors: never stored) are relayed to the node's other
+//! connections that sync the document, not to other nodes or regions.
+//!
+//! Not done: a sync state is not kept across connections (the peer metadata names no `storageId`), so a client that reconnects
 //! starts its sync from its heads again.
 
 pub mod doc_id;
@@ -35,6 +37,7 @@ mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use automerge::Automerge;
@@ -46,15 +49,16 @@ use axum::response::{IntoResponse, Response};
 use concord_api::{ErrorCode, WriteAck};
 use concord_core::doc;
 use concord_core::ids::Origin;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::error::RecvError;
-use tracing::{debug, info};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tracing::info;
 
 use self::doc_id::DocId;
 use self::wire::{Incoming, Outgoing};
+use super::auth::{self, Access};
 use super::{Params, Reply};
-use crate::Node;
 use crate::error::NodeError;
+use crate::{Node, metrics};
 
 /// How long a sync message's changes may take to be written and applied here.
 const WRITE_WAIT: Duration = Duration::from_secs(30);
@@ -62,8 +66,46 @@ const WRITE_WAIT: Duration = Duration::from_secs(30);
 const POLICY: u16 = 1008;
 const GOING_AWAY: u16 = 1001;
 
+/// What a node's sync connections share: a permit each, and the ephemeral messages
+/// their clients send (relayed to this node's other connections that sync the
+/// document, as automerge-repo's servers do; not to other nodes).
+pub struct Hub {
+    pub connections: Arc<Semaphore>,
+    relay: broadcast::Sender<Arc<Relayed>>,
+    next_connection: AtomicU64,
+}
+
+/// An ephemeral message and the connection it came from.
+struct Relayed {
+    from: u64,
+    message: wire::Ephemeral,
+}
+
+/// Ephemeral messages a connection may fall behind by (then it misses some: they are
+/// best effort).
+const RELAY_CAPACITY: usize = 256;
+
+impl Hub {
+    pub fn new(connections_max: usize) -> Hub {
+        Hub {
+            connections: Arc::new(Semaphore::new(connections_max)),
+            relay: broadcast::channel(RELAY_CAPACITY).0,
+            next_connection: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Answer the upgrade (or why not), then run the connection until it ends.
 pub async fn upgrade(node: Arc<Node>, req: Request) -> Response {
+    // The token: `Authorization: Bearer`, or `?token=` (a browser's WebSocket cannot send
+    // headers). The read token syncs read-only: changes from the client are refused.
+    let from_query = req.uri().query().and_then(query_token);
+    let presented = auth::bearer(req.headers()).map(<[u8]>::to_vec).or(from_query);
+    let may_write = match node.tokens.check_presented(presented.as_deref(), Access::Write) {
+        Ok(()) => true,
+        Err(NodeError::Forbidden(_)) => false,
+        Err(e) => return error(e),
+    };
     if node.cfg.sync_bucket.is_empty() {
         return error(NodeError::NotFound("no sync endpoint on this node (sync_bucket is empty)".into()));
     }
@@ -75,18 +117,28 @@ pub async fn upgrade(node: Arc<Node>, req: Request) -> Response {
             return error(NodeError::bad(ErrorCode::BadRequest, why));
         }
     };
-    let Ok(permit) = node.sync_connections.clone().try_acquire_owned() else {
+    let Ok(permit) = node.sync.connections.clone().try_acquire_owned() else {
         let why = format!("{} sync connections are open (sync_connections_max)", node.cfg.sync_connections_max);
         return error(NodeError::unavailable(ErrorCode::Overloaded, why));
     };
     let max = node.cfg.sync_message_bytes_max;
-    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| run(node, socket, permit))
+    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| run(node, socket, permit, may_write))
+}
+
+/// The `token` parameter of a query, percent-decoded.
+fn query_token(query: &str) -> Option<Vec<u8>> {
+    let raw = query.split('&').find_map(|pair| pair.strip_prefix("token="))?;
+    Some(super::http::percent_decode(raw))
 }
 
 fn error(e: NodeError) -> Response {
     let reply = Reply::error(&e);
     let status = axum::http::StatusCode::from_u16(reply.status).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
-    (status, [(axum::http::header::CONTENT_TYPE, reply.content_type)], reply.body).into_response()
+    let mut resp = (status, [(axum::http::header::CONTENT_TYPE, reply.content_type)], reply.body).into_response();
+    if matches!(e, NodeError::Unauthorized(_)) {
+        resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, auth::challenge());
+    }
+    resp
 }
 
 /// Why a connection ends: the message for the client, and the close code.
@@ -96,24 +148,33 @@ fn refuse(why: impl Into<String>) -> Refused {
     Refused(why.into(), POLICY)
 }
 
-async fn run(node: Arc<Node>, mut socket: WebSocket, _permit: OwnedSemaphorePermit) {
+async fn run(node: Arc<Node>, mut socket: WebSocket, _permit: OwnedSemaphorePermit, may_write: bool) {
     let mut feed = node.doc_feed.subscribe();
+    let mut relayed = node.sync.relay.subscribe();
     let mut shutdown = node.shutdown.clone();
-    let mut session = Session::new(node.clone());
+    let mut session = Session::new(node.clone(), may_write);
     info!(node = %node.cfg.node, "sync connection opened");
     loop {
         let step = tokio::select! {
             frame = socket.recv() => match frame {
                 None | Some(Ok(Message::Close(_))) => break,
                 Some(Err(e)) => Err(Refused(format!("the frame could not be read: {e}"), close_code(&e))),
-                Some(Ok(Message::Binary(bytes))) => session.on_frame(&bytes).await,
+                Some(Ok(Message::Binary(bytes))) => {
+                    metrics::inc(&node.metrics.sync_messages_received_total);
+                    session.on_frame(&bytes).await
+                }
                 Some(Ok(Message::Text(_))) => Err(refuse("a text frame: messages are binary CBOR")),
                 Some(Ok(_)) => Ok(Vec::new()),
             },
             changed = feed.recv() => match changed {
-                Ok((bucket, key)) if bucket == session.bucket => session.on_changed(Some(&key)),
+                Ok((bucket, key)) if bucket == session.bucket => session.generate(Some(&key)).await,
                 Ok(_) => Ok(Vec::new()),
-                Err(RecvError::Lagged(_)) => session.on_changed(None),
+                Err(RecvError::Lagged(_)) => session.generate(None).await,
+                Err(RecvError::Closed) => Err(Refused("the node is stopping".into(), GOING_AWAY)),
+            },
+            relay = relayed.recv() => match relay {
+                Ok(r) => Ok(session.relay(&r)),
+                Err(RecvError::Lagged(_)) => Ok(Vec::new()),
                 Err(RecvError::Closed) => Err(Refused("the node is stopping".into(), GOING_AWAY)),
             },
             _ = stopping(&mut shutdown) => Err(Refused("the node is stopping".into(), GOING_AWAY)),
@@ -124,10 +185,12 @@ async fn run(node: Arc<Node>, mut socket: WebSocket, _permit: OwnedSemaphorePerm
                     if socket.send(Message::Binary(Bytes::from(m))).await.is_err() {
                         return;
                     }
+                    metrics::inc(&node.metrics.sync_messages_sent_total);
                 }
             }
             Err(Refused(why, code)) => {
-                debug!(peer = ?session.peer, why, "sync connection refused a message");
+                metrics::inc(&node.metrics.sync_refused_total);
+                info!(peer = ?session.peer, why, "sync connection ended with an error");
                 let message = wire::encode(&Outgoing::Error { message: why.clone() });
                 let _ = socket.send(Message::Binary(Bytes::from(message))).await;
                 let reason: String = why.chars().take(100).collect();
@@ -170,12 +233,26 @@ struct Session {
     me: String,
     peer: Option<String>,
     docs: HashMap<DocId, State>,
+    /// False with the read token: the client's changes are refused.
+    may_write: bool,
+    /// This connection, among the node's (relayed messages name where they came from).
+    id: u64,
 }
 
 impl Session {
-    fn new(node: Arc<Node>) -> Session {
+    fn new(node: Arc<Node>, may_write: bool) -> Session {
         let me = format!("concord-{}-{}", node.region, node.cfg.node);
-        Session { bucket: node.cfg.sync_bucket.clone(), node, me, peer: None, docs: HashMap::new() }
+        let id = node.sync.next_connection.fetch_add(1, Ordering::Relaxed);
+        Session { bucket: node.cfg.sync_bucket.clone(), node, me, peer: None, docs: HashMap::new(), may_write, id }
+    }
+
+    /// Another connection's ephemeral message, for this peer if it syncs the document.
+    fn relay(&self, r: &Relayed) -> Vec<Vec<u8>> {
+        let (Some(peer), false) = (self.peer.as_deref(), r.from == self.id) else { return Vec::new() };
+        if !self.docs.keys().any(|id| id.as_str() == r.message.document) {
+            return Vec::new();
+        }
+        vec![wire::encode(&Outgoing::Ephemeral { target: peer, message: &r.message })]
     }
 
     async fn on_frame(&mut self, frame: &[u8]) -> Result<Vec<Vec<u8>>, Refused> {
@@ -201,6 +278,17 @@ impl Session {
                 check_chunks(&message)?;
                 self.on_sync(id, request, message).await
             }
+            Incoming::Ephemeral(mut message) => {
+                if self.peer.is_none() {
+                    return Err(refuse("an ephemeral message before join"));
+                }
+                let id = DocId::parse(&message.document).map_err(refuse)?;
+                message.document = id.as_str().to_string();
+                if self.docs.contains_key(&id) {
+                    let _ = self.node.sync.relay.send(Arc::new(Relayed { from: self.id, message }));
+                }
+                Ok(Vec::new())
+            }
             Incoming::Leave => Err(Refused("the peer left".into(), 1000)),
             Incoming::Ignored => Ok(Vec::new()),
         }
@@ -213,71 +301,66 @@ impl Session {
                 "this connection syncs {most} documents already (sync_docs_per_connection_max)"
             )));
         }
-        let stored = self.load(&id)?;
-        let state = self.docs.entry(id.clone()).or_default();
-        if stored.is_none() && request {
+        let (node, bucket, key) = (self.node.clone(), self.bucket.clone(), id.clone());
+        let mut state = self.docs.remove(&id).unwrap_or_default();
+        let (state, received) = blocking(move || {
+            let received = receive(&node, &bucket, &key, &mut state, request, message);
+            (state, received)
+        })
+        .await?;
+        self.docs.insert(id.clone(), state);
+        let new = match received? {
             // The client has nothing and neither has this node: say so. The document is
             // pushed if it appears later (the state stays).
-            let peer = self.peer.as_deref().unwrap_or_default();
-            return Ok(vec![wire::encode(&Outgoing::DocUnavailable {
-                sender: &self.me,
-                target: peer,
-                document: id.as_str(),
-            })]);
+            None => {
+                let peer = self.peer.as_deref().unwrap_or_default();
+                let unavailable = Outgoing::DocUnavailable { sender: &self.me, target: peer, document: id.as_str() };
+                return Ok(vec![wire::encode(&unavailable)]);
+            }
+            Some(new) => new,
+        };
+        if !new.is_empty() && !self.may_write {
+            return Err(refuse("the sync message carries changes, and this token may read, not write"));
         }
-        let mut copy = stored.unwrap_or_else(doc::new_doc);
-        let before = copy.get_heads();
-        let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            copy.receive_sync_message(state, message).map_err(|e| e.to_string())
-        }));
-        match received {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(refuse(format!("the sync message was refused: {e}"))),
-            Err(_) => return Err(refuse("the sync message was refused: automerge failed on its changes")),
-        }
-        let new: Vec<Vec<u8>> = copy.get_changes(&before).into_iter().map(|c| c.raw_bytes().to_vec()).collect();
         if !new.is_empty() {
+            let count = new.len() as u64;
             let ack = submit(&self.node, &self.bucket, id.as_str(), new)
                 .await
                 .map_err(|e| refuse(format!("the changes were not stored: {e}")))?;
+            metrics::add(&self.node.metrics.sync_changes_written_total, count);
             self.applied_here(&ack).await?;
         }
-        Ok(self.generate(&id)?.into_iter().collect())
+        self.generate(Some(id.as_str())).await
     }
 
-    /// After a document changed here (`None`: maybe any): what each of its connections'
-    /// states has to send.
-    fn on_changed(&mut self, key: Option<&str>) -> Result<Vec<Vec<u8>>, Refused> {
+    /// After a document changed here (`None`: maybe any), or after a message: what the
+    /// states of the documents it names have to send, from the stored documents.
+    async fn generate(&mut self, key: Option<&str>) -> Result<Vec<Vec<u8>>, Refused> {
         let ids: Vec<DocId> = self.docs.keys().filter(|id| key.is_none_or(|k| k == id.as_str())).cloned().collect();
-        let mut out = Vec::new();
-        for id in ids {
-            out.extend(self.generate(&id)?);
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
-    }
-
-    /// The next sync message of `id` to the peer, from the stored document (an empty one
-    /// while none is stored: the peer is asked for everything), if any.
-    fn generate(&mut self, id: &DocId) -> Result<Option<Vec<u8>>, Refused> {
-        let document = self.load(id)?.unwrap_or_else(doc::new_doc);
-        let Some(state) = self.docs.get_mut(id) else { return Ok(None) };
-        let Some(message) = document.generate_sync_message(state) else { return Ok(None) };
+        let mut states: Vec<(DocId, State)> =
+            ids.into_iter().map(|id| (id.clone(), self.docs.remove(&id).expect("listed above"))).collect();
+        let (node, bucket) = (self.node.clone(), self.bucket.clone());
+        let (states, messages) = blocking(move || {
+            let mut messages = Vec::new();
+            for (id, state) in states.iter_mut() {
+                match generate(&node, &bucket, id, state) {
+                    Ok(Some(m)) => messages.push((id.clone(), m)),
+                    Ok(None) => {}
+                    Err(e) => return (states, Err(e)),
+                }
+            }
+            (states, Ok(messages))
+        })
+        .await?;
+        self.docs.extend(states);
         let peer = self.peer.as_deref().unwrap_or_default();
-        Ok(Some(wire::encode(&Outgoing::Sync {
-            sender: &self.me,
-            target: peer,
-            document: id.as_str(),
-            data: message.encode(),
-        })))
-    }
-
-    fn load(&self, id: &DocId) -> Result<Option<Automerge>, Refused> {
-        let unreadable = |e: String| Refused(format!("the document could not be read: {e}"), 1011);
-        let Some(saved) = self.node.store.get_doc(&self.bucket, id.as_str()).map_err(|e| unreadable(e.to_string()))?
-        else {
-            return Ok(None);
+        let encode = |(id, data): (DocId, Vec<u8>)| {
+            wire::encode(&Outgoing::Sync { sender: &self.me, target: peer, document: id.as_str(), data })
         };
-        doc::load_doc(&saved).map(Some).map_err(|e| unreadable(e.to_string()))
+        Ok(messages?.into_iter().map(encode).collect())
     }
 
     /// Wait until this node applied the write `ack` names (at once on the leader that
@@ -295,6 +378,55 @@ impl Session {
             )),
         }
     }
+}
+
+/// Automerge's work (loading, merging, generating: proportional to the document) off
+/// the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refused> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| Refused("the server failed on the message".into(), 1011))
+}
+
+/// Receive a client's sync message into a copy of the stored document: the changes it
+/// brought that the document did not have (in causal order), or `None` when the client
+/// asked (`request`) for a document this node does not have.
+fn receive(
+    node: &Node,
+    bucket: &str,
+    id: &DocId,
+    state: &mut State,
+    request: bool,
+    message: SyncMessage,
+) -> Result<Option<Vec<Vec<u8>>>, Refused> {
+    let stored = load(node, bucket, id)?;
+    if stored.is_none() && request {
+        return Ok(None);
+    }
+    let mut copy = stored.unwrap_or_else(doc::new_doc);
+    let before = copy.get_heads();
+    let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        copy.receive_sync_message(state, message).map_err(|e| e.to_string())
+    }));
+    match received {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(refuse(format!("the sync message was refused: {e}"))),
+        Err(_) => return Err(refuse("the sync message was refused: automerge failed on its changes")),
+    }
+    Ok(Some(copy.get_changes(&before).into_iter().map(|c| c.raw_bytes().to_vec()).collect()))
+}
+
+/// The next sync message (encoded) of `id` to the peer, from the stored document (an
+/// empty one while none is stored: the peer is asked for everything), if any.
+fn generate(node: &Node, bucket: &str, id: &DocId, state: &mut State) -> Result<Option<Vec<u8>>, Refused> {
+    let document = load(node, bucket, id)?.unwrap_or_else(doc::new_doc);
+    Ok(document.generate_sync_message(state).map(SyncMessage::encode))
+}
+
+fn load(node: &Node, bucket: &str, id: &DocId) -> Result<Option<Automerge>, Refused> {
+    let unreadable = |e: String| Refused(format!("the document could not be read: {e}"), 1011);
+    let Some(saved) = node.store.get_doc(bucket, id.as_str()).map_err(|e| unreadable(e.to_string()))? else {
+        return Ok(None);
+    };
+    doc::load_doc(&saved).map(Some).map_err(|e| unreadable(e.to_string()))
 }
 
 /// Write a client's changes: here when this node leads, else by the region's leader

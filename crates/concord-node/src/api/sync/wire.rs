@@ -22,10 +22,23 @@ pub enum Incoming {
         document: String,
         data: Vec<u8>,
     },
+    /// Data for the document's other peers, not stored (presence, cursors): relayed.
+    Ephemeral(Ephemeral),
     Leave,
-    /// Kinds the server takes no action on (`ephemeral`, `doc-unavailable`,
+    /// Kinds the server takes no action on (`doc-unavailable`,
     /// `remote-heads-changed`, `remote-subscription-change`, and kinds it does not know).
     Ignored,
+}
+
+/// An `ephemeral` message, as relayed: its sender, document, session, count and data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ephemeral {
+    pub sender: String,
+    pub document: String,
+    pub session: Option<String>,
+    /// As the sender encoded it (automerge-repo's JavaScript sends a float at times).
+    pub count: Option<Value>,
+    pub data: Vec<u8>,
 }
 
 /// A message to a client.
@@ -34,6 +47,7 @@ pub enum Outgoing<'a> {
     Peer { sender: &'a str, target: &'a str },
     Sync { sender: &'a str, target: &'a str, document: &'a str, data: Vec<u8> },
     DocUnavailable { sender: &'a str, target: &'a str, document: &'a str },
+    Ephemeral { target: &'a str, message: &'a Ephemeral },
     Error { message: String },
 }
 
@@ -70,6 +84,20 @@ pub fn decode(frame: &[u8]) -> Result<Incoming, String> {
             };
             Incoming::Sync { request: kind == "request", document: required("documentId")?, data }
         }
+        "ephemeral" => {
+            let data = match field("data") {
+                Some(Value::Bytes(b)) => b.clone(),
+                _ => return Err("the ephemeral message has no data".into()),
+            };
+            let count = field("count").filter(|v| v.is_integer() || v.is_float()).cloned();
+            Incoming::Ephemeral(Ephemeral {
+                sender: required("senderId")?,
+                document: required("documentId")?,
+                session: text("sessionId")?,
+                count,
+                data,
+            })
+        }
         "leave" => Incoming::Leave,
         _ => Incoming::Ignored,
     })
@@ -99,6 +127,19 @@ pub fn encode(message: &Outgoing<'_>) -> Vec<u8> {
             put("senderId", text(sender));
             put("targetId", text(target));
             put("documentId", text(document));
+        }
+        Outgoing::Ephemeral { target, message } => {
+            put("type", text("ephemeral"));
+            put("senderId", text(&message.sender));
+            put("targetId", text(target));
+            put("documentId", text(&message.document));
+            if let Some(session) = &message.session {
+                put("sessionId", text(session));
+            }
+            if let Some(count) = &message.count {
+                put("count", count.clone());
+            }
+            put("data", Value::Bytes(message.data.clone()));
         }
         Outgoing::Error { message } => {
             put("type", text("error"));
@@ -141,8 +182,17 @@ mod tests {
             ("data", Value::Bytes(vec![0x42])),
         ]);
         assert_eq!(decode(&sync), Ok(Incoming::Sync { request: false, document: "abc".into(), data: vec![0x42] }));
-        let ephemeral = map(vec![("type", Value::Text("ephemeral".into())), ("count", Value::Float(1.0))]);
-        assert_eq!(decode(&ephemeral), Ok(Incoming::Ignored));
+        let ephemeral = map(vec![
+            ("type", Value::Text("ephemeral".into())),
+            ("senderId", Value::Text("p1".into())),
+            ("documentId", Value::Text("abc".into())),
+            ("count", Value::Float(1.0)),
+            ("data", Value::Bytes(vec![7])),
+        ]);
+        let Ok(Incoming::Ephemeral(e)) = decode(&ephemeral) else { panic!("{:?}", decode(&ephemeral)) };
+        assert_eq!((e.count, e.data, e.session), (Some(Value::Float(1.0)), vec![7], None));
+        let heads = map(vec![("type", Value::Text("remote-heads-changed".into()))]);
+        assert_eq!(decode(&heads), Ok(Incoming::Ignored));
 
         for bad in [
             vec![0xff],
