@@ -101,6 +101,29 @@ wait_converged
 for ep in $US $EU $AP; do printf '%s: ' "$ep"; $C get --endpoint $ep users dana; done
 run $C conflicts --endpoint $AP --key dana
 
+say "Local-first clients: automerge-repo's sync protocol on every node (GET /v1/sync)"
+# tests/sync/client.py: an automerge-repo client in Python (its log: $DIR/sync-client.log).
+sync_client() { .tools/venv/bin/python tests/sync/client.py "$@" 2>>"$DIR/sync-client.log"; }
+ws() { echo "ws://${1#http://}/v1/sync"; }
+DOC=$(sync_client create --url "$(ws $AP)" --token "$CONCORD_TOKEN" --store "$DIR/phone.am" \
+  --json '{"title":"groceries"}' --text-key notes --text "milk" | python3 -c 'import json,sys; print(json.load(sys.stdin)["doc_id"])')
+echo "A phone created $DOC through ap-south; eu-west serves it over HTTP:"
+for _ in $(seq 1 100); do curl -sf "$EU/v1/docs/sync/${DOC#automerge:}" >/dev/null && break; sleep 0.1; done
+run curl -s "$EU/v1/docs/sync/${DOC#automerge:}"; echo
+echo "A laptop syncs it from eu-west; both edit it offline (the same title), then sync:"
+sync_client sync --url "$(ws $EU)" --token "$CONCORD_TOKEN" --store "$DIR/laptop.am" --doc "$DOC" >/dev/null
+sync_client edit --store "$DIR/phone.am" --set 'title="groceries (phone)"' --insert notes 4 ", eggs" >/dev/null
+sync_client edit --store "$DIR/laptop.am" --set 'title="groceries (laptop)"' --insert notes 0 "oat " >/dev/null
+sync_client sync --url "$(ws $AP)" --token "$CONCORD_TOKEN" --store "$DIR/phone.am" >/dev/null
+sync_client sync --url "$(ws $EU)" --token "$CONCORD_TOKEN" --store "$DIR/laptop.am" >/dev/null
+wait_converged
+echo "Every region holds both edits; the title's conflict is in the conflict log:"
+run curl -s "$US/v1/docs/sync/${DOC#automerge:}"; echo
+run $C conflicts --endpoint $US --key "${DOC#automerge:}"
+echo "The phone syncs again and holds the same document:"
+sync_client sync --url "$(ws $AP)" --token "$CONCORD_TOKEN" --store "$DIR/phone.am" \
+  | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["doc"]))'
+
 say "Bad input is refused with a clear error, and nothing changes"
 run curl -s -X PUT "$US/v1/kv/users/" -d x; echo
 run curl -s -X POST "$US/v1/docs/docs/cart" -d '{"ops":[{"op":"inc","path":["owner"],"by":1}]}'; echo
