@@ -464,6 +464,24 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
+    /// The region files parse (no unknown field), validate, and hold the defaults of the
+    /// fields they document, sync's included.
+    #[test]
+    fn the_region_files_load() {
+        for region in ["us-east", "eu-west", "ap-south"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../regions/{region}.toml"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let cfg: NodeConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(cfg.validate().unwrap().as_str(), region);
+            let d = NodeConfig::default();
+            assert_eq!(
+                (&cfg.sync_bucket, cfg.sync_connections_max, cfg.sync_docs_per_connection_max),
+                (&d.sync_bucket, d.sync_connections_max, d.sync_docs_per_connection_max)
+            );
+            assert_eq!(cfg.sync_message_bytes_max, d.sync_message_bytes_max);
+        }
+    }
+
     #[test]
     fn env_overrides_file_values() {
         let mut cfg = NodeConfig::default();
@@ -496,6 +514,12 @@ mod tests {
         assert!(with(|c| c.nats_concurrency_max = CONCURRENCY_MAX + 1).is_err());
         assert!(with(|c| c.request_timeout_ms = REQUEST_TIMEOUT_MS_MIN - 1).is_err());
         assert!(with(|c| c.request_timeout_ms = REQUEST_TIMEOUT_MS_MIN).is_ok());
+        assert!(with(|c| c.sync_bucket = "no spaces".into()).is_err());
+        assert!(with(|c| c.sync_bucket = String::new()).is_ok(), "no sync endpoint");
+        assert!(with(|c| c.sync_connections_max = 0).is_err());
+        assert!(with(|c| c.sync_docs_per_connection_max = 0).is_err());
+        assert!(with(|c| c.sync_message_bytes_max = 100).is_err());
+        assert!(with(|c| c.sync_message_bytes_max = concord_core::changeset::BODY_BYTES_MAX + 1).is_err());
         assert!(with(|c| c.log_max_bytes = -1).is_err());
     }
 
