@@ -221,6 +221,48 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A client's `sync` message for `raw --cbor-json`.
+fn sync_message(doc: &str, data: &[u8]) -> String {
+    let data = hex(data);
+    format!(r#"{{"type":"sync","senderId":"$PEER","targetId":"$SERVER","documentId":"{doc}","data":"hex:{data}"}}"#)
+}
+
+/// What an automerge 0.12 client sends a server holding `saved` after two changes of
+/// its own: a V2 message, the changes back to back in one chunk.
+fn v2_message_with_two_changes(saved: &[u8]) -> Vec<u8> {
+    use automerge::sync::{MessageVersion, State, SyncDoc};
+    use automerge::transaction::Transactable;
+    let server = automerge::Automerge::load(saved).unwrap();
+    let mut client = automerge::AutoCommit::load(saved).unwrap();
+    client.put(automerge::ROOT, "v2", "first").unwrap();
+    client.commit();
+    client.put(automerge::ROOT, "more", 2).unwrap();
+    client.commit();
+    let (mut theirs, mut ours) = (State::new(), State::new());
+    let hello = server.generate_sync_message(&mut theirs).unwrap();
+    client.sync().receive_sync_message(&mut ours, hello).unwrap();
+    let message = client.sync().generate_sync_message(&mut ours).unwrap();
+    assert_eq!((message.version.clone(), message.changes.len()), (MessageVersion::V2, 1), "one V2 chunk");
+    message.encode()
+}
+
+/// A sync message whose `have` holds a bloom filter of `u32::MAX` probes.
+fn huge_bloom_message() -> Vec<u8> {
+    use automerge::sync::{BloomFilter, ChunkList, Have, Message, MessageVersion};
+    // One entry, 10 bits per entry, 2^32 - 1 probes (LEB128), two bytes of bits.
+    let bloom = BloomFilter::try_from(&[1, 10, 0xff, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff][..]).unwrap();
+    let have = vec![Have { last_sync: Vec::new(), bloom }];
+    let message = Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have,
+        changes: ChunkList::empty(),
+        flags: None,
+        version: MessageVersion::V1,
+    };
+    message.encode()
+}
+
 /// A sync message carrying one change, with a byte of the change flipped.
 fn damaged_sync_message() -> Vec<u8> {
     use automerge::sync::{ChunkList, Message, MessageVersion};
@@ -265,23 +307,26 @@ async fn bad_frames_and_oversized_messages_close_the_connection_and_change_nothi
     };
     let before = stored().await;
     let scratch = dir.0.join("scratch.am");
-    let sync = |doc: &str, data: &str| {
-        format!(r#"{{"type":"sync","senderId":"$PEER","targetId":"$SERVER","documentId":"{doc}","data":"{data}"}}"#)
-    };
+    let sync = sync_message;
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("not CBOR", vec!["--join".into(), "--frame-hex".into(), "ff00ff".into()]),
         ("a CBOR array", vec!["--join".into(), "--frame-hex".into(), "80".into()]),
         ("a text frame", vec!["--join".into(), "--text-frame".into(), "hello".into()]),
-        ("sync before join", vec!["--cbor-json".into(), sync(&id, "hex:4200")]),
+        ("sync before join", vec!["--cbor-json".into(), sync(&id, &[0x42, 0])]),
         (
             "no protocol version in common",
             vec!["--cbor-json".into(), r#"{"type":"join","senderId":"p","supportedProtocolVersions":["2"]}"#.into()],
         ),
-        ("a bad document id", vec!["--join".into(), "--cbor-json".into(), sync("notanid", "hex:4200")]),
-        ("a damaged sync message", vec!["--join".into(), "--cbor-json".into(), sync(&id, "hex:42ff0102")]),
+        ("a bad document id", vec!["--join".into(), "--cbor-json".into(), sync("notanid", &[0x42, 0])]),
+        ("a damaged sync message", vec!["--join".into(), "--cbor-json".into(), sync(&id, &[0x42, 0xff, 1, 2])]),
         (
             "a sync message whose change is damaged",
-            vec!["--join".into(), "--cbor-json".into(), sync(&id, &format!("hex:{}", hex(&damaged_sync_message())))],
+            vec!["--join".into(), "--cbor-json".into(), sync(&id, &damaged_sync_message())],
+        ),
+        // automerge would allocate 16 GiB per change it tests against this filter.
+        (
+            "a bloom filter of 2^32 - 1 probes",
+            vec!["--join".into(), "--cbor-json".into(), sync(&id, &huge_bloom_message())],
         ),
     ];
     for (what, frames) in &cases {
@@ -320,7 +365,7 @@ async fn bad_frames_and_oversized_messages_close_the_connection_and_change_nothi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_the_document_limit_and_ephemeral_messages() {
+async fn tokens_limits_v2_messages_and_ephemeral_messages() {
     const READ_TOKEN: &str = "concord-test-read-token-fedcba9876543210";
     let env = [("CONCORD_API_READ_TOKEN", READ_TOKEN), ("CONCORD_SYNC_DOCS_PER_CONNECTION_MAX", "1")];
     let cluster = Cluster::start_with_env(&["us-east"], &env);
@@ -344,23 +389,28 @@ async fn tokens_the_document_limit_and_ephemeral_messages() {
     let got = run_async(client_as(&url, &store("q.am"), "sync", &["--doc", &id], Token::Query(TEST_TOKEN))).await;
     assert_eq!(got["doc"], json!({"n": 1}));
 
-    // The read token syncs down, and may not send changes.
+    // The read token syncs down, and its changes are not taken.
     let reader = store("r.am");
     let got = run(client_as(&url, &reader, "sync", &["--doc", &id], Token::Header(READ_TOKEN)));
     assert_eq!(got["doc"], json!({"n": 1}));
     run(client(&url, &reader, "edit", &["--set", "n=100"]));
     let before = stored().await;
-    let out = client_as(&url, &reader, "sync", &[], Token::Header(READ_TOKEN)).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("may read, not write"), "{stderr}");
+    let got = run(client_as(&url, &reader, "sync", &[], Token::Header(READ_TOKEN)));
+    assert_eq!(got["in_sync"], json!(false), "the server does not hold the reader's change: {got}");
     assert_eq!(stored().await, before, "the read token's change is not stored");
 
+    // A V2 sync message (automerge 0.12's, as samod and automerge-repo 2 send them) with
+    // two changes back to back in one chunk is taken.
+    let message = v2_message_with_two_changes(&stored().await);
+    let (types, answer) = raw(&url, &store("x.am"), &["--join", "--cbor-json", &sync_message(&id, &message)]);
+    assert_eq!(types, vec!["peer", "sync"], "{answer}");
+    let doc: Value = http().get(format!("{url}/v1/docs/sync/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc, json!({"n": 1, "v2": "first", "more": 2}));
+
     // One document per connection here: a second is refused.
-    let empty = "hex:4200000000";
-    let sync = |doc: &str| {
-        format!(r#"{{"type":"sync","senderId":"$PEER","targetId":"$SERVER","documentId":"{doc}","data":"{empty}"}}"#)
-    };
-    let (types, answer) = raw(&url, &store("x.am"), &["--join", "--cbor-json", &sync(&id), "--cbor-json", &sync(&id2)]);
+    let empty = [0x42, 0, 0, 0, 0];
+    let (first, second) = (sync_message(&id, &empty), sync_message(&id2, &empty));
+    let (types, answer) = raw(&url, &store("x.am"), &["--join", "--cbor-json", &first, "--cbor-json", &second]);
     assert_eq!(types, vec!["peer", "sync", "error"], "{answer}");
     assert!(answer["received"][2]["message"].as_str().unwrap().contains("sync_docs_per_connection_max"));
 

@@ -554,7 +554,7 @@ pub(crate) fn scalar_json(s: &ScalarValue) -> Json {
     }
 }
 
-mod chunks;
+pub mod chunks;
 mod conflicts;
 pub use conflicts::{DocConflict, DocVersion, conflicts};
 

@@ -9,6 +9,8 @@
 //! made while appends are in flight is made over the state they leave (see
 //! [`crate::writer`], "Pipelined appends").
 
+use std::collections::HashSet;
+
 use automerge::ReadDoc;
 use bytes::Bytes;
 use concord_core::changeset::{Change, ChangeBody, Changeset};
@@ -43,14 +45,15 @@ pub enum WriteOp {
         key: String,
         ops: Vec<DocOp>,
     },
-    /// One Automerge change made elsewhere (a local-first client's, synced to this
-    /// node): applied to the document as it is, kept as its own change of the
-    /// changeset. Refused when it does not decode, or its dependencies are not in the
-    /// document (the client sends them first); unchanged when the document has it.
-    DocChange {
+    /// Automerge changes made elsewhere (a local-first client's, synced to this node),
+    /// applied to the document as they are, all or none, each kept as a change of its
+    /// own in the changeset. Refused when one does not decode, depends on a change
+    /// neither the document nor the list has, or the document refuses them; unchanged
+    /// when the document has them all.
+    DocChanges {
         bucket: String,
         key: String,
-        change: Bytes,
+        changes: Vec<Bytes>,
     },
     /// A mark ([`crate::marks`]): the runtime asks for one every so often.
     Mark,
@@ -63,7 +66,7 @@ impl WriteOp {
             WriteOp::Put { value, key, .. } => value.len() + key.len() + 64,
             WriteOp::Delete { key, .. } => key.len() + 64,
             WriteOp::Doc { key, ops, .. } => key.len() + 64 + ops.iter().map(DocOp::bytes).sum::<usize>(),
-            WriteOp::DocChange { key, change, .. } => key.len() + 64 + change.len(),
+            WriteOp::DocChanges { key, changes, .. } => key.len() + changes.iter().map(|c| c.len() + 64).sum::<usize>(),
             WriteOp::Mark => 1024,
         }
     }
@@ -73,7 +76,7 @@ impl WriteOp {
             WriteOp::Put { bucket, key, .. }
             | WriteOp::Delete { bucket, key }
             | WriteOp::Doc { bucket, key, .. }
-            | WriteOp::DocChange { bucket, key, .. } => Some((bucket.clone(), key.clone())),
+            | WriteOp::DocChanges { bucket, key, .. } => Some((bucket.clone(), key.clone())),
             WriteOp::Mark => None,
         }
     }
@@ -93,6 +96,8 @@ enum Made {
     Rejected(WriteError),
     Unchanged,
     Change(Change),
+    /// Several changes (in order), answered as the last.
+    Changes(Vec<Change>),
 }
 
 impl Engine {
@@ -102,7 +107,7 @@ impl Engine {
         for w in writes {
             match (&w.op, w.op.doc_key()) {
                 (_, None) => false,
-                (WriteOp::Doc { .. } | WriteOp::DocChange { .. }, Some(k)) => needs.docs.insert(k),
+                (WriteOp::Doc { .. } | WriteOp::DocChanges { .. }, Some(k)) => needs.docs.insert(k),
                 (_, Some(k)) => needs.kv.insert(k),
             };
             needs.records.extend(w.resolves);
@@ -166,6 +171,11 @@ impl Engine {
                     members.push((w.id, Some((seq, change.hlc))));
                     changes.push(change);
                 }
+                Made::Changes(made) => {
+                    let last = made.last().expect("at least one change");
+                    members.push((w.id, Some((seq + made.len() as u64 - 1, last.hlc))));
+                    changes.extend(made);
+                }
             }
         }
         if changes.is_empty() {
@@ -221,8 +231,8 @@ impl Engine {
             WriteOp::Doc { bucket, key, ops } => {
                 return self.make_doc(ov, origin, (bucket, key), &ops, resolves, now_ms);
             }
-            WriteOp::DocChange { bucket, key, change } => {
-                return self.take_doc_change(ov, (bucket, key), change, now_ms);
+            WriteOp::DocChanges { bucket, key, changes } => {
+                return self.take_doc_changes(ov, (bucket, key), &changes, now_ms);
             }
         };
         let k = (bucket, key);
@@ -272,32 +282,53 @@ impl Engine {
         }
     }
 
-    /// A change made elsewhere, applied as it is (see [`WriteOp::DocChange`]). It is
-    /// tried on a copy, so a refused change leaves this batch's earlier changes to the
-    /// document in place.
-    fn take_doc_change(&mut self, ov: &mut Overlay<'_>, k: DocKey, bytes: Bytes, now_ms: u64) -> Result<Made, Fatal> {
-        let change = match doc::decode_change(bytes.to_vec()) {
-            Ok(change) => change,
-            Err(e) => return Ok(Made::Rejected(WriteError::Invalid(format!("the change does not decode: {e}")))),
-        };
+    /// Changes made elsewhere, applied as they are, all or none (see
+    /// [`WriteOp::DocChanges`]). They are tried on a copy, so refused changes leave this
+    /// batch's earlier changes to the document in place.
+    fn take_doc_changes(
+        &mut self,
+        ov: &mut Overlay<'_>,
+        k: DocKey,
+        changes: &[Bytes],
+        now_ms: u64,
+    ) -> Result<Made, Fatal> {
+        let refused = |why: String| Ok(Made::Rejected(WriteError::Invalid(why)));
+        let mut decoded = Vec::with_capacity(changes.len());
+        for (i, bytes) in changes.iter().enumerate() {
+            match doc::decode_change(bytes.to_vec()) {
+                Ok(change) => decoded.push(change),
+                Err(e) => return refused(format!("change {i} does not decode: {e}")),
+            }
+        }
         let document = ov.doc_mut(&k)?;
-        if document.get_change_by_hash(&change.hash()).is_some() {
+        let mut seen = HashSet::new();
+        decoded.retain(|c| document.get_change_by_hash(&c.hash()).is_none() && seen.insert(c.hash()));
+        if decoded.is_empty() {
             return Ok(Made::Unchanged);
         }
-        if let Some(missing) = change.deps().iter().find(|d| document.get_change_by_hash(d).is_none()) {
-            return Ok(Made::Rejected(WriteError::Invalid(format!(
-                "the change depends on {missing}, which {}/{} does not have",
-                k.0, k.1
-            ))));
+        let missing = decoded
+            .iter()
+            .flat_map(|c| c.deps())
+            .find(|d| !seen.contains(*d) && document.get_change_by_hash(d).is_none());
+        if let Some(missing) = missing {
+            return refused(format!("the changes depend on {missing}, which {}/{} does not have", k.0, k.1));
         }
         let mut copy = document.clone();
-        if let Err(why) = apply_guarded(&mut copy, vec![change.clone()]).and_then(|()| reloads(&copy)) {
-            return Ok(Made::Rejected(WriteError::Invalid(format!("the document refuses the change: {why}"))));
+        if let Err(why) = apply_guarded(&mut copy, decoded.clone()).and_then(|()| reloads(&copy)) {
+            return refused(format!("the document refuses the changes: {why}"));
+        }
+        if decoded.iter().any(|c| copy.get_change_by_hash(&c.hash()).is_none()) {
+            return refused("the document did not take every change".into());
         }
         *document = copy;
         ov.dirty_docs.insert(k.clone());
-        let hlc = self.clock.tick(now_ms);
-        let body = ChangeBody::Doc { change: change.raw_bytes().to_vec() };
-        Ok(Made::Change(Change { hlc, bucket: k.0, key: k.1, body, resolves: None }))
+        let made = decoded.into_iter().map(|c| Change {
+            hlc: self.clock.tick(now_ms),
+            bucket: k.0.clone(),
+            key: k.1.clone(),
+            body: ChangeBody::Doc { change: c.raw_bytes().to_vec() },
+            resolves: None,
+        });
+        Ok(Made::Changes(made.collect()))
     }
 }

@@ -1,7 +1,7 @@
-//! Changes made elsewhere ([`WriteOp::DocChange`]: a local-first client's, synced to a
-//! node): a leader applies each as it is and writes it to its log as a change of its
-//! own origin; a change it cannot take is refused and changes nothing; concurrent
-//! client edits of one property open a conflict record.
+//! Changes made elsewhere ([`WriteOp::DocChanges`]: a local-first client's, synced to a
+//! node): a leader applies them as they are, all or none, and writes each to its log as
+//! a change of its own origin; changes it cannot take are refused and change nothing;
+//! concurrent client edits of one property open a conflict record.
 
 use std::collections::BTreeMap;
 
@@ -26,8 +26,9 @@ fn leader() -> (Engine, MemStore) {
     (engine, store)
 }
 
-fn change_of(bytes: &[u8]) -> WriteOp {
-    WriteOp::DocChange { bucket: "sync".into(), key: "doc".into(), change: Bytes::copy_from_slice(bytes) }
+fn changes(list: &[&[u8]]) -> WriteOp {
+    let changes = list.iter().map(|c| Bytes::copy_from_slice(c)).collect();
+    WriteOp::DocChanges { bucket: "sync".into(), key: "doc".into(), changes }
 }
 
 /// Write `ops` as one batch; the replies, and the changeset appended (stored and
@@ -63,43 +64,47 @@ fn client(actor: u8) -> AutoCommit {
 }
 
 #[test]
-fn a_clients_changes_apply_as_they_are_and_go_to_the_log_in_order() {
+fn a_clients_changes_apply_as_they_are_all_or_none_and_go_to_the_log_in_order() {
     let (mut engine, mut store) = leader();
     let mut a = client(1);
     a.put(ROOT, "title", "draft").unwrap();
-    let first = a.save_incremental();
+    let first = a.get_last_local_change().unwrap().raw_bytes().to_vec();
     a.put(ROOT, "title", "final").unwrap();
     let second = a.get_last_local_change().unwrap().raw_bytes().to_vec();
 
     // The second alone depends on a change the document does not have.
-    let (replies, appended) = write(&mut engine, &mut store, vec![change_of(&second)]);
-    assert!(matches!(&replies[..], [Err(WriteError::Invalid(m))] if m.contains("depends on")), "{replies:?}");
+    let (replies, appended) = write(&mut engine, &mut store, vec![changes(&[&second])]);
+    assert!(matches!(&replies[..], [Err(WriteError::Invalid(m))] if m.contains("depend on")), "{replies:?}");
     assert!(appended.is_none() && store.docs.is_empty(), "nothing written, nothing stored");
 
-    let first = doc::decode_change(first).unwrap().raw_bytes().to_vec();
-    let (replies, appended) = write(&mut engine, &mut store, vec![change_of(&first), change_of(&second)]);
-    assert_eq!(replies, vec![Ok(()), Ok(())]);
+    // Both, in either order, in one write: each its own change of the changeset.
+    let (replies, appended) = write(&mut engine, &mut store, vec![changes(&[&second, &first])]);
+    assert_eq!(replies, vec![Ok(())]);
     let cs = appended.expect("appended");
-    assert_eq!(cs.origin.to_string(), "us-east.1", "a change of the leader's origin");
+    assert_eq!(cs.origin.to_string(), "us-east.1", "changes of the leader's origin");
     let bodies: Vec<_> = cs.changes.iter().map(|c| c.body.clone()).collect();
-    assert_eq!(bodies, vec![ChangeBody::Doc { change: first.clone() }, ChangeBody::Doc { change: second.clone() }]);
-    let d = stored(&store);
-    assert_eq!(d.get_heads(), a.get_heads(), "the stored document is the client's");
+    assert_eq!(bodies, vec![ChangeBody::Doc { change: second.clone() }, ChangeBody::Doc { change: first.clone() }]);
+    assert_eq!(stored(&store).get_heads(), a.get_heads(), "the stored document is the client's");
 
     // Again: the document has them; nothing is written.
-    let (replies, appended) = write(&mut engine, &mut store, vec![change_of(&first), change_of(&second)]);
-    assert_eq!((replies, appended.is_none()), (vec![Ok(()), Ok(())], true));
+    let (replies, appended) = write(&mut engine, &mut store, vec![changes(&[&first, &second])]);
+    assert_eq!((replies, appended.is_none()), (vec![Ok(())], true));
 
-    // Bytes that are no change are refused, and the earlier write of the batch stays.
+    // A write with bytes that are no change is refused whole; the batch's other write stays.
     a.put(ROOT, "n", 1).unwrap();
     let third = a.get_last_local_change().unwrap().raw_bytes().to_vec();
-    let (replies, appended) =
-        write(&mut engine, &mut store, vec![change_of(&third), change_of(b"\x85\x6f\x4a\x83junk")]);
+    a.put(ROOT, "n", 2).unwrap();
+    let fourth = a.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let junk: &[u8] = b"\x85\x6f\x4a\x83junk";
+    let (replies, appended) = write(&mut engine, &mut store, vec![changes(&[&third]), changes(&[&fourth, junk])]);
     assert!(
         matches!(&replies[..], [Ok(()), Err(WriteError::Invalid(m))] if m.contains("does not decode")),
         "{replies:?}"
     );
     assert_eq!(appended.expect("the good one").changes.len(), 1);
+    assert!(stored(&store).get_change_by_hash(&a.get_last_local_change().unwrap().hash()).is_none());
+    let (replies, _) = write(&mut engine, &mut store, vec![changes(&[&fourth])]);
+    assert_eq!(replies, vec![Ok(())]);
     assert_eq!(stored(&store).get_heads(), a.get_heads());
 }
 
@@ -115,9 +120,9 @@ fn two_clients_setting_one_property_concurrently_open_a_conflict() {
     b.put(ROOT, "title", "from b").unwrap();
     let ca = a.get_last_local_change().unwrap().raw_bytes().to_vec();
     let cb = b.get_last_local_change().unwrap().raw_bytes().to_vec();
-    write(&mut engine, &mut store, vec![change_of(&base), change_of(&ca)]);
+    write(&mut engine, &mut store, vec![changes(&[&base, &ca])]);
     assert!(store.open.is_empty(), "one writer so far");
-    write(&mut engine, &mut store, vec![change_of(&cb)]);
+    write(&mut engine, &mut store, vec![changes(&[&cb])]);
     assert_eq!(store.open.len(), 1, "the property is conflicted");
     let record = store.conflicts.values().next().unwrap();
     assert_eq!(record.path.as_ref().map(|p| p.len()), Some(1));

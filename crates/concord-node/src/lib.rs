@@ -165,7 +165,7 @@ pub async fn run(cfg: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<(),
     let engine = start::open_engine(&cfg, &region, &store, log.stream(), &mirrors, start_as)?;
     let metrics = Arc::new(Metrics::default());
     let (sup, mut fatal) = Supervisor::new(stop.clone(), metrics.clone());
-    let (watches, views) = Watches::new(&engine);
+    let (watches, views) = Watches::new(&engine, &cfg.sync_bucket);
     let (writes_tx, writes_rx) = mpsc::channel(cfg.write_queue_max);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let (lease_tx, lease_rx) = mpsc::channel(4);

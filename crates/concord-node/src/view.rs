@@ -56,9 +56,11 @@ pub struct Watches {
     /// Every conflict record this replica commits, as it commits it (for
     /// `GET /v1/conflicts/events`; a slow receiver lags, it never holds up the worker).
     pub conflicts: broadcast::Sender<ConflictRecord>,
-    /// Every document this replica commits a change of (`GET /v1/sync` pushes it to the
-    /// clients that sync it; a slow receiver lags and syncs all its documents again).
+    /// Every document of the sync bucket (`docs_bucket`) this replica commits a change of
+    /// (`GET /v1/sync` pushes it to the clients that sync it; a slow receiver lags and
+    /// syncs all its documents again).
     pub docs: broadcast::Sender<DocKey>,
+    pub docs_bucket: String,
 }
 
 /// The receivers the API and other tasks read.
@@ -78,7 +80,7 @@ pub struct Views {
 pub const DOC_FEED_CAPACITY: usize = 1024;
 
 impl Watches {
-    pub fn new(engine: &Engine) -> (Watches, Views) {
+    pub fn new(engine: &Engine, docs_bucket: &str) -> (Watches, Views) {
         let (applied, applied_rx) = watch::channel(engine.applied().clone());
         let (token, token_rx) = watch::channel(Bytes::from(token::encode(engine.applied())));
         let (cursors, cursors_rx) = watch::channel(engine.cursors().clone());
@@ -93,7 +95,8 @@ impl Watches {
             conflicts: conflicts.clone(),
             docs: docs.clone(),
         };
-        (Watches { applied, token, cursors, view, conflicts, docs }, views)
+        let docs_bucket = docs_bucket.to_string();
+        (Watches { applied, token, cursors, view, conflicts, docs, docs_bucket }, views)
     }
 
     /// Publish what changed (the token with the applied vector, before anyone who waits

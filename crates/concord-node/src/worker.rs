@@ -483,7 +483,7 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 self.metrics.conflict_records.get_or_create(&labels).inc();
             }
             if self.watches.docs.receiver_count() > 0 {
-                for (k, _) in &batch.docs {
+                for (k, _) in batch.docs.iter().filter(|(k, _)| k.0 == self.watches.docs_bucket) {
                     let _ = self.watches.docs.send(k.clone());
                 }
             }

@@ -85,7 +85,7 @@ async fn start_region(name: &str, seed: u64, shutdown: watch::Receiver<bool>) ->
     streams.insert(format!("LOG_{name}"), region.clone());
     let cfg = EngineConfig::new(region.clone(), format!("LOG_{name}"), streams);
     let engine = Engine::open(cfg, store.durable().unwrap(), StartAs::Leader).unwrap();
-    let (watches, views) = Watches::new(&engine);
+    let (watches, views) = Watches::new(&engine, "sync");
     let limits = Limits {
         batch_changes_max: 64,
         batch_bytes_max: 1 << 20,

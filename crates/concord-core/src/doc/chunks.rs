@@ -26,14 +26,23 @@
 use crate::{CoreError, CoreResult};
 
 const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-pub(crate) const DOCUMENT: u8 = 0;
-pub(crate) const CHANGE: u8 = 1;
+pub const DOCUMENT: u8 = 0;
+pub const CHANGE: u8 = 1;
 
 /// Walk the chunks of `bytes`, calling `check` with each chunk's type in order (it
 /// refuses a type before the walk reads further); returns how many there are. `Err`
 /// also when the framing is broken (a bad magic number, a length past the end), which
 /// Automerge refuses too.
-fn walk(bytes: &[u8], mut check: impl FnMut(u8) -> CoreResult<()>) -> CoreResult<usize> {
+fn walk(bytes: &[u8], check: impl FnMut(u8) -> CoreResult<()>) -> CoreResult<usize> {
+    walk_chunks(bytes, check, |_, _| {})
+}
+
+/// [`walk`], handing each whole chunk (header included) and its type to `each`.
+fn walk_chunks<'a>(
+    bytes: &'a [u8],
+    mut check: impl FnMut(u8) -> CoreResult<()>,
+    mut each: impl FnMut(u8, &'a [u8]),
+) -> CoreResult<usize> {
     let mut count = 0;
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -50,6 +59,8 @@ fn walk(bytes: &[u8], mut check: impl FnMut(u8) -> CoreResult<()>) -> CoreResult
             .filter(|len| *len <= after.len())
             .ok_or_else(|| broken("a chunk longer than the bytes"))?;
         count += 1;
+        let whole = rest.len() - after.len() + len;
+        each(chunk_type, &rest[..whole]);
         rest = &after[len..];
     }
     Ok(count)
@@ -58,6 +69,16 @@ fn walk(bytes: &[u8], mut check: impl FnMut(u8) -> CoreResult<()>) -> CoreResult
 /// A saved document holds documents and changes only.
 pub(crate) fn check_saved(bytes: &[u8]) -> CoreResult<()> {
     walk(bytes, |t| if t == DOCUMENT || t == CHANGE { Ok(()) } else { Err(refused(t)) }).map(|_| ())
+}
+
+/// The chunks of bytes from outside that hold documents and changes only (what a sync
+/// message carries: changes one after another, or a saved document), each with its type
+/// ([`DOCUMENT`] or [`CHANGE`]).
+pub fn split_saved(bytes: &[u8]) -> CoreResult<Vec<(u8, &[u8])>> {
+    let mut chunks = Vec::new();
+    let allowed = |t| if t == DOCUMENT || t == CHANGE { Ok(()) } else { Err(refused(t)) };
+    walk_chunks(bytes, allowed, |t, chunk| chunks.push((t, chunk)))?;
+    Ok(chunks)
 }
 
 /// A document change is one change chunk.
@@ -118,6 +139,12 @@ mod tests {
         assert_eq!(check_saved(&[]), Ok(()), "an empty document saves to nothing");
         let both = [chunk(DOCUMENT, b"d"), chunk(CHANGE, b"c"), chunk(CHANGE, b"")].concat();
         assert_eq!(check_saved(&both), Ok(()));
+        let split = split_saved(&both).unwrap();
+        let types: Vec<u8> = split.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, vec![DOCUMENT, CHANGE, CHANGE]);
+        assert_eq!(split.iter().map(|(_, c)| c.to_vec()).collect::<Vec<_>>().concat(), both, "every byte, in order");
+        assert_eq!(split[0].1, &chunk(DOCUMENT, b"d")[..]);
+        assert!(split_saved(&chunk(3, b"bundle")).is_err());
         assert_eq!(check_change(&chunk(CHANGE, b"c")), Ok(()));
         for t in [2, 3, 4, 255] {
             assert!(check_saved(&[chunk(DOCUMENT, b"d"), chunk(t, b"x")].concat()).is_err(), "type {t}");

@@ -6,7 +6,7 @@ use concord_core::doc;
 use concord_engine::WriteOp;
 
 use super::session::await_session;
-use super::write::{write, write_all};
+use super::write::{write, write_resolving};
 use super::{OCTETS, Params, Reply, bucket, key, value_fits};
 use crate::Node;
 use crate::error::NodeError;
@@ -27,9 +27,8 @@ pub async fn doc_apply(
 /// Most changes one `doc.changes` request may carry.
 pub const DOC_CHANGES_MAX: usize = 10_000;
 
-/// Automerge changes made elsewhere (a sync client's), each written as it is, in order.
-/// The body is the changes, each a length-prefixed byte string
-/// ([`encode_changes`]). Answers the acknowledgement of the last change written.
+/// Automerge changes made elsewhere (a sync client's), written as they are, all or none.
+/// The body is the changes, each a length-prefixed byte string ([`encode_changes`]).
 pub async fn doc_changes(
     node: &Node,
     bucket_raw: &str,
@@ -46,8 +45,7 @@ pub async fn doc_changes(
         )));
     }
     let changes = decode_changes(&body).map_err(|e| NodeError::bad(ErrorCode::BadBody, e))?;
-    let ops = changes.into_iter().map(|change| WriteOp::DocChange { bucket: bucket.clone(), key: key.clone(), change });
-    Ok(Reply::json(200, write_all(node, ops.collect(), p).await?))
+    Ok(Reply::json(200, write_resolving(node, WriteOp::DocChanges { bucket, key, changes }, None, p).await?))
 }
 
 pub fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {

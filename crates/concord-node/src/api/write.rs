@@ -154,55 +154,6 @@ pub(super) async fn write_resolving(
     })
 }
 
-/// Queue writes for the leader in order, at once (so they may share a changeset), and
-/// wait for all their acknowledgements: the acknowledgement of the last that changed
-/// anything (or of the last, when none did). The first refusal answers; the writes
-/// before it may have applied. No durability wait: they are durable in the region's
-/// log when acknowledged.
-pub(super) async fn write_all(node: &Node, ops: Vec<WriteOp>, p: &Params) -> Result<WriteAck, NodeError> {
-    if !node.writes_here() {
-        return Err(redirect_to_leader(node, p).await);
-    }
-    let mut replies = Vec::with_capacity(ops.len());
-    for op in ops {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        node.writes.try_send(WriteRequest { op, resolves: None, reply: tx }).map_err(|e| match e {
-            tokio::sync::mpsc::error::TrySendError::Full(_) => {
-                NodeError::unavailable(ErrorCode::Overloaded, "the write queue is full; retry with backoff")
-            }
-            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-                NodeError::unavailable(ErrorCode::ShuttingDown, "this node is not accepting writes")
-            }
-        })?;
-        replies.push(rx);
-    }
-    let timeout = cap(Duration::from_millis(node.cfg.write_timeout_ms), p.deadline);
-    let mut last = None;
-    let all = async {
-        for rx in replies {
-            let ack = rx.await.map_err(|_| {
-                NodeError::unavailable(ErrorCode::ShuttingDown, "the writer stopped before acknowledging")
-            })??;
-            if ack.seq.is_some() || last.is_none() {
-                last = Some(ack);
-            }
-        }
-        Ok::<(), NodeError>(())
-    };
-    tokio::time::timeout(timeout, all).await.map_err(|_| {
-        NodeError::Timeout(format!("no acknowledgement within {} ms; the writes may still apply", timeout.as_millis()))
-    })??;
-    let ack = last.expect("at least one write");
-    Ok(WriteAck {
-        ok: true,
-        origin: ack.origin.to_string(),
-        seq: ack.seq,
-        hlc: ack.hlc.map(|h| concord_api::Hlc { wall_ms: h.wall_ms, logical: h.logical }),
-        confirmed_by: Vec::new(),
-        resolved: None,
-    })
-}
-
 /// Wait until other regions stored the log up to `log_seq`: any one for `remote`, all
 /// for `all`. Returns the regions that confirmed; on timeout, 504 naming the others.
 async fn wait_remote(node: &Node, log_seq: u64, level: Durability, wait: Duration) -> Result<Vec<String>, NodeError> {
