@@ -29,6 +29,7 @@
 //! | [`doc_ops`] | `POST /v1/docs`, NATS `doc.apply` bodies | `doc::parse_ops`, `apply_ops` |
 //! | `http_path` (feature `node`) | `/v1/kv/{bucket}/{key}`, `/v1/docs/..`; NATS `Concord-Bucket`/`Concord-Key` | `percent_decode`, `input::check_*` |
 //! | `nats_request` (feature `node`) | NATS API subjects, follower progress reports | `Op::of_subject`, `Report` |
+//! | `sync_frame` (feature `node`) | `GET /v1/sync` WebSocket messages | `api::sync::read_frame`, then automerge's sync |
 //! | [`cursors`] | `?prefix=&after=` of lists, `?since=&before=` of conflicts, `?before=` of dead letters | `Store::list_kv`, `list_conflicts`, `dead_letters` |
 //! | [`snapshot`] | `GET /v1/snapshot` read by a new follower | `Store::import_snapshot`, then every table's reader |
 //! | [`automerge_doc`] | saved documents (snapshots, `?format=automerge`) | `doc::load_doc`, `to_json`, `conflicts` |
@@ -68,6 +69,8 @@ pub mod scratch;
 pub mod seeds;
 mod session_token;
 mod snapshot;
+#[cfg(feature = "node")]
+mod sync_frame;
 
 pub use api_json::api_json;
 pub use automerge_doc::{automerge_change, automerge_doc};
@@ -81,6 +84,8 @@ pub use log_entry::log_entry;
 pub use nats_request::nats_request;
 pub use session_token::session_token;
 pub use snapshot::snapshot;
+#[cfg(feature = "node")]
+pub use sync_frame::sync_frame;
 
 /// A surface: its name (the cargo-fuzz target's) and its function.
 pub type Surface = (&'static str, fn(&[u8]));
@@ -100,7 +105,7 @@ pub fn targets() -> Vec<Surface> {
         ("api_json", api_json),
     ];
     #[cfg(feature = "node")]
-    let node: [Surface; 2] = [("http_path", http_path), ("nats_request", nats_request)];
+    let node: [Surface; 3] = [("http_path", http_path), ("nats_request", nats_request), ("sync_frame", sync_frame)];
     #[cfg(not(feature = "node"))]
     let node: [Surface; 0] = [];
     core.into_iter().chain(node).collect()

@@ -27,6 +27,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "doc_ops" => text(&DOC_BODIES),
         "http_path" => text(&PATHS),
         "nats_request" => text(&NATS_REQUESTS),
+        "sync_frame" => sync_frames(),
         "cursors" => text(&CURSORS),
         "snapshot" => snapshots(),
         "automerge_doc" => documents(),
@@ -248,4 +249,57 @@ pub fn write_corpus(dir: &std::path::Path) -> std::io::Result<()> {
         std::fs::write(dir.join(target).join(name), bytes)?;
     }
     Ok(())
+}
+
+/// A document with a few changes (what `sync_frame` syncs against).
+pub fn sync_document() -> automerge::Automerge {
+    let mut d = doc::new_doc();
+    for i in 0..3 {
+        let ops = [DocOp::Set { path: vec![PathElem::Key(format!("k{i}"))], value: json!(i) }];
+        let hlc = Hlc { wall_ms: 1_000 + i, logical: 0 };
+        doc::apply_ops(&mut d, b"us-east.1", hlc, &ops).expect("the ops apply");
+    }
+    d
+}
+
+/// Frames of automerge-repo's protocol, as clients send them: a join, sync messages (a
+/// first one; V1 and V2 ones carrying changes), a request, an ephemeral message.
+fn sync_frames() -> Vec<Vec<u8>> {
+    use automerge::sync::{State, SyncDoc};
+    let id = "2c4vvAQM9A1B1AvjsL4n3p3U2tnx";
+    let frame = |kind: &str, data: Vec<u8>| {
+        let mut out = Vec::new();
+        let fields = vec![
+            (ciborium::Value::Text("type".into()), ciborium::Value::Text(kind.into())),
+            (ciborium::Value::Text("senderId".into()), ciborium::Value::Text("p".into())),
+            (ciborium::Value::Text("targetId".into()), ciborium::Value::Text("s".into())),
+            (ciborium::Value::Text("documentId".into()), ciborium::Value::Text(id.into())),
+            (ciborium::Value::Text("data".into()), ciborium::Value::Bytes(data)),
+        ];
+        ciborium::ser::into_writer(&ciborium::Value::Map(fields), &mut out).expect("CBOR to memory");
+        out
+    };
+    let client = sync_document();
+    let empty = doc::new_doc();
+    let mut frames = Vec::new();
+    // An empty peer's first message, then what the client sends it (V1 and V2).
+    let (mut theirs, mut ours) = (State::new(), State::new());
+    let hello = empty.generate_sync_message(&mut theirs).expect("a first message");
+    frames.push(frame("request", hello.clone().encode()));
+    let mut v2 = client.clone();
+    v2.receive_sync_message(&mut ours, hello).expect("a message automerge made");
+    frames.push(frame("sync", v2.generate_sync_message(&mut ours).expect("changes to send").encode()));
+    let mut v1_state = State::new();
+    frames.push(frame("sync", client.generate_sync_message(&mut v1_state).expect("a first message").encode()));
+    frames.push(frame("ephemeral", vec![1, 2, 3]));
+    let join = r#"{"type":"join","senderId":"p","supportedProtocolVersions":["1"]}"#;
+    frames.push(cbor_of_json(join));
+    frames
+}
+
+fn cbor_of_json(text: &str) -> Vec<u8> {
+    let value: ciborium::Value = serde_json::from_str(text).expect("JSON");
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(&value, &mut out).expect("CBOR to memory");
+    out
 }

@@ -185,6 +185,8 @@ surfaces! {
     http_path: 10_000, 10_000, text();
     #[cfg(feature = "node")]
     nats_request: 10_000, 10_000, text();
+    #[cfg(feature = "node")]
+    sync_frame: 2_000, 4_000, bytes(512);
     cursors: 3_000, 6_000, text();
     snapshot: 2_000, 4_000, bytes(512);
     automerge_doc: 3_000, 6_000, bytes(512);

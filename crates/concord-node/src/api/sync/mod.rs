@@ -98,6 +98,24 @@ impl Hub {
     }
 }
 
+/// A client's sync message, decoded and checked ([`checks`]) before automerge reads it.
+fn read_message(data: &[u8]) -> Result<automerge::sync::Message, String> {
+    let message = automerge::sync::Message::decode(data).map_err(|e| e.to_string())?;
+    checks::check(&message)?;
+    Ok(message)
+}
+
+/// A frame as a connection reads it, up to automerge (for the fuzzers:
+/// `concord_fuzz::sync_frame`): the document and checked sync message of a `sync` or
+/// `request`; `None` for the other kinds; `Err` for what the connection refuses.
+pub fn read_frame(frame: &[u8]) -> Result<Option<(DocId, automerge::sync::Message)>, String> {
+    match wire::decode(frame)? {
+        wire::Incoming::Sync { document, data, .. } => Ok(Some((DocId::parse(&document)?, read_message(&data)?))),
+        wire::Incoming::Ephemeral(e) => DocId::parse(&e.document).map(|_| None),
+        _ => Ok(None),
+    }
+}
+
 /// Answer the upgrade (or why not), then run the connection until it ends.
 pub async fn upgrade(node: Arc<Node>, req: Request) -> Response {
     // The token: `Authorization: Bearer`, or `?token=` (a browser's WebSocket cannot send

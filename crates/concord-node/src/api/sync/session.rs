@@ -12,7 +12,7 @@ use automerge::{Change, ChangeHash};
 use super::doc_id::DocId;
 use super::stored::{self, WRITE_WAIT, blocking};
 use super::wire::{self, Incoming, Outgoing};
-use super::{Refused, Relayed, checks, refuse};
+use super::{Refused, Relayed, read_message, refuse};
 use crate::{Node, metrics};
 
 pub struct Session {
@@ -45,9 +45,7 @@ impl Session {
             Incoming::Join { sender, versions } => self.on_join(sender, &versions),
             Incoming::Sync { request, document, data } => {
                 let id = DocId::parse(&document).map_err(refuse)?;
-                let invalid = |e: String| refuse(format!("an invalid sync message: {e}"));
-                let message = SyncMessage::decode(&data).map_err(|e| invalid(e.to_string()))?;
-                checks::check(&message).map_err(invalid)?;
+                let message = read_message(&data).map_err(|e| refuse(format!("an invalid sync message: {e}")))?;
                 self.on_sync(id, request, message).await
             }
             Incoming::Ephemeral(mut message) => {
