@@ -200,7 +200,7 @@ export class ConflictFeed {
         redirect: "manual",
       });
       if (resp.type === "opaqueredirect" || resp.status === 307) {
-        throw new Error(`this node does not take writes: open the dashboard of ${this.leaderOf()} to resolve`);
+        throw new Error(`this node does not take writes: open the dashboard of ${await this.leaderOf()} to resolve`);
       }
       if (resp.status === 403) {
         throw new Error("this token may only read: resolving takes the deployment's read-write token (cluster.json's token)");
@@ -217,9 +217,18 @@ export class ConflictFeed {
     }
   }
 
-  // This region's leader and its address, from the last deployment seen.
-  leaderOf() {
-    const d = this.deployment();
+  // This region's leader and its address: from the last deployment seen, else asked for
+  // now (a click may come before the page's first poll of the deployment answered).
+  async leaderOf() {
+    let d = this.deployment();
+    if (!d) {
+      try {
+        const resp = await api("/v1/deployment");
+        if (resp.ok) d = await resp.json();
+      } catch (_) {
+        // Named generically below.
+      }
+    }
     if (!d) return "the region's leader";
     const mine = Object.values(d.regions).find((r) => r.nodes.some((n) => n.node === d.gathered_by));
     const leader = mine && mine.nodes.find((n) => n.node === mine.leader);
