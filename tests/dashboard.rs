@@ -426,6 +426,10 @@ async fn the_dashboard_shows_the_deployment_and_resolves_conflicts() {
     let on_follower = browser.new_page().await.unwrap();
     on_follower.navigate(&with_token(&format!("{}/ui", cluster.nodes["us-east-2"]), TEST_TOKEN)).await.unwrap();
     on_follower.wait_for("the conflict on the follower's page", &conflict_shown(alice_id), WAIT).await;
+    // The page names the leader from the deployment it polls (or asks for it at the
+    // click); wait for its first poll, so the click does not race the page's loading.
+    let knows = "document.getElementById('served-by').textContent.startsWith('served by') || null";
+    on_follower.wait_for("the follower's page to know the deployment", knows, WAIT).await;
     on_follower.click(&pick).await.unwrap();
     let said = on_follower.wait_for("the follower's answer", &outcome, WAIT).await;
     let said = said.as_str().unwrap();
