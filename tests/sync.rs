@@ -16,7 +16,8 @@
 //!   is a document past the per-connection limit.
 //! - Without the deployment's token: 401 (the token may come in the query, as a browser's
 //!   WebSocket cannot send headers); the read token syncs down and may not send changes.
-//!   Ephemeral messages reach the node's other clients of the document.
+//!   Ephemeral messages reach the node's other clients of the document, and so does a
+//!   change another client syncs, live.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -413,6 +414,16 @@ async fn tokens_limits_v2_messages_and_ephemeral_messages() {
     let (types, answer) = raw(&url, &store("x.am"), &["--join", "--cbor-json", &first, "--cbor-json", &second]);
     assert_eq!(types, vec!["peer", "sync", "error"], "{answer}");
     assert!(answer["received"][2]["message"].as_str().unwrap().contains("sync_docs_per_connection_max"));
+
+    // A change another client syncs reaches a connected client live.
+    let listen =
+        client(&url, &store("w.am"), "sync", &["--doc", &id, "--until-key", "live", "--until-value", "\"yes\""]);
+    let waiting = tokio::task::spawn_blocking(move || run(listen));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = store("1.am");
+    run_async(client(&url, &writer, "edit", &["--set", r#"live="yes""#])).await;
+    run_async(client(&url, &writer, "sync", &[])).await;
+    assert_eq!(waiting.await.unwrap()["doc"]["live"], "yes");
 
     // Ephemeral messages go to the other connections that sync the document, not back.
     let listen = client(&url, &store("l.am"), "sync", &["--doc", &id, "--stay", "6"]);
