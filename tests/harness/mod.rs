@@ -377,8 +377,26 @@ impl Cluster {
         Cluster::start_using(&concord_bin(), regions, followers, servers, env)
     }
 
-    /// Start with the `concord` binary at `bin` (a deliberately broken build, say).
+    /// Start with the `concord` binary at `bin` (a deliberately broken build, say). Ports
+    /// found free may be taken by a test running alongside before a node binds them: then
+    /// the deployment starts again on other ports (at most three tries).
     pub fn start_using(bin: &Path, regions: &[&str], followers: u16, servers: u16, env: &[(&str, &str)]) -> Cluster {
+        for _ in 0..2 {
+            match Cluster::try_start(bin, regions, followers, servers, env) {
+                Err(log) if log.contains("Address already in use") => eprintln!("ports taken, again:\n{log}"),
+                other => return other.unwrap_or_else(|log| panic!("{log}")),
+            }
+        }
+        Cluster::try_start(bin, regions, followers, servers, env).unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    fn try_start(
+        bin: &Path,
+        regions: &[&str],
+        followers: u16,
+        servers: u16,
+        env: &[(&str, &str)],
+    ) -> Result<Cluster, String> {
         let dir = TempDir::new("cluster");
         let offset = free_cluster_offset(regions.len());
         let log = std::fs::File::create(dir.0.join("up.log")).unwrap();
@@ -406,10 +424,8 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !json.exists() {
             if let Some(status) = cluster.up.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "cluster up exited ({status}):\n{}",
-                    std::fs::read_to_string(cluster.dir.0.join("up.log")).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(cluster.dir.0.join("up.log")).unwrap_or_default();
+                return Err(format!("cluster up exited ({status}):\n{log}"));
             }
             assert!(Instant::now() < deadline, "cluster.json never appeared");
             std::thread::sleep(Duration::from_millis(100));
@@ -422,7 +438,7 @@ impl Cluster {
             let leader = r.nodes.iter().find(|n| n.role == Role::Leader).expect("a leader per region");
             cluster.regions.insert(region, (r.nats.clone(), leader.http.clone()));
         }
-        cluster
+        Ok(cluster)
     }
 
     /// The leader's HTTP URL of `region`.
