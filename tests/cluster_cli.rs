@@ -1,10 +1,9 @@
 //! `concord cluster up|kill|start` and the client commands, as a user runs them.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use concord_tests::{TempDir, concord_bin, free_port};
+use concord_tests::{TempDir, concord_bin};
 use serde_json::Value;
 
 fn concord(args: &[&str]) -> (bool, String, String) {
@@ -16,37 +15,27 @@ fn concord(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// An offset that puts the deployment's NATS (4301) and HTTP (8301) ports on free ports.
-fn free_offset() -> u16 {
-    loop {
-        let nats = free_port();
-        if !(4301..=60000).contains(&nats) {
-            continue;
-        }
-        let offset = nats - 4301;
-        if TcpListener::bind(("127.0.0.1", 8301 + offset)).is_ok() {
-            return offset;
-        }
-    }
-}
-
 #[test]
 fn cluster_up_kill_start_and_the_client_commands() {
     let dir = TempDir::new("cluster");
     let d = dir.0.to_str().unwrap();
-    let offset = free_offset().to_string();
+    // Every port of the deployment free, and below the kernel's ephemeral range (the
+    // OS's free ports there may go to an outgoing connection before a server binds them).
+    let offset = concord_tests::free_cluster_offset(1).to_string();
+    let log = std::fs::File::create(dir.0.join("up.log")).unwrap();
     let mut up = Command::new(concord_bin())
         .args(["cluster", "up", "--dir", d, "--regions", "us-east", "--port-offset", &offset])
         .current_dir(concord_tests::repo_root())
         .env("CONCORD_API_TOKEN", concord_tests::TEST_TOKEN)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let cluster_json = dir.0.join("cluster.json");
     let deadline = Instant::now() + Duration::from_secs(90);
     while !cluster_json.exists() {
-        assert!(up.try_wait().unwrap().is_none(), "cluster up exited early");
+        let early = || std::fs::read_to_string(dir.0.join("up.log")).unwrap_or_default();
+        assert!(up.try_wait().unwrap().is_none(), "cluster up exited early:\n{}", early());
         assert!(Instant::now() < deadline, "cluster.json never appeared");
         std::thread::sleep(Duration::from_millis(100));
     }
