@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use concord_tests::{Cluster, TEST_TOKEN, TempDir, http, repo_root};
+use concord_tests::{Cluster, TEST_TOKEN, TempDir, http, metric, metrics_page, repo_root};
 use serde_json::{Value, json};
 
 fn python() -> PathBuf {
@@ -96,6 +96,23 @@ async fn wait_docs(urls: &[String], id: &str, what: &str, pred: impl Fn(&Value) 
         }
         assert!(Instant::now() < deadline, "{what}: never held; the documents: {docs:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What `url`'s node has sent its sync clients so far.
+async fn sent(url: &str) -> f64 {
+    let page = metrics_page(&http(), url).await;
+    metric(&page, "concord_sync_messages_sent_total", &[]).unwrap_or(0.0)
+}
+
+/// Wait until `clients` more clients of `url`'s node joined and got their first sync
+/// reply (a peer and a sync message each, sent since `sent_before`): connected, and
+/// syncing the document.
+async fn wait_listening(url: &str, clients: f64, sent_before: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent(url).await < sent_before + 2.0 * clients {
+        assert!(Instant::now() < deadline, "{clients} sync clients never connected to {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -180,13 +197,14 @@ async fn clients_in_two_regions_sync_one_document_and_every_region_converges() {
 
     // Live: B waits on its connection to eu-west's follower for a change written over
     // HTTP in ap-south.
+    let before = sent(&eu_follower).await;
     let waiting = tokio::spawn(run_async(client(
         &eu_follower,
         &b,
         "sync",
         &["--until-key", "status", "--until-value", r#""shipped""#, "--timeout", "60"],
     )));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_listening(&eu_follower, 1.0, before).await;
     let resp = http()
         .post(format!("{ap}/v1/docs/sync/{id}"))
         .json(&json!({"ops": [{"op": "set", "path": ["status"], "value": "shipped"}]}))
@@ -205,7 +223,7 @@ async fn clients_in_two_regions_sync_one_document_and_every_region_converges() {
     run_async(client(&ap, &c, "sync", &[])).await;
     run_async(client(&us, &a, "edit", &["--set", "more=2"])).await;
     run_async(client(&us, &a, "sync", &[])).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_docs(std::slice::from_ref(&regions[1]), &id, "A's write in eu-west", |d| d["more"] == 2).await;
     assert_eq!(http_doc(&ap, &id).await.unwrap()["more"], Value::Null, "ap-south is cut off");
     cluster.heal();
     // On reconnect C catches up with A's write, and every region has C's edit.
@@ -346,6 +364,7 @@ async fn bad_frames_and_oversized_messages_close_the_connection_and_change_nothi
     assert_eq!(stored().await, before);
 
     // Two connections open (the limit): a third is refused with 503.
+    let sent_before = sent(&url).await;
     let holders: Vec<_> = (0..2)
         .map(|i| {
             let mut c = client(&url, &dir.0.join(format!("h{i}.am")), "sync", &["--doc", &id, "--stay", "8"]);
@@ -353,7 +372,7 @@ async fn bad_frames_and_oversized_messages_close_the_connection_and_change_nothi
             c.spawn().unwrap()
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_listening(&url, 2.0, sent_before).await;
     let (_, answer) = raw(&url, &scratch, &["--join"]);
     assert_eq!(answer["http_status"], json!(503), "{answer}");
     for mut h in holders {
@@ -418,8 +437,9 @@ async fn tokens_limits_v2_messages_and_ephemeral_messages() {
     // A change another client syncs reaches a connected client live.
     let listen =
         client(&url, &store("w.am"), "sync", &["--doc", &id, "--until-key", "live", "--until-value", "\"yes\""]);
+    let before = sent(&url).await;
     let waiting = tokio::task::spawn_blocking(move || run(listen));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_listening(&url, 1.0, before).await;
     let writer = store("1.am");
     run_async(client(&url, &writer, "edit", &["--set", r#"live="yes""#])).await;
     run_async(client(&url, &writer, "sync", &[])).await;
@@ -427,8 +447,9 @@ async fn tokens_limits_v2_messages_and_ephemeral_messages() {
 
     // Ephemeral messages go to the other connections that sync the document, not back.
     let listen = client(&url, &store("l.am"), "sync", &["--doc", &id, "--stay", "6"]);
+    let before = sent(&url).await;
     let listening = tokio::task::spawn_blocking(move || run(listen));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_listening(&url, 1.0, before).await;
     let said = run_async(client(&url, &store("s.am"), "sync", &["--doc", &id, "--say", "0102ff", "--stay", "1"])).await;
     let heard = listening.await.unwrap();
     let data: Vec<&Value> = heard["ephemeral"].as_array().unwrap().iter().map(|e| &e["data"]).collect();
