@@ -314,18 +314,33 @@ impl Page<'_> {
     /// Click the middle of the element `selector` finds, as a mouse would (so it must be
     /// visible and not covered), after scrolling it into view.
     pub async fn click(&self, selector: &str) -> Result<(), String> {
+        // The click lands at coordinates, as a user's does, so it waits for the element to
+        // hold still (a page still loading moves it) and to be the one at that point.
         let js = format!(
             "(() => {{ const e = document.querySelector({}); if (!e) return null; e.scrollIntoView({{block: 'center'}}); \
-             const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()",
+             const r = e.getBoundingClientRect(); const x = r.x + r.width / 2, y = r.y + r.height / 2; \
+             const at = document.elementFromPoint(x, y); return [x, y, !!at && (at === e || e.contains(at))]; }})()",
             json!(selector)
         );
-        let at = self.eval(&js).await?;
-        let (x, y) = (at[0].as_f64().ok_or(format!("{selector}: no such element"))?, at[1].as_f64().unwrap_or(0.0));
-        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
-            let p = json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1});
-            self.call("Input.dispatchMouseEvent", p).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut before: Option<(f64, f64)> = None;
+        loop {
+            let at = self.eval(&js).await?;
+            let x = at[0].as_f64().ok_or(format!("{selector}: no such element"))?;
+            let (y, hit) = (at[1].as_f64().unwrap_or(0.0), at[2] == Value::Bool(true));
+            if hit && before == Some((x, y)) {
+                for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+                    let p = json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1});
+                    self.call("Input.dispatchMouseEvent", p).await?;
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{selector}: never held still where a click reaches it (last at {x},{y}, hit {hit})"));
+            }
+            before = Some((x, y));
+            tokio::time::sleep(Duration::from_millis(150)).await;
         }
-        Ok(())
     }
 
     /// Type `text` into the focused element.
