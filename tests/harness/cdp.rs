@@ -336,7 +336,9 @@ impl Page<'_> {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("{selector}: never held still where a click reaches it (last at {x},{y}, hit {hit})"));
+                return Err(format!(
+                    "{selector}: never held still where a click reaches it (last at {x},{y}, hit {hit})"
+                ));
             }
             before = Some((x, y));
             tokio::time::sleep(Duration::from_millis(150)).await;
