@@ -136,6 +136,42 @@ async fn bad_inputs_are_refused_clearly_and_touch_nothing() {
     after.2 = before.2.clone();
     assert_eq!(after, before, "a bad request changed stored data");
 
+    // Every answer above counted by operation and outcome, the refusals by their code
+    // (the two snapshots read the list, the four values and the document each).
+    let page = concord_tests::metrics_page(&api.client, &api.url).await;
+    let expected = [
+        ("kv.put", "ok", 5),
+        ("kv.put", "value_too_large", 2),
+        ("kv.put", "bad_key", 4),
+        ("kv.put", "bad_bucket", 1),
+        ("kv.put", "bad_durability", 1),
+        ("kv.get", "ok", 8),
+        ("kv.get", "bad_key", 1),
+        ("kv.get", "not_found", 2),
+        ("kv.del", "ok", 1),
+        ("kv.del", "bad_key", 1),
+        ("kv.list", "ok", 2),
+        ("kv.list", "bad_bucket", 1),
+        ("kv.list", "bad_limit", 2),
+        ("doc.apply", "ok", 1),
+        ("doc.apply", "value_too_large", 1),
+        ("doc.apply", "bad_op", 9),
+        ("doc.apply", "bad_key", 1),
+        ("doc.get", "ok", 2),
+        ("doc.get", "bad_format", 1),
+        ("doc.get", "not_found", 1),
+    ];
+    for (op, outcome, n) in expected {
+        let counted = concord_tests::metric(&page, "concord_requests_total", &[("op", op), ("outcome", outcome)]);
+        assert_eq!(counted, Some(n as f64), "concord_requests_total{{op={op},outcome={outcome}}}");
+    }
+    let all: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("concord_requests_total{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(all, expected.iter().map(|e| e.2 as f64).sum::<f64>(), "requests counted that were not made:\n{page}");
+
     // The same over NATS request/reply: same status (in Concord-Status) and body.
     let client = concord_tests::nats_connect(nats.url()).await.unwrap();
     let mut headers = async_nats::HeaderMap::new();

@@ -44,6 +44,8 @@ macro_rules! counters {
             pub apply_seconds: Histogram,
             /// Conflict-log records written, by rule and state (`open`, `resolved`).
             pub conflict_records: Family<Labels, Counter>,
+            /// Data requests (HTTP and NATS) answered, by operation and outcome.
+            pub requests: Family<Labels, Counter>,
         }
 
         impl Default for Metrics {
@@ -58,6 +60,7 @@ macro_rules! counters {
                     read_seconds: latency(),
                     apply_seconds: latency(),
                     conflict_records: Family::default(),
+                    requests: Family::default(),
                 }
             }
         }
@@ -72,6 +75,7 @@ macro_rules! counters {
                 reg.register_with_unit("read", "HTTP reads, request to answer", Unit::Seconds, self.read_seconds.clone());
                 reg.register_with_unit("apply", "Batches of log entries applied (load, apply, commit)", Unit::Seconds, self.apply_seconds.clone());
                 reg.register("conflict_records_by_rule", "Conflict-log records written, by rule and state", self.conflict_records.clone());
+                reg.register("requests", "Data requests (HTTP and NATS) by operation (kv.put, doc.get, ...) and outcome: ok, siblings (300), or the error code", self.requests.clone());
             }
         }
     };

@@ -22,7 +22,7 @@ use concord_api::ErrorCode;
 use super::auth::Access;
 use super::deployment::Gatherer;
 use super::limits::{Class, Deadline, Limits};
-use super::{Params, Reply};
+use super::{Op, Params, Reply};
 use crate::Node;
 use crate::error::NodeError;
 
@@ -374,16 +374,17 @@ async fn kv(node: &Node, req: Request) -> Response {
     let rest = parts.uri.path().trim_start_matches("/v1/kv/").to_string();
     let p = request_params(&parts);
     let (bucket, key) = bucket_and_key(&rest);
-    let reply = match (&parts.method, key) {
-        (&Method::GET, None) => super::kv_list(node, &bucket, &p).await,
-        (&Method::GET, Some(k)) => super::kv_get(node, &bucket, &k, &p).await,
+    let (op, reply) = match (&parts.method, key) {
+        (&Method::GET, None) => (Op::KvList, super::kv_list(node, &bucket, &p).await),
+        (&Method::GET, Some(k)) => (Op::KvGet, super::kv_get(node, &bucket, &k, &p).await),
         (&Method::PUT, Some(k)) => match read_body(node, body).await {
-            Ok(b) => super::kv_put(node, &bucket, &k, b, &p).await,
-            Err(e) => Err(e),
+            Ok(b) => (Op::KvPut, super::kv_put(node, &bucket, &k, b, &p).await),
+            Err(e) => (Op::KvPut, Err(e)),
         },
-        (&Method::DELETE, Some(k)) => super::kv_delete(node, &bucket, &k, &p).await,
+        (&Method::DELETE, Some(k)) => (Op::KvDel, super::kv_delete(node, &bucket, &k, &p).await),
         (m, _) => return method_not_allowed(m),
     };
+    super::count(node, op, &reply);
     respond(reply.into())
 }
 
@@ -398,14 +399,15 @@ async fn docs(node: &Node, req: Request) -> Response {
             "the path names no key: /v1/docs/{bucket}/{key}",
         )));
     };
-    let reply = match parts.method {
-        Method::GET => super::doc_get(node, &bucket, &key, &p).await,
+    let (op, reply) = match parts.method {
+        Method::GET => (Op::DocGet, super::doc_get(node, &bucket, &key, &p).await),
         Method::POST => match read_body(node, body).await {
-            Ok(b) => super::doc_apply(node, &bucket, &key, b, &p).await,
-            Err(e) => Err(e),
+            Ok(b) => (Op::DocApply, super::doc_apply(node, &bucket, &key, b, &p).await),
+            Err(e) => (Op::DocApply, Err(e)),
         },
         ref m => return method_not_allowed(m),
     };
+    super::count(node, op, &reply);
     respond(reply.into())
 }
 

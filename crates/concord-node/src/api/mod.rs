@@ -107,6 +107,18 @@ pub struct Params {
     pub deadline: Option<Deadline>,
 }
 
+/// Count an answered request in `concord_requests_total`: its operation, and its
+/// outcome (`ok`, `siblings` for a manual bucket's 300, or the error's code).
+pub(crate) fn count(node: &Node, op: Op, result: &Result<Reply, NodeError>) {
+    let outcome = match result {
+        Ok(reply) if reply.status == 300 => "siblings",
+        Ok(_) => "ok",
+        Err(e) => e.code().as_str(),
+    };
+    let labels = vec![("op".to_string(), op.name().to_string()), ("outcome".to_string(), outcome.to_string())];
+    node.metrics.requests.get_or_create(&labels).inc();
+}
+
 fn bucket(raw: &str) -> Result<String, NodeError> {
     input::check_bucket(raw).map_err(|e| NodeError::bad(ErrorCode::BadBucket, e.to_string()))?;
     Ok(raw.to_string())

@@ -224,6 +224,7 @@ async fn handle(node: &Node, op: Op, req: &Request, deadline: Deadline) -> Reply
         Op::ConflictsGet => super::conflict_get(node, &conflict_id()).await,
         Op::ConflictsResolve => super::conflict_resolve(node, &conflict_id(), body, &p).await,
     };
+    super::count(node, op, &result);
     Reply::from(result)
 }
 
