@@ -82,8 +82,72 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
         let ops = json!({"ops": [{"op": "set", "path": ["theme"], "value": format!("theme of {r}")}]});
         assert_eq!(client.post(format!("{url}/v1/docs/app/settings")).json(&ops).send().await.unwrap().status(), 200);
     }
+    // `concord status` shows the whole deployment from its cluster.json: a row per
+    // region, each region's lag on the two it is cut from marked CUT.
+    let dir = cluster.dir.0.to_str().unwrap().to_string();
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, table, err) = cluster.client(&["status", "--dir", &dir]);
+        let rows: Vec<&str> = table.lines().skip(1).collect();
+        let cut_from_both = |r: &&str| r.matches(" CUT").count() == 2;
+        if rows.len() == REGIONS.len() && rows.iter().all(cut_from_both) {
+            for (row, region) in rows.iter().zip(["ap-south", "eu-west", "us-east"]) {
+                assert!(row.starts_with(&format!("{region} ")) && row.contains(" leader "), "{table}");
+            }
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "concord status never showed the cut: {table}{err}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     cluster.heal();
     cluster.wait_converged(Duration::from_secs(60)).await;
+    // Healed: no region cut, and each node's open conflicts as its status says.
+    let (ok, table, err) = cluster.client(&["status", "--dir", &dir]);
+    assert!(ok && !table.contains("CUT"), "{table}{err}");
+    let (ok, out, err) = cluster.client(&["status", "--dir", &dir, "--json"]);
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    let nodes = shown["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), REGIONS.len(), "{shown}");
+    for n in nodes {
+        let status: Value = client
+            .get(format!("{}/v1/status", n["endpoint"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let open = status["open_conflicts"].as_u64().unwrap();
+        assert!(open >= 3, "{}: {status}", n["node"]);
+        assert_eq!(n["status"]["open_conflicts"].as_u64(), Some(open), "{n}");
+        let row = table.lines().find(|l| l.starts_with(n["region"].as_str().unwrap())).unwrap();
+        assert!(row.ends_with(&format!("  {open}")), "the CONFLICTS column: {row}");
+    }
+    // `--watch --json` asks again and again, a line per round, until stopped.
+    let mut watch = std::process::Command::new(concord_tests::concord_bin())
+        .args(["status", "--dir", &dir, "--watch", "0.3", "--json"])
+        .env("CONCORD_TOKEN", concord_tests::TEST_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (rounds_tx, rounds) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = rounds_tx.send(line);
+        }
+    });
+    for round in 0..3 {
+        let line = rounds.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let answered = v["nodes"].as_array().unwrap().iter().filter(|n| n["status"]["role"] == "leader").count();
+        assert_eq!(answered, REGIONS.len(), "round {round}: {line}");
+    }
+    assert!(watch.try_wait().unwrap().is_none(), "--watch stopped by itself");
+    watch.kill().unwrap();
+    watch.wait().unwrap();
 
     // Same winner everywhere, and the same record listing all three versions.
     let mut values = Vec::new();
