@@ -52,6 +52,11 @@ async fn a_backup_restores_into_a_new_node_that_catches_up() {
     let backed_up = applied_in(&out);
     assert!(backed_up >= written, "{out}");
     assert!(file.exists() && !dir.0.join("us-east.backup.partial").exists());
+    // Its progress on stderr (a line every 5 s when not a terminal) ends complete: the
+    // download, then the check that loads it.
+    let done = |err: &str, what: &str| err.lines().any(|l| l.trim_start().starts_with(what) && l.contains("100%"));
+    assert!(done(&err, "backup") && err.contains(" MiB/s"), "{err}");
+    assert!(done(&err, "check") && err.contains("MiB loaded"), "{err}");
 
     // After the backup: one more key, and a delete.
     let w = client.put(format!("{l}/v1/kv/b/late")).body("after the backup").send().await.unwrap();
@@ -65,6 +70,7 @@ async fn a_backup_restores_into_a_new_node_that_catches_up() {
     let (ok, out, err) = concord(&["restore", "--from", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert_eq!(applied_in(&out), backed_up, "the restored node holds what the backup held: {out}");
+    assert!(err.lines().any(|l| l.contains("100%") && l.contains("MiB loaded")), "restore's progress: {err}");
     let (ok, _, err) = concord(&["restore", "--from", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
     assert!(!ok && err.contains("holds a node's state already"), "a second restore into the same directory: {err}");
     let restored = Node::start_as(&dir.0, "us-east-3", "follower", "us-east", &nats.url(), &retention);

@@ -70,7 +70,8 @@ use reqwest::Method;
 async fn bad_inputs_are_refused_clearly_and_touch_nothing() {
     let dir = TempDir::new("bad-input");
     let nats = Nats::start(&dir.0);
-    let node = Node::start(&dir.0, "us-east", &nats.url());
+    // Its logs as one JSON object per event (checked at the end).
+    let node = Node::start_with(&dir.0, "us-east", &nats.url(), &[("CONCORD_LOG_FORMAT", "json")]);
     let api = Api { url: node.url(), client: http() };
 
     // Data that must survive every bad request below.
@@ -184,8 +185,19 @@ async fn bad_inputs_are_refused_clearly_and_touch_nothing() {
     assert_eq!(v["code"], "bad_key");
     assert_eq!(api.snapshot().await.0, before.0);
 
-    // A configured limit applies instead of the default.
+    // Every line the node logged is a JSON event.
     drop(node);
+    let log = std::fs::read_to_string(dir.0.join("us-east-1.log")).unwrap();
+    let events: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line that is no JSON ({e}): {l}")))
+        .collect();
+    assert!(events.len() >= 3, "{log}");
+    for e in &events {
+        assert!(e["timestamp"].is_string() && e["level"].is_string() && e["fields"].is_object(), "{e}");
+    }
+
+    // A configured limit applies instead of the default.
     let small = Node::start_with(&dir.0, "us-east", &nats.url(), &[("CONCORD_VALUE_BYTES_MAX", "16")]);
     let api = Api { url: small.url(), client: http() };
     api.expect(Method::PUT, "/v1/kv/data/k1", vec![b'x'; 16], 200, "").await;

@@ -135,7 +135,8 @@ async fn download(url: &str, path: &Path) -> anyhow::Result<u64> {
         bail!("GET {url}: the answer ended after {written} of {total} bytes");
     }
     file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
-    progress(written, total, started, tty);
+    // Done: the whole size is known now (a streamed snapshot comes without a length).
+    progress(written, Some(written), started, tty);
     if tty {
         eprintln!();
     }
