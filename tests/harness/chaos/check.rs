@@ -389,9 +389,11 @@ fn sessions(ops: &[&Op], problems: &mut Vec<String>) {
 }
 
 fn fencing(state: &FinalState, problems: &mut Vec<String>) {
+    let epoch = |o: &str| o.rsplit_once('.').and_then(|(_, e)| e.parse::<u64>().ok());
     for (region, log) in &state.logs {
-        let mut epochs_done: BTreeSet<String> = BTreeSet::new();
-        let mut current: Option<(String, u64)> = None;
+        // Each origin's next sequence due, and the origin writing now (the newest epoch).
+        let mut next: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut current: Option<&str> = None;
         // Origins found void, from the sequence on: a changeset stored right after a
         // message of another origin, past its origin's next sequence, is the tail of a
         // pipelined batch whose predecessor the log refused (a deposed or a new leader's
@@ -401,62 +403,61 @@ fn fencing(state: &FinalState, problems: &mut Vec<String>) {
         let mut void_from: BTreeMap<&str, u64> = BTreeMap::new();
         let mut before: Option<&str> = None;
         for e in log {
-            let previous = before.replace(&e.origin);
-            if e.origin == "undecodable" {
-                problems.push(format!("{region}'s log holds an undecodable entry at {}", e.stream_seq));
+            let (origin, at) = (e.origin.as_str(), e.stream_seq);
+            let previous = before.replace(origin);
+            if origin == "undecodable" {
+                problems.push(format!("{region}'s log holds an undecodable entry at {at}"));
                 continue;
             }
-            if let Some(from) = void_from.get(e.origin.as_str()) {
+            if let Some(from) = void_from.get(origin) {
                 if e.first_seq < *from {
                     problems.push(format!(
-                        "{region}'s log: {} appends {} after its void changeset at {from} (stream seq {})",
-                        e.origin, e.first_seq, e.stream_seq
+                        "{region}'s log: {origin} appends {} after its void changeset at {from} (stream seq {at})",
+                        e.first_seq
                     ));
                 }
                 continue;
             }
-            match &current {
-                Some((o, next)) if *o == e.origin => {
-                    if e.first_seq != *next {
-                        if e.first_seq > *next && previous != Some(e.origin.as_str()) {
-                            void_from.insert(&e.origin, e.first_seq);
-                            continue;
-                        }
-                        problems.push(format!(
-                            "{region}'s log: {} continues at {} where {next} was due (stream seq {})",
-                            e.origin, e.first_seq, e.stream_seq
-                        ));
-                    }
-                }
-                Some(_) if e.first_seq != 1 => continue,
-                _ => {
-                    let epoch = |o: &str| o.rsplit_once('.').and_then(|(_, e)| e.parse::<u64>().ok());
-                    if let Some((o, _)) = &current
-                        && epoch(o) >= epoch(&e.origin)
+            let after_another = previous != Some(origin);
+            match next.get(origin).copied() {
+                // A new epoch (or the log's first entry).
+                None if e.first_seq == 1 || current.is_none() => {
+                    if let Some(o) = current
+                        && epoch(o) >= epoch(origin)
                     {
                         problems.push(format!(
-                            "{region}'s log: epoch {} appends after epoch {o} (stream seq {}): epochs must grow",
-                            e.origin, e.stream_seq
+                            "{region}'s log: epoch {origin} appends after epoch {o} (stream seq {at}): epochs must grow"
                         ));
                     }
                     if e.first_seq != 1 {
                         problems.push(format!(
-                            "{region}'s log: epoch {} starts at change {}, not 1 (stream seq {})",
-                            e.origin, e.first_seq, e.stream_seq
+                            "{region}'s log: epoch {origin} starts at change {}, not 1 (stream seq {at})",
+                            e.first_seq
                         ));
                     }
-                    if epochs_done.contains(&e.origin) {
-                        problems.push(format!(
-                            "{region}'s log: {} appended again at stream seq {} after a newer epoch did",
-                            e.origin, e.stream_seq
-                        ));
-                    }
-                    if let Some((o, _)) = current.take() {
-                        epochs_done.insert(o);
-                    }
+                    current = Some(origin);
                 }
+                // A new epoch whose first append the log refused: the rest is void.
+                None => {
+                    void_from.insert(origin, e.first_seq);
+                    continue;
+                }
+                Some(due) if e.first_seq > due && after_another => {
+                    void_from.insert(origin, e.first_seq);
+                    continue;
+                }
+                Some(_) if current != Some(origin) => problems.push(format!(
+                    "{region}'s log: {origin} appended again at stream seq {at} after a newer epoch did (epoch \
+                     {origin} appends after epoch {}: epochs must grow)",
+                    current.unwrap_or("?")
+                )),
+                Some(due) if e.first_seq != due => problems.push(format!(
+                    "{region}'s log: {origin} continues at {} where {due} was due (stream seq {at})",
+                    e.first_seq
+                )),
+                Some(_) => {}
             }
-            current = Some((e.origin.clone(), e.first_seq + e.changes));
+            next.insert(origin, e.first_seq + e.changes);
         }
     }
 }
@@ -561,6 +562,15 @@ mod tests {
         let problems = fencing_problems(&[("us-east.1", 1, 1), ("us-east.2", 1, 1), ("us-east.1", 1, 1)]);
         assert!(problems.iter().any(|p| p.contains("epochs must grow")), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("appended again")), "{problems:?}");
+    }
+
+    #[test]
+    fn an_old_epochs_next_change_after_a_newer_epoch_is_reported() {
+        // In sequence for its origin, but stored after a newer epoch's message, right
+        // after its own predecessor's place: replicas would apply it (not void).
+        let problems = fencing_problems(&[("us-east.1", 1, 1), ("us-east.2", 1, 1), ("us-east.1", 2, 1)]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("appended again at stream seq 3 after a newer epoch did"), "{problems:?}");
     }
 
     #[test]
