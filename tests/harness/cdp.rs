@@ -326,8 +326,16 @@ impl Page<'_> {
         let mut before: Option<(f64, f64)> = None;
         loop {
             let at = self.eval(&js).await?;
-            let x = at[0].as_f64().ok_or(format!("{selector}: no such element"))?;
-            let (y, hit) = (at[1].as_f64().unwrap_or(0.0), at[2] == Value::Bool(true));
+            let (x, y, hit) = match (at[0].as_f64(), at[1].as_f64()) {
+                (Some(x), Some(y)) => (x, y, at[2] == Value::Bool(true)),
+                // Not there (yet, or replaced while the page draws): look again.
+                _ if Instant::now() < deadline => {
+                    before = None;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    continue;
+                }
+                _ => return Err(format!("{selector}: no such element")),
+            };
             if hit && before == Some((x, y)) {
                 for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
                     let p = json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1});
