@@ -14,6 +14,16 @@ use serde_json::{Value, json};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 
+/// A command the test stops, stopped also when the test fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn conflicts(client: &reqwest::Client, url: &str, key: &str) -> Vec<Value> {
     let v: Value = client.get(format!("{url}/v1/conflicts?key={key}")).send().await.unwrap().json().await.unwrap();
     v["conflicts"].as_array().unwrap().clone()
@@ -102,8 +112,17 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
     cluster.heal();
     cluster.wait_converged(Duration::from_secs(60)).await;
     // Healed: no region cut, and each node's open conflicts as its status says.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (ok, table, err) = cluster.client(&["status", "--dir", &dir]);
+        if ok && !table.contains("CUT") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "a region still shown cut after the heal: {table}{err}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let (ok, table, err) = cluster.client(&["status", "--dir", &dir]);
-    assert!(ok && !table.contains("CUT"), "{table}{err}");
+    assert!(ok, "{table}{err}");
     let (ok, out, err) = cluster.client(&["status", "--dir", &dir, "--json"]);
     assert!(ok, "{err}");
     let shown: Value = serde_json::from_str(&out).unwrap();
@@ -125,14 +144,16 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
         assert!(row.ends_with(&format!("  {open}")), "the CONFLICTS column: {row}");
     }
     // `--watch --json` asks again and again, a line per round, until stopped.
-    let mut watch = std::process::Command::new(concord_tests::concord_bin())
-        .args(["status", "--dir", &dir, "--watch", "0.3", "--json"])
-        .env("CONCORD_TOKEN", concord_tests::TEST_TOKEN)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watch = KillOnDrop(
+        std::process::Command::new(concord_tests::concord_bin())
+            .args(["status", "--dir", &dir, "--watch", "0.3", "--json"])
+            .env("CONCORD_TOKEN", concord_tests::TEST_TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (rounds_tx, rounds) = std::sync::mpsc::channel::<String>();
-    let stdout = watch.stdout.take().unwrap();
+    let stdout = watch.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -145,9 +166,8 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
         let answered = v["nodes"].as_array().unwrap().iter().filter(|n| n["status"]["role"] == "leader").count();
         assert_eq!(answered, REGIONS.len(), "round {round}: {line}");
     }
-    assert!(watch.try_wait().unwrap().is_none(), "--watch stopped by itself");
-    watch.kill().unwrap();
-    watch.wait().unwrap();
+    assert!(watch.0.try_wait().unwrap().is_none(), "--watch stopped by itself");
+    drop(watch);
 
     // Same winner everywhere, and the same record listing all three versions.
     let mut values = Vec::new();

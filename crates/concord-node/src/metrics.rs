@@ -22,6 +22,8 @@ use crate::api::Durability;
 
 /// Labels of one sample (`[("durability", "async")]`).
 pub type Labels = Vec<(String, String)>;
+/// `[("op", "kv.put"), ("outcome", "ok")]`: static, so counting a request allocates nothing.
+pub type RequestLabels = [(&'static str, &'static str); 2];
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Latency buckets: 0.25 ms to 4 s, doubling.
@@ -45,7 +47,7 @@ macro_rules! counters {
             /// Conflict-log records written, by rule and state (`open`, `resolved`).
             pub conflict_records: Family<Labels, Counter>,
             /// Data requests (HTTP and NATS) answered, by operation and outcome.
-            pub requests: Family<Labels, Counter>,
+            pub requests: Family<RequestLabels, Counter>,
         }
 
         impl Default for Metrics {

@@ -394,10 +394,10 @@ async fn docs(node: &Node, req: Request) -> Response {
     let p = request_params(&parts);
     let (bucket, key) = bucket_and_key(&rest);
     let Some(key) = key else {
-        return respond(Reply::error(&NodeError::bad(
-            ErrorCode::BadKey,
-            "the path names no key: /v1/docs/{bucket}/{key}",
-        )));
+        let op = if parts.method == Method::GET { Op::DocGet } else { Op::DocApply };
+        let refused = Err(NodeError::bad(ErrorCode::BadKey, "the path names no key: /v1/docs/{bucket}/{key}"));
+        super::count(node, op, &refused);
+        return respond(refused.into());
     };
     let (op, reply) = match parts.method {
         Method::GET => (Op::DocGet, super::doc_get(node, &bucket, &key, &p).await),

@@ -115,8 +115,7 @@ pub(crate) fn count(node: &Node, op: Op, result: &Result<Reply, NodeError>) {
         Ok(_) => "ok",
         Err(e) => e.code().as_str(),
     };
-    let labels = vec![("op".to_string(), op.name().to_string()), ("outcome".to_string(), outcome.to_string())];
-    node.metrics.requests.get_or_create(&labels).inc();
+    node.metrics.requests.get_or_create(&[("op", op.name()), ("outcome", outcome)]).inc();
 }
 
 fn bucket(raw: &str) -> Result<String, NodeError> {
