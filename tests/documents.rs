@@ -92,18 +92,29 @@ async fn documents_read_back_as_json_and_as_automerge() {
     let nc = concord_tests::nats_connect(nats.url()).await.unwrap();
     // Every service instance answers $SRV.INFO (a leader without followers runs one for
     // writes and one for reads): gather them all.
+    // The node answers over NATS once it answers over HTTP; its write endpoints come with
+    // its lease, which a restarted leader takes again: ask until they are there.
     let mut infos = nc.subscribe("_INBOX.concord-info").await.unwrap();
-    nc.publish_with_reply("$SRV.INFO.concord", "_INBOX.concord-info", "".into()).await.unwrap();
-    let mut subjects: Vec<String> = Vec::new();
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), infos.next()).await {
-        let info: Value = serde_json::from_slice(&msg.payload).unwrap();
-        assert_eq!(info["name"], "concord");
-        assert_eq!(info["metadata"]["region"], "us-east");
-        subjects
-            .extend(info["endpoints"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap().to_string()));
-    }
-    for op in ["kv.put", "kv.get", "kv.del", "kv.list", "doc.apply", "doc.get", "status"] {
-        assert!(subjects.contains(&format!("concord.api.us-east.{op}")), "{op} missing from {subjects:?}");
+    let wanted = ["kv.put", "kv.get", "kv.del", "kv.list", "doc.apply", "doc.get", "status"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        nc.publish_with_reply("$SRV.INFO.concord", "_INBOX.concord-info", "".into()).await.unwrap();
+        let mut subjects: Vec<String> = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), infos.next()).await {
+            assert!(msg.status.is_none(), "no service answered $SRV.INFO: {:?} {:?}", msg.status, msg.description);
+            let info: Value = serde_json::from_slice(&msg.payload).unwrap();
+            assert_eq!(info["name"], "concord");
+            assert_eq!(info["metadata"]["region"], "us-east");
+            subjects.extend(
+                info["endpoints"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap().to_string()),
+            );
+        }
+        let missing: Vec<&str> =
+            wanted.into_iter().filter(|op| !subjects.contains(&format!("concord.api.us-east.{op}"))).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{missing:?} missing from {subjects:?}");
     }
     let mut h = async_nats::HeaderMap::new();
     h.insert("Concord-Bucket", "app");

@@ -58,7 +58,7 @@ use concord_engine::{RoleView, StartAs};
 use concord_storage::Store;
 use concord_transport::nats::NatsLog;
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{NodeConfig, Role};
 pub use error::NodeError;
@@ -405,6 +405,9 @@ fn spawn_region_tasks(
     (remote_stored, wanted)
 }
 
+/// How long a starting node waits for its NATS API before it opens its HTTP API anyway.
+const NATS_API_WAIT: Duration = Duration::from_secs(10);
+
 /// The APIs, and a leader's collection of its followers' reports.
 async fn spawn_node_tasks(
     sup: &Supervisor,
@@ -418,6 +421,17 @@ async fn spawn_node_tasks(
     sup.spawn("follower reports", Policy::Restart, move || {
         followers::track_followers(c.clone(), r.clone(), f.clone(), s.clone())
     });
+    // The NATS API first: a node that answers over HTTP answers over NATS too (a client
+    // that saw it up over one may use the other at once).
+    let (serving_tx, mut serving) = watch::channel(false);
+    let (n, c, s) = (node.clone(), client.clone(), stop.clone());
+    sup.spawn("NATS API", Policy::Restart, move || {
+        let (n, c, s, serving) = (n.clone(), c.clone(), s.clone(), serving_tx.clone());
+        async move { api::nats::serve(n, c, s, serving).await.map_err(|e| e.to_string()) }
+    });
+    if tokio::time::timeout(NATS_API_WAIT, serving.wait_for(|up| *up)).await.is_err() {
+        warn!(waited_s = NATS_API_WAIT.as_secs(), "the NATS API is not serving yet; opening the HTTP API anyway");
+    }
     let listener = tokio::net::TcpListener::bind(&node.cfg.http_listen).await?;
     info!(addr = %listener.local_addr()?, "HTTP API listening");
     let mut http_stop = stop.clone();
@@ -426,10 +440,5 @@ async fn spawn_node_tasks(
         let _ = http_stop.wait_for(|s| *s).await;
     });
     sup.spawn_once("HTTP API", async move { http.await.map_err(|e| e.to_string()) });
-    let (n, c, s) = (node.clone(), client.clone(), stop);
-    sup.spawn("NATS API", Policy::Restart, move || {
-        let (n, c, s) = (n.clone(), c.clone(), s.clone());
-        async move { api::nats::serve(n, c, s).await.map_err(|e| e.to_string()) }
-    });
     Ok(())
 }

@@ -52,11 +52,14 @@ pub fn group(region: &str) -> String {
 /// the same queue group per endpoint, so NATS spreads requests over them. Every node
 /// serves status; the node that leads now serves writes (it starts and stops them as it
 /// gains and loses the lease); followers serve reads, and the leader serves them too
-/// while no follower is alive.
+/// while no follower is alive. `serving` turns true once the endpoints of the node's
+/// role are subscribed and the server has them (the node opens its HTTP API after it, so
+/// a node that answers over HTTP answers over NATS too).
 pub async fn serve(
     node: Arc<Node>,
     client: async_nats::Client,
     mut shutdown: watch::Receiver<bool>,
+    serving: watch::Sender<bool>,
 ) -> Result<(), async_nats::Error> {
     let timeout = Duration::from_millis(node.cfg.request_timeout_ms);
     let limits = Arc::new(Limits::new(node.cfg.nats_concurrency_max, timeout, node.metrics.clone()));
@@ -82,6 +85,10 @@ pub async fn serve(
         if toggle(&node, &client, &limits, &mut reads, want_reads, &READ_OPS).await? {
             node.serves_nats_reads.store(want_reads, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(serves_reads = want_reads, leading, "NATS endpoints follow the node's role");
+        }
+        if !*serving.borrow() {
+            client.flush().await?;
+            serving.send_replace(true);
         }
     };
     for running in [writes.take(), reads.take(), Some(main)].into_iter().flatten() {
