@@ -62,7 +62,11 @@ pub async fn up(dir: &Path, layout: Layout) -> anyhow::Result<()> {
     if !wait_connected(&cluster, Duration::from_secs(60)).await {
         eprintln!("warning: not every region's mirrors are connected yet; changes will flow once they are");
     }
-    std::fs::write(d.dir.join("cluster.json"), serde_json::to_vec_pretty(&cluster)?)?;
+    // Written aside and renamed into place: whoever waits for the file (scripts, tests)
+    // never reads it half written.
+    let partial = d.dir.join("cluster.json.partial");
+    std::fs::write(&partial, serde_json::to_vec_pretty(&cluster)?)?;
+    std::fs::rename(&partial, d.dir.join("cluster.json"))?;
     print_ready(&d.dir, &cluster);
     run_until_stopped(&mut d, faults_tx).await?;
     println!("stopping the cluster");
