@@ -129,16 +129,8 @@ async fn concurrent_writes_are_logged_in_every_region_and_resolvable() {
     let nodes = shown["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), REGIONS.len(), "{shown}");
     for n in nodes {
-        let status: Value = client
-            .get(format!("{}/v1/status", n["endpoint"].as_str().unwrap()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let open = status["open_conflicts"].as_u64().unwrap();
-        assert!(open >= 3, "{}: {status}", n["node"]);
+        let open = concord_tests::status(&client, n["endpoint"].as_str().unwrap()).await.open_conflicts;
+        assert!(open >= 3, "{}: {open} open conflicts", n["node"]);
         assert_eq!(n["status"]["open_conflicts"].as_u64(), Some(open), "{n}");
         let row = table.lines().find(|l| l.starts_with(n["region"].as_str().unwrap())).unwrap();
         assert!(row.ends_with(&format!("  {open}")), "the CONFLICTS column: {row}");
