@@ -60,17 +60,13 @@ async fn a_deleted_key_never_comes_back_and_its_tombstone_goes_once_every_region
     deleted_keys_stay_deleted(false).await;
 }
 
-/// KNOWN BUG, not in CI: a cut longer than the log's retention. One full run failed
-/// here: 60 s after the heal a node still held `c`'s old value ("still keeps c: old c",
-/// the node unnamed), although the run had converged; two runs alone passed. The likely
-/// cause, from reading the code: ap-south's leader takes the deletes it missed from a
-/// peer's state (anti-entropy lifts its gap) and marks, so every region may collect
-/// `c`'s tombstone; ap-south's follower, lifting its own gap later from a peer that has
-/// collected it, finds no entry for `c` there, keeps its old value, and moves its
-/// applied vector past the delete. The fix: a round drops a local version that the
-/// peer's applied vector covers and the peer no longer holds (it was collected).
+/// A cut longer than the log's retention: ap-south learns the deletes from a peer's
+/// state (anti-entropy lifts its gaps). Its follower may lift its own gap only after
+/// every region collected `c`'s tombstone, from a peer that holds nothing for `c`: the
+/// round must drop the old value (the engine's `repair` module; deterministic in
+/// crates/concord-engine/tests/collect.rs). Before that fix this test failed one full
+/// run in a few with "still keeps c: old c".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a follower lifting its gap after the tombstone was collected keeps the old value"]
 async fn a_cut_longer_than_the_log_brings_no_deleted_key_back() {
     deleted_keys_stay_deleted(true).await;
 }

@@ -81,10 +81,12 @@ impl CompetingVersion {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resolution {
-    /// `resolve` (POST /v1/conflicts/{id}/resolve) or `write` (a later write that had
-    /// seen every competing version).
+    /// `resolve` (POST /v1/conflicts/{id}/resolve), `write` (a later write that had
+    /// seen every competing version) or `anti-entropy` (a peer had superseded every
+    /// competing version by a delete it has collected since: this replica missed it).
     pub by: String,
-    /// The version that superseded the competing ones.
+    /// The version that superseded the competing ones (empty for `anti-entropy`: the
+    /// delete is gone).
     pub version: String,
     pub at: DateTime<Utc>,
     pub region: String,

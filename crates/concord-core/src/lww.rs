@@ -141,8 +141,14 @@ impl Register {
 
     /// Drop the tombstones among the siblings; `None` when nothing else is left.
     pub fn without_tombstones(&self) -> Option<Register> {
-        let puts: Vec<Version> = self.versions.iter().filter(|v| !v.is_tombstone()).cloned().collect();
-        (!puts.is_empty()).then_some(Register { versions: puts })
+        self.retained(|v| !v.is_tombstone())
+    }
+
+    /// The siblings `keep` keeps (still an antichain, in rank order); `None` when it
+    /// keeps none.
+    pub fn retained(&self, keep: impl Fn(&Version) -> bool) -> Option<Register> {
+        let kept: Vec<Version> = self.versions.iter().filter(|v| keep(v)).cloned().collect();
+        (!kept.is_empty()).then_some(Register { versions: kept })
     }
 
     pub fn insert(&mut self, incoming: Version) -> Inserted {

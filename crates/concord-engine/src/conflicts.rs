@@ -100,6 +100,21 @@ impl Overlay<'_> {
         self.resolve_named(resolves, after.winner().id());
     }
 
+    /// After anti-entropy took the register of `k` away (a peer had applied its versions
+    /// and holds none of them: the write that superseded them, a delete, was collected
+    /// there): its open record is resolved, by `anti-entropy`, with no version to name.
+    pub fn track_lww_removed(&mut self, k: &DocKey) {
+        if let Some(mut record) = self.open_record(k, None) {
+            record.resolved = Some(Resolution {
+                by: "anti-entropy".into(),
+                version: String::new(),
+                at: self.now(),
+                region: self.region.clone(),
+            });
+            self.write_record(record, false, None);
+        }
+    }
+
     /// A resolving write names its record: mark it resolved even if this replica's open
     /// record for the key has another id (it saw a different subset of the versions).
     fn resolve_named(&mut self, resolves: Option<Uuid>, version: String) {

@@ -144,6 +144,9 @@ pub struct Stats {
     pub tombstones_collected: u64,
     /// Marks this writer made.
     pub marks_made: u64,
+    /// Values a repair dropped: the peer had applied and superseded them
+    /// ([`crate::Repair`]).
+    pub values_dropped: u64,
 }
 
 #[derive(Debug, Default)]

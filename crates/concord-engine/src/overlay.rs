@@ -22,6 +22,9 @@ pub(crate) struct Overlay<'f> {
     pub region: String,
     pub now_ms: u64,
     pub kv: BTreeMap<DocKey, Register>,
+    /// Registers this step took out of the store (none is in `kv` too: a register set
+    /// after its removal is in `kv` alone).
+    kv_removed: BTreeSet<DocKey>,
     docs: BTreeMap<DocKey, Automerge>,
     pub dirty_docs: BTreeSet<DocKey>,
     /// Documents whose waiting changes changed (an empty list clears them).
@@ -41,6 +44,7 @@ impl<'f> Overlay<'f> {
             region: region.to_string(),
             now_ms,
             kv: BTreeMap::new(),
+            kv_removed: BTreeSet::new(),
             docs: BTreeMap::new(),
             dirty_docs: BTreeSet::new(),
             pending: BTreeMap::new(),
@@ -58,8 +62,15 @@ impl<'f> Overlay<'f> {
     pub fn register(&self, k: &DocKey) -> Option<Register> {
         match self.kv.get(k) {
             Some(r) => Some(r.clone()),
+            None if self.kv_removed.contains(k) => None,
             None => self.facts.kv(k).register.clone(),
         }
+    }
+
+    /// Take the register of a key out of the store.
+    pub fn remove_kv(&mut self, k: &DocKey) {
+        self.kv.remove(k);
+        self.kv_removed.insert(k.clone());
     }
 
     /// The document, loaded from the facts on first use (a new one when absent).
@@ -94,6 +105,7 @@ impl<'f> Overlay<'f> {
             self.docs.insert(k.clone(), document);
         }
         let mut batch = Batch { conflicts: std::mem::take(&mut self.conflicts), ..Batch::default() };
+        batch.kv_removed = self.kv_removed.iter().filter(|k| !self.kv.contains_key(*k)).cloned().collect();
         batch.kv = std::mem::take(&mut self.kv).into_iter().collect();
         for k in dirty {
             batch.docs.push((k.clone(), self.docs[&k].save()));

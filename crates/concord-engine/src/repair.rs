@@ -6,8 +6,20 @@
 //! of the two states (the node's anti-entropy) and hands the engine what differs: the
 //! peer's registers and documents ([`Repair`]). The engine merges them exactly as it
 //! merges changes from a log (registers are a join-semilattice, documents merge by
-//! Automerge), recording conflicts as they appear, so a repair never takes anything
-//! away and applying it twice changes nothing.
+//! Automerge), recording conflicts as they appear, and applying it twice changes nothing.
+//!
+//! **What the peer no longer holds.** Merging alone only adds, and a replica that
+//! missed a delete would keep the deleted value for ever once every region has
+//! collected the tombstone (`crate::marks`): no peer holds anything that supersedes it
+//! any more. So a repair also carries the peer's applied vector (as of its tree, or
+//! earlier) and, for a complete comparison, the keys this replica holds that the peer
+//! does not ([`Repair::kv_absent`]). A local version whose own change the peer had
+//! applied, and which the peer's register (or the peer's lack of one) does not hold, was
+//! superseded there: by a version the repair brings, or by a delete since collected. It
+//! goes here too; a register left empty leaves the store, and its open conflict record,
+//! if any, is resolved by `anti-entropy`. A version the peer had not applied stays, and so
+//! does a tombstone (it reads as deleted already; collection takes it here, within the
+//! bound that keeps a writer's later writes ordered after it: `crate::marks`).
 //!
 //! **Lifting a gap.** Once the runtime has taken every entry in which the two states
 //! differed, from a peer that had applied an origin through sequence `n`, this replica
@@ -26,7 +38,8 @@ use std::collections::BTreeSet;
 
 use concord_core::doc;
 use concord_core::ids::Origin;
-use concord_core::lww::Register;
+use concord_core::lww::{Register, Version};
+use concord_core::vv::VersionVector;
 
 use crate::Fatal;
 use crate::apply::Merged;
@@ -49,6 +62,13 @@ pub struct Repair {
     /// Per origin: the repair holds the effects of every change of it up to here (see
     /// the module doc: a lift).
     pub through: Vec<(Origin, u64)>,
+    /// What the peer had applied when the state the repair holds was read (or before):
+    /// a local version within it that the peer does not hold goes (module doc). Empty:
+    /// nothing goes.
+    pub peer_applied: VersionVector,
+    /// Keys this replica holds a register for and the peer holds none: only from a
+    /// complete comparison (a key merely not read yet is not absent).
+    pub kv_absent: Vec<DocKey>,
 }
 
 impl Repair {
@@ -62,7 +82,11 @@ impl Repair {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kv.is_empty() && self.docs.is_empty() && self.pending.is_empty() && self.through.is_empty()
+        self.kv.is_empty()
+            && self.docs.is_empty()
+            && self.pending.is_empty()
+            && self.through.is_empty()
+            && self.kv_absent.is_empty()
     }
 }
 
@@ -115,6 +139,10 @@ impl Engine {
                     self.merge_version(&mut ov, k.clone(), v.clone(), None, None, &mut merged.stats);
                 }
             }
+            let theirs = repair.kv.iter().map(|(k, r)| (k, Some(r)));
+            for (k, theirs) in theirs.chain(repair.kv_absent.iter().map(|k| (k, None))) {
+                merged.stats.values_dropped += self.drop_superseded(&mut ov, k, theirs, &repair.peer_applied);
+            }
             self.merge_plan(&plan, &mut ov, &mut merged);
             let unloadable = self.gather_repair_docs(&repair, &left_out, &mut ov, &mut merged)?;
             match self.finish_attempt(ov, merged)? {
@@ -140,6 +168,39 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Drop the values of `k`'s register that the peer had applied and does not hold in
+    /// `theirs` (module doc). Tombstones stay: reads see them as deleted, and collection
+    /// takes them here within the bound a writer's later writes need (`crate::marks`).
+    /// How many went.
+    fn drop_superseded(
+        &self,
+        ov: &mut Overlay<'_>,
+        k: &DocKey,
+        theirs: Option<&Register>,
+        peer: &VersionVector,
+    ) -> u64 {
+        let Some(mine) = ov.register(k) else { return 0 };
+        let held = |v: &Version| theirs.is_some_and(|t| t.versions().iter().any(|p| p.id() == v.id()));
+        let gone = |v: &Version| !v.is_tombstone() && peer.get(&v.origin) >= v.vv.get(&v.origin) && !held(v);
+        let dropped = mine.versions().iter().filter(|v| gone(v)).count() as u64;
+        if dropped == 0 {
+            return 0;
+        }
+        match mine.retained(|v| !gone(v)) {
+            Some(kept) => {
+                if kept.winner() != mine.winner() || kept.is_conflicted() != mine.is_conflicted() {
+                    ov.track_lww(k, &kept, &[], None, self.cfg.manual_buckets.contains(&k.0));
+                }
+                ov.kv.insert(k.clone(), kept);
+            }
+            None => {
+                ov.track_lww_removed(k);
+                ov.remove_kv(k);
+            }
+        }
+        dropped
     }
 
     /// The changes of the repair's documents that this replica lacks, gathered per
@@ -214,6 +275,7 @@ pub const CHANGES_PER_DOC_MAX: usize = 1 << 20;
 fn repair_needs(repair: &Repair, plan: &Plan) -> Needs {
     let mut needs = plan.needs.clone();
     needs.kv.extend(repair.kv.iter().map(|(k, _)| k.clone()));
+    needs.kv.extend(repair.kv_absent.iter().cloned());
     needs.docs.extend(repair.docs.iter().map(|(k, _)| k.clone()));
     needs.docs.extend(repair.pending.iter().map(|(k, _)| k.clone()));
     needs

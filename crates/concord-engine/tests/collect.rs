@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use concord_core::ids::{Origin, RegionId};
 use concord_engine::{
-    AppendOutcome, CatchUp, CaughtUp, Engine, EngineConfig, Entry, MemStore, Output, StartAs, WriteOp, WriteRequest,
+    AppendOutcome, CatchUp, CaughtUp, Engine, EngineConfig, Entry, MemStore, Output, Repair, StartAs, WriteOp,
+    WriteRequest,
 };
 
 fn region(r: &str) -> RegionId {
@@ -114,6 +115,35 @@ impl Replica {
         let out = self.engine.apply_collect(prepared, &facts);
         self.commit(&out);
         out.stats.tombstones_collected
+    }
+
+    /// A complete anti-entropy round against `peer`, as the node's runs it: the peer's
+    /// registers that differ, the keys it lacks, its applied vector, and the lift of every
+    /// gap as far as the peer applied.
+    fn repair_from(&mut self, peer: &Replica) -> Output {
+        let (mine, theirs) = (&self.store.kv, &peer.store.kv);
+        let peer_applied = peer.engine.applied().clone();
+        let through = self
+            .engine
+            .gaps()
+            .iter()
+            .filter_map(|g| {
+                let to = peer_applied.get(&g.origin).min(g.next_waiting - 1);
+                (to > g.applied).then(|| (g.origin.clone(), to))
+            })
+            .collect();
+        let repair = Repair {
+            kv: theirs.iter().filter(|(k, r)| mine.get(*k) != Some(*r)).map(|(k, r)| (k.clone(), r.clone())).collect(),
+            kv_absent: mine.keys().filter(|k| !theirs.contains_key(*k)).cloned().collect(),
+            peer_applied,
+            through,
+            ..Repair::default()
+        };
+        let prepared = self.engine.prepare_repair(repair, self.now_ms);
+        let facts = self.store.load(prepared.needs());
+        let out = self.engine.apply_repair(prepared, &facts).unwrap();
+        self.commit(&out);
+        out
     }
 
     fn has(&self, key: &str) -> bool {
@@ -278,5 +308,96 @@ fn marking_stops_once_every_mark_covers_all_the_data_and_then_everything_is_coll
     }
     assert!(rounds >= 2, "it took marks to make the delete stable ({rounds})");
     assert_eq!((us.collect(), eu.collect()), (1, 1), "once quiet, every region's marks cover the delete");
+    assert_eq!(us.store.kv, eu.store.kv);
+}
+
+/// What a follower of eu-west holds after it missed us-east's delete of `c` (the log no
+/// longer has it) and every region has collected the tombstone since; with `conflicted`,
+/// eu-west wrote `c` concurrently first, and the delete superseded both versions.
+fn a_follower_that_missed_a_collected_delete(conflicted: bool) -> (Replica, Replica, Replica) {
+    let (mut us, mut eu) = (Replica::leader("us-east", "eu-west"), Replica::leader("eu-west", "us-east"));
+    us.put("c", "old c");
+    if conflicted {
+        eu.put("c", "eu-west's c");
+    }
+    us.put("d", "kept");
+    exchange(&mut us, &mut eu);
+    settle(&mut us, &mut eu);
+    let mut f = Replica::follower("eu-west", "us-east");
+    let (us_log, eu_log) = (us.log.clone(), eu.log.clone());
+    f.receive(&log_of("us-east"), &us_log);
+    f.receive(&log_of("eu-west"), &eu_log);
+    assert!(f.has("c"));
+
+    us.delete("c");
+    let deleted_at = us.log.len();
+    us.put("after", "x");
+    exchange(&mut us, &mut eu);
+    settle(&mut us, &mut eu);
+    assert_eq!((us.collect(), eu.collect()), (1, 1), "every region applied the delete: its tombstone goes");
+    assert!(!us.has("c") && !eu.has("c"));
+
+    // The follower reads us-east's log from after the delete: retention took it.
+    f.delivered.insert(log_of("us-east"), deleted_at);
+    let (us_log, eu_log) = (us.log.clone(), eu.log.clone());
+    f.receive(&log_of("us-east"), &us_log);
+    f.receive(&log_of("eu-west"), &eu_log);
+    assert_eq!(f.engine.gaps().len(), 1, "us-east's changes wait behind the lost delete");
+    (us, eu, f)
+}
+
+#[test]
+fn a_replica_lifted_past_a_delete_that_every_region_collected_drops_the_deleted_value() {
+    let (us, _eu, mut f) = a_follower_that_missed_a_collected_delete(false);
+    // us-east's leader holds no `c` at all: nothing it sends supersedes the old value.
+    let out = f.repair_from(&us);
+    assert!(f.engine.gaps().is_empty(), "lifted: {:?}", out.alerts);
+    assert_eq!(out.stats.values_dropped, 1, "the old value of c");
+    assert!(!f.has("c"), "the deleted value came back: {:?}", f.store.kv.get(&("b".to_string(), "c".to_string())));
+    assert!(f.has("d") && f.has("after"));
+    assert_eq!(f.store.kv, us.store.kv);
+    assert!(f.repair_from(&us).commit.is_none(), "a second round changes nothing");
+}
+
+#[test]
+fn a_version_the_peer_has_not_applied_stays_when_the_peer_lacks_the_key() {
+    let (us, _eu, mut f) = a_follower_that_missed_a_collected_delete(false);
+    // A peer that never applied the put of `c` (an empty replica of us-east's region
+    // that applied nothing) lacks `c` too: that says nothing about it.
+    let empty = Replica::follower("us-east", "eu-west");
+    assert_eq!(f.repair_from(&empty).stats.values_dropped, 0);
+    assert!(f.has("c"), "a version the peer never applied is not superseded there");
+    assert_eq!(f.engine.gaps().len(), 1, "nothing lifted");
+    f.repair_from(&us);
+    assert!(!f.has("c"));
+}
+
+#[test]
+fn a_conflict_the_missed_delete_ended_is_resolved_by_anti_entropy() {
+    let (us, _eu, mut f) = a_follower_that_missed_a_collected_delete(true);
+    let open = |f: &Replica| f.store.conflicts.values().filter(|r| r.resolved.is_none()).count();
+    assert_eq!(f.store.kv[&("b".to_string(), "c".to_string())].versions().len(), 2, "siblings");
+    assert_eq!(open(&f), 1, "the conflict is open here");
+    assert_eq!(f.repair_from(&us).stats.values_dropped, 2, "both siblings");
+    assert!(!f.has("c"));
+    assert_eq!(open(&f), 0, "the delete that ended the conflict is gone, not the fact that it ended");
+    let record = f.store.conflicts.values().next().unwrap();
+    assert_eq!(record.resolved.as_ref().unwrap().by, "anti-entropy");
+    assert_eq!(f.store.kv, us.store.kv);
+}
+
+#[test]
+fn a_tombstone_the_peer_collected_first_stays_until_collection_takes_it_here() {
+    let (mut us, mut eu) = (Replica::leader("us-east", "eu-west"), Replica::leader("eu-west", "us-east"));
+    us.put("c", "v");
+    us.delete("c");
+    exchange(&mut us, &mut eu);
+    settle(&mut us, &mut eu);
+    assert_eq!(eu.collect(), 1, "eu-west's sweep came first");
+    // us-east's round against eu-west, which holds no `c`: a tombstone is not taken away
+    // by a repair (collection takes it, within the bound us-east's next writes rely on).
+    us.repair_from(&eu);
+    assert!(us.has("c"));
+    assert_eq!(us.collect(), 1);
     assert_eq!(us.store.kv, eu.store.kv);
 }

@@ -74,7 +74,7 @@ impl Replica {
             kv: kv.map(|(k, r)| (k.clone(), r.clone())).collect(),
             docs: docs.map(|(k, d)| (k.clone(), d.clone())).collect(),
             pending: pending.map(|(k, p)| (k.clone(), p.clone())).collect(),
-            through: Vec::new(),
+            ..Repair::default()
         }
     }
 }

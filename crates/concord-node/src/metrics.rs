@@ -108,6 +108,7 @@ counters! {
     anti_entropy_rounds_total: "Anti-entropy comparisons of this replica's state with a peer's that ran to the end.",
     anti_entropy_failures_total: "Anti-entropy comparisons that failed (a peer that did not answer, a damaged reply); tried again later.",
     anti_entropy_entries_repaired_total: "Registers and documents taken from a peer's state because they differed from this replica's.",
+    anti_entropy_values_dropped_total: "Values dropped by anti-entropy: a peer had applied them and holds them no more (superseded by a delete it has collected since).",
     anti_entropy_refused_total: "Entries of a peer's state refused (they do not decode, or a document refused their changes).",
     forged_total: "Changesets whose publisher may not write as their origin (not the owner of its epoch in the lease history): dead letters.",
     tombstones_collected_total: "Tombstones collected once every region had applied them (causal stability).",

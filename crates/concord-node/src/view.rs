@@ -132,6 +132,7 @@ pub fn report(m: &Metrics, alerts: &[Alert], stats: &Stats) {
     metrics::add(&m.writes_rejected_total, stats.writes_rejected);
     metrics::add(&m.tombstones_collected_total, stats.tombstones_collected);
     metrics::add(&m.marks_written_total, stats.marks_made);
+    metrics::add(&m.anti_entropy_values_dropped_total, stats.values_dropped);
     for alert in alerts {
         match alert {
             Alert::Parked { stream, stream_seq, reason } => {

@@ -9,10 +9,19 @@
 //! page, and hands every register and document that differs from its own to the worker
 //! as a repair (`concord_engine::Repair`), which merges them like changes from a log.
 //!
+//! **What the peer no longer holds.** Every repair carries the applied vector the
+//! peer's tree came with: a local version whose change the peer had applied and that the
+//! peer's entry does not hold was superseded there, and goes here too. A round that read
+//! every page also names the keys of the differing leaves that this replica holds and the
+//! peer does not ([`Repair::kv_absent`]): a delete that every region has collected since
+//! leaves nothing else behind, and without this a replica that missed it (its log no
+//! longer holds it) would keep the deleted value for ever.
+//!
 //! **Lifting gaps.** A round that ran to the end, every page read and every repair
 //! committed, leaves this replica holding the effects of everything the peer had applied
 //! when it built its tree: for each entry, either the two were equal then, or the
-//! peer's entry (as of then or later) was merged here, and state only grows. So for each
+//! peer's entry (as of then or later) was merged here, and what the peer had applied and
+//! no longer holds was dropped here (the engine's `repair` module). So for each
 //! origin whose changesets wait behind a gap here, the applied sequence may move up to
 //! what the peer had applied of it (no further than the gap's end): the round hands the
 //! worker that lift, and the waiting changesets apply.
@@ -95,6 +104,8 @@ pub struct Round {
     pub differing_leaves: usize,
     pub repaired: u64,
     pub refused: u64,
+    /// Keys this replica holds in the differing leaves and the peer does not.
+    pub absent: u64,
     pub lifted: Vec<(Origin, u64)>,
 }
 
@@ -143,9 +154,10 @@ async fn round_logged(ctx: &Ctx, region: &RegionId, why: &str) -> bool {
     match round(ctx, region).await {
         Ok(r) => {
             metrics::inc(&ctx.metrics.anti_entropy_rounds_total);
-            if r.repaired > 0 || !r.lifted.is_empty() || !r.complete {
+            if r.repaired > 0 || r.absent > 0 || !r.lifted.is_empty() || !r.complete {
                 info!(%region, peer = r.peer, why, complete = r.complete, leaves = r.differing_leaves,
-                    repaired = r.repaired, refused = r.refused, lifted = ?r.lifted, "anti-entropy round");
+                    repaired = r.repaired, refused = r.refused, absent = r.absent, lifted = ?r.lifted,
+                    "anti-entropy round");
             }
             !r.lifted.is_empty()
         }
@@ -174,7 +186,10 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
     let mut r = Round { peer: peer.clone(), differing_leaves: leaves.len(), ..Round::default() };
     let mut req = EntriesRequest { leaves, after: None, bytes_max: PAGE_BYTES_MAX };
     let mut read = 0u64;
-    let mut repair = Repair::default();
+    let fresh = || Repair { peer_applied: theirs.applied.clone(), ..Repair::default() };
+    let mut repair = fresh();
+    // The peer's registers in the differing leaves (their record keys).
+    let mut peer_kv: std::collections::HashSet<Vec<u8>> = Default::default();
     r.complete = loop {
         if req.leaves.is_empty() {
             break true;
@@ -186,6 +201,9 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
         read += bytes.len() as u64;
         let page = EntriesReply::decode(&bytes).map_err(|e| format!("{peer}'s entries: {e}"))?;
         for e in &page.entries {
+            if e.table == Table::Kv {
+                peer_kv.insert(e.key.clone());
+            }
             if !differs(&ctx.store, e).await? {
                 continue;
             }
@@ -198,7 +216,7 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
                 }
             }
             if repair.kv.len() + repair.docs.len() >= REPAIR_ENTRIES_MAX {
-                hand_over(ctx, std::mem::take(&mut repair)).await?;
+                hand_over(ctx, std::mem::replace(&mut repair, fresh())).await?;
             }
         }
         match page.next {
@@ -206,9 +224,14 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
             None => break true,
         }
     };
-    hand_over(ctx, repair).await?;
+    hand_over(ctx, std::mem::replace(&mut repair, fresh())).await?;
     metrics::add(&ctx.metrics.anti_entropy_entries_repaired_total, r.repaired);
     if r.complete {
+        let leaves = std::mem::take(&mut req.leaves);
+        for chunk in absent_keys(&ctx.store, leaves, &peer_kv).await?.chunks(REPAIR_ENTRIES_MAX) {
+            r.absent += chunk.len() as u64;
+            hand_over(ctx, Repair { kv_absent: chunk.to_vec(), ..fresh() }).await?;
+        }
         r.lifted = lifts(&ctx.views.view.borrow().gaps, &theirs.applied);
         if !r.lifted.is_empty() {
             hand_over(ctx, Repair { through: r.lifted.clone(), ..Repair::default() }).await?;
@@ -228,6 +251,36 @@ pub fn lifts(gaps: &[Gap], peer_applied: &concord_core::vv::VersionVector) -> Ve
         .collect()
 }
 
+/// The keys of this replica's registers in `leaves` that are not in `peer_kv`.
+async fn absent_keys(
+    store: &Store,
+    leaves: Vec<usize>,
+    peer_kv: &std::collections::HashSet<Vec<u8>>,
+) -> Result<Vec<concord_engine::DocKey>, String> {
+    let mut absent = Vec::new();
+    if leaves.is_empty() {
+        return Ok(absent);
+    }
+    let mut req = EntriesRequest { leaves, after: None, bytes_max: PAGE_BYTES_MAX };
+    loop {
+        let (s, q) = (store.clone(), req.clone());
+        let page = tokio::task::spawn_blocking(move || s.entries_in(&q))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for e in page.entries.iter().filter(|e| e.table == Table::Kv && !peer_kv.contains(&e.key)) {
+            match doc_key(&e.key) {
+                Ok(k) => absent.push(k),
+                Err(why) => warn!(why, "a local register with a malformed key was not compared"),
+            }
+        }
+        match page.next {
+            Some(next) => req.after = Some(next),
+            None => return Ok(absent),
+        }
+    }
+}
+
 /// Whether the peer's entry differs from what this replica holds.
 async fn differs(store: &Store, e: &concord_core::merkle::RawEntry) -> Result<bool, String> {
     let (store, table, key) = (store.clone(), e.table, e.key.clone());
@@ -244,12 +297,7 @@ async fn differs(store: &Store, e: &concord_core::merkle::RawEntry) -> Result<bo
 
 /// Check a peer's entry as any input from another region, and add it to `repair`.
 fn to_repair(e: &concord_core::merkle::RawEntry, repair: &mut Repair) -> Result<(), String> {
-    let mut parts = e.key.splitn(2, |b| *b == 0);
-    let (bucket, key) = (parts.next().unwrap_or_default(), parts.next().ok_or("a key without a bucket")?);
-    concord_core::input::check_bucket(std::str::from_utf8(bucket).map_err(|_| "a bucket that is not UTF-8")?)
-        .map_err(|e| e.to_string())?;
-    concord_core::input::check_key(key).map_err(|e| e.to_string())?;
-    let k = (String::from_utf8_lossy(bucket).into_owned(), String::from_utf8_lossy(key).into_owned());
+    let k = doc_key(&e.key)?;
     match e.table {
         Table::Kv => repair.kv.push((k, stored::decode(&e.value).map_err(|e| format!("a register: {e}"))?)),
         // Loaded (defensively) by the engine, which leaves out one that does not load.
@@ -260,6 +308,16 @@ fn to_repair(e: &concord_core::merkle::RawEntry, repair: &mut Repair) -> Result<
         )),
     }
     Ok(())
+}
+
+/// The bucket and key of a store's record key (`bucket NUL key`), checked as any input.
+fn doc_key(record_key: &[u8]) -> Result<concord_engine::DocKey, String> {
+    let mut parts = record_key.splitn(2, |b| *b == 0);
+    let (bucket, key) = (parts.next().unwrap_or_default(), parts.next().ok_or("a key without a bucket")?);
+    concord_core::input::check_bucket(std::str::from_utf8(bucket).map_err(|_| "a bucket that is not UTF-8")?)
+        .map_err(|e| e.to_string())?;
+    concord_core::input::check_key(key).map_err(|e| e.to_string())?;
+    Ok((String::from_utf8_lossy(bucket).into_owned(), String::from_utf8_lossy(key).into_owned()))
 }
 
 /// Hand a repair to the worker and wait until it is committed.
