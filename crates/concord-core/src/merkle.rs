@@ -279,6 +279,11 @@ pub struct RawEntry {
 pub struct EntriesReply {
     pub entries: Vec<RawEntry>,
     pub next: Option<Position>,
+    /// What the replica had applied when it read the page (the same read of its state).
+    /// A store can go back (a crash loses its last unsynced commits), so a page may
+    /// reflect less than the tree did. `None` from a node that predates it (the field
+    /// ends the message; such a node's decoder refuses a reply that carries it).
+    pub applied: Option<VersionVector>,
 }
 
 impl EntriesReply {
@@ -292,6 +297,9 @@ impl EntriesReply {
             w.bytes(&e.value);
         }
         encode_position(&mut w, self.next.as_ref());
+        if let Some(applied) = &self.applied {
+            crate::changeset::encode_vv(&mut w, applied);
+        }
         w.finish()
     }
 
@@ -307,8 +315,9 @@ impl EntriesReply {
             entries.push(RawEntry { table, key, value });
         }
         let next = decode_position(&mut r)?;
+        let applied = if r.remaining() > 0 { Some(crate::changeset::decode_vv(&mut r)?) } else { None };
         r.expect_end()?;
-        Ok(EntriesReply { entries, next })
+        Ok(EntriesReply { entries, next, applied })
     }
 }
 
@@ -383,8 +392,13 @@ mod tests {
         let page = EntriesReply {
             entries: vec![RawEntry { table: Table::Kv, key: b"b\0k".to_vec(), value: vec![1, 2, 3] }],
             next: None,
+            applied: None,
         };
-        assert_eq!(EntriesReply::decode(&page.encode()).unwrap(), page);
+        assert_eq!(EntriesReply::decode(&page.encode()).unwrap(), page, "as an older node sends it");
+        let with_applied = EntriesReply { applied: Some(reply.applied.clone()), ..page.clone() };
+        let bytes = with_applied.encode();
+        assert_eq!(EntriesReply::decode(&bytes).unwrap(), with_applied);
+        assert!(EntriesReply::decode(&bytes[..bytes.len() - 1]).is_err(), "a damaged vector");
         assert!(EntriesReply::decode(&req.encode()).is_err(), "another kind of message");
     }
 }

@@ -100,10 +100,10 @@ impl Overlay<'_> {
         self.resolve_named(resolves, after.winner().id());
     }
 
-    /// After anti-entropy took the register of `k` away (a peer had applied its versions
-    /// and holds none of them: the write that superseded them, a delete, was collected
-    /// there): its open record is resolved, by `anti-entropy`, with no version to name.
-    pub fn track_lww_removed(&mut self, k: &DocKey) {
+    /// After anti-entropy dropped versions of `k` that a peer had superseded (by a delete
+    /// collected there since), leaving one version or none: its open record is resolved,
+    /// by `anti-entropy`, with no version to name (the delete is gone).
+    pub fn resolve_by_anti_entropy(&mut self, k: &DocKey) {
         if let Some(mut record) = self.open_record(k, None) {
             record.resolved = Some(Resolution {
                 by: "anti-entropy".into(),

@@ -16,8 +16,9 @@
 //! does not ([`Repair::kv_absent`]). A local version whose own change the peer had
 //! applied, and which the peer's register (or the peer's lack of one) does not hold, was
 //! superseded there: by a version the repair brings, or by a delete since collected. It
-//! goes here too; a register left empty leaves the store, and its open conflict record,
-//! if any, is resolved by `anti-entropy`. A version the peer had not applied stays, and so
+//! goes here too (before the peer's versions are merged); a register left empty leaves
+//! the store, and an open conflict record that no longer has competing versions is
+//! resolved by `anti-entropy`. A version the peer had not applied stays, and so
 //! does a tombstone (it reads as deleted already; collection takes it here, within the
 //! bound that keeps a writer's later writes ordered after it: `crate::marks`).
 //!
@@ -130,6 +131,12 @@ impl Engine {
         loop {
             let mut ov = Overlay::new(facts, self.cfg.region.as_str(), now_ms);
             let mut merged = Merged::default();
+            // First what the peer superseded (merging it first could record a conflict
+            // with a version about to go).
+            let theirs = repair.kv.iter().map(|(k, r)| (k, Some(r)));
+            for (k, theirs) in theirs.chain(repair.kv_absent.iter().map(|k| (k, None))) {
+                merged.stats.values_dropped += self.drop_superseded(&mut ov, k, theirs, &repair.peer_applied);
+            }
             for (k, register) in &repair.kv {
                 // A version whose own change this replica applied is here already, or
                 // history, or collected: merging it again could only bring back what
@@ -138,10 +145,6 @@ impl Engine {
                     merged.hlc_max = merged.hlc_max.max(v.hlc);
                     self.merge_version(&mut ov, k.clone(), v.clone(), None, None, &mut merged.stats);
                 }
-            }
-            let theirs = repair.kv.iter().map(|(k, r)| (k, Some(r)));
-            for (k, theirs) in theirs.chain(repair.kv_absent.iter().map(|k| (k, None))) {
-                merged.stats.values_dropped += self.drop_superseded(&mut ov, k, theirs, &repair.peer_applied);
             }
             self.merge_plan(&plan, &mut ov, &mut merged);
             let unloadable = self.gather_repair_docs(&repair, &left_out, &mut ov, &mut merged)?;
@@ -190,13 +193,15 @@ impl Engine {
         }
         match mine.retained(|v| !gone(v)) {
             Some(kept) => {
-                if kept.winner() != mine.winner() || kept.is_conflicted() != mine.is_conflicted() {
+                if !kept.is_conflicted() {
+                    ov.resolve_by_anti_entropy(k);
+                } else if kept.winner() != mine.winner() {
                     ov.track_lww(k, &kept, &[], None, self.cfg.manual_buckets.contains(&k.0));
                 }
                 ov.kv.insert(k.clone(), kept);
             }
             None => {
-                ov.track_lww_removed(k);
+                ov.resolve_by_anti_entropy(k);
                 ov.remove_kv(k);
             }
         }

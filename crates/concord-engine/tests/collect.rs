@@ -401,3 +401,20 @@ fn a_tombstone_the_peer_collected_first_stays_until_collection_takes_it_here() {
     assert_eq!(us.collect(), 1);
     assert_eq!(us.store.kv, eu.store.kv);
 }
+
+#[test]
+fn a_value_written_again_after_the_collected_delete_replaces_the_old_ones_without_a_new_conflict() {
+    let (mut us, _eu, mut f) = a_follower_that_missed_a_collected_delete(true);
+    us.put("c", "again");
+    let again = us.store.kv[&("b".to_string(), "c".to_string())].winner().id();
+    // The repair brings the new value with no context (its changeset is not here): merged
+    // beside eu-west's old value it would look concurrent. The old values go first.
+    let out = f.repair_from(&us);
+    assert_eq!(out.stats.values_dropped, 2);
+    assert_eq!(out.stats.lww_conflicts, 0, "no conflict with a value about to go");
+    assert_eq!(f.store.kv, us.store.kv);
+    assert_eq!(f.store.conflicts.len(), 1, "only the conflict the delete ended");
+    let record = f.store.conflicts.values().next().unwrap();
+    assert_eq!(record.resolved.as_ref().map(|r| r.by.as_str()), Some("anti-entropy"));
+    assert!(record.versions.iter().all(|v| v.id != again), "{record:?}");
+}

@@ -59,15 +59,7 @@ impl Store {
                 tree.add(t, k.value(), &content_for_hash(t, v.value()));
             }
         }
-        let table = tx.open_table(APPLIED).map_err(db_err)?;
-        let mut applied = VersionVector::new();
-        for entry in table.iter().map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            let origin =
-                k.value().parse().map_err(|source| StorageError::Corrupt { what: "applied vector".into(), source })?;
-            applied.observe(&origin, v.value());
-        }
-        Ok((tree, applied))
+        Ok((tree, applied_in(&tx)?))
     }
 
     /// The entries of `req.leaves`, in (table, key) order after `req.after`, up to about
@@ -75,7 +67,7 @@ impl Store {
     pub fn entries_in(&self, req: &EntriesRequest) -> StorageResult<EntriesReply> {
         let leaves: BTreeSet<usize> = req.leaves.iter().copied().collect();
         let tx = self.db.begin_read().map_err(db_err)?;
-        let mut reply = EntriesReply::default();
+        let mut reply = EntriesReply { applied: Some(applied_in(&tx)?), ..EntriesReply::default() };
         let mut bytes = 0u64;
         for (t, def) in TABLES {
             let start: &[u8] = match &req.after {
@@ -112,6 +104,19 @@ impl Store {
         let t = tx.open_table(def).map_err(db_err)?;
         Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
+}
+
+/// The applied vector as `tx` reads it.
+fn applied_in(tx: &redb::ReadTransaction) -> StorageResult<VersionVector> {
+    let table = tx.open_table(APPLIED).map_err(db_err)?;
+    let mut applied = VersionVector::new();
+    for entry in table.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let origin =
+            k.value().parse().map_err(|source| StorageError::Corrupt { what: "applied vector".into(), source })?;
+        applied.observe(&origin, v.value());
+    }
+    Ok(applied)
 }
 
 fn last_position(reply: &EntriesReply) -> Position {
@@ -159,7 +164,7 @@ mod tests {
         assert_eq!(ta, b.digest().unwrap().0);
         assert_eq!(va.len(), 1);
         put(&b, ["k7".to_string(), "k250".to_string()].into_iter(), "changed");
-        let (tb, _) = b.digest().unwrap();
+        let (tb, vb) = b.digest().unwrap();
         let leaves = ta.differing_leaves(&tb);
         assert!(!leaves.is_empty() && leaves.len() <= 2);
         // Paged at one entry per page, everything in those leaves comes back once.
@@ -167,6 +172,7 @@ mod tests {
         let mut got = Vec::new();
         loop {
             let page = b.entries_in(&req).unwrap();
+            assert_eq!(page.applied.as_ref(), Some(&vb), "each page says what its read had applied");
             got.extend(page.entries.iter().map(|e| String::from_utf8_lossy(&e.key).into_owned()));
             match page.next {
                 Some(next) => req.after = Some(next),

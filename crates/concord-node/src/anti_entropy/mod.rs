@@ -9,19 +9,23 @@
 //! page, and hands every register and document that differs from its own to the worker
 //! as a repair (`concord_engine::Repair`), which merges them like changes from a log.
 //!
-//! **What the peer no longer holds.** Every repair carries the applied vector the
-//! peer's tree came with: a local version whose change the peer had applied and that the
-//! peer's entry does not hold was superseded there, and goes here too. A round that read
-//! every page also names the keys of the differing leaves that this replica holds and the
-//! peer does not ([`Repair::kv_absent`]): a delete that every region has collected since
-//! leaves nothing else behind, and without this a replica that missed it (its log no
-//! longer holds it) would keep the deleted value for ever.
+//! **What the peer no longer holds.** Each page of entries comes with the peer's applied
+//! vector as of that page's read (a store can go back: a crash loses its last unsynced
+//! commits), and the round keeps the meet of the tree's and every page's so far: what the
+//! peer's state reflects at least. A local value whose change the peer had applied
+//! (within that vector) and that the peer's entry does not hold was superseded there,
+//! and goes here too. A round that read every page also hands over the registers of the
+//! differing leaves that this replica holds and the peer does not, when they hold such a
+//! value ([`Repair::kv_absent`]): a delete that every region has collected since leaves
+//! nothing else behind, and without this a replica that missed it (its log no longer
+//! holds it) would keep the deleted value for ever. A peer whose pages do not carry the
+//! vector (a node that predates it) has nothing dropped and nothing lifted.
 //!
-//! **Lifting gaps.** A round that ran to the end, every page read and every repair
-//! committed, leaves this replica holding the effects of everything the peer had applied
-//! when it built its tree: for each entry, either the two were equal then, or the
-//! peer's entry (as of then or later) was merged here, and what the peer had applied and
-//! no longer holds was dropped here (the engine's `repair` module). So for each
+//! **Lifting gaps.** A round that ran to the end, every page read, no entry refused and
+//! every repair committed, leaves this replica holding the effects of everything the
+//! peer's state reflected: for each entry, either the two were equal then, or the peer's
+//! entry (as of then or later) was merged here, and what the peer had applied and no
+//! longer holds was dropped here (the engine's `repair` module). So for each
 //! origin whose changesets wait behind a gap here, the applied sequence may move up to
 //! what the peer had applied of it (no further than the gap's end): the round hands the
 //! worker that lift, and the waiting changesets apply.
@@ -39,6 +43,7 @@
 
 pub mod serve;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +52,7 @@ use concord_api::StatusBody;
 use concord_core::changeset::stored;
 use concord_core::ids::{Origin, RegionId};
 use concord_core::merkle::{EntriesReply, EntriesRequest, Table, TreeReply};
+use concord_core::vv::VersionVector;
 use concord_engine::{Gap, Repair, RoleView};
 use concord_storage::{Store, content_for_hash};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -104,7 +110,8 @@ pub struct Round {
     pub differing_leaves: usize,
     pub repaired: u64,
     pub refused: u64,
-    /// Keys this replica holds in the differing leaves and the peer does not.
+    /// Keys this replica holds in the differing leaves and the peer does not, holding
+    /// a value the peer had applied (handed over to be dropped).
     pub absent: u64,
     pub lifted: Vec<(Origin, u64)>,
 }
@@ -186,10 +193,13 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
     let mut r = Round { peer: peer.clone(), differing_leaves: leaves.len(), ..Round::default() };
     let mut req = EntriesRequest { leaves, after: None, bytes_max: PAGE_BYTES_MAX };
     let mut read = 0u64;
-    let fresh = || Repair { peer_applied: theirs.applied.clone(), ..Repair::default() };
-    let mut repair = fresh();
+    // What the peer's state reflects at least: the tree's applied vector, met with every
+    // page's (a store can go back: a crash loses its last unsynced commits). `None` once
+    // a page did not say (a node that predates it): then nothing is dropped or lifted.
+    let mut reflects = Some(theirs.applied.clone());
+    let mut repair = Repair::default();
     // The peer's registers in the differing leaves (their record keys).
-    let mut peer_kv: std::collections::HashSet<Vec<u8>> = Default::default();
+    let mut peer_kv: HashSet<Vec<u8>> = HashSet::new();
     r.complete = loop {
         if req.leaves.is_empty() {
             break true;
@@ -200,6 +210,12 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
         let bytes = ask(&ctx.client, &subject(region.as_str(), &peer, "entries"), Bytes::from(req.encode())).await?;
         read += bytes.len() as u64;
         let page = EntriesReply::decode(&bytes).map_err(|e| format!("{peer}'s entries: {e}"))?;
+        reflects = match (reflects, &page.applied) {
+            (Some(r), Some(a)) => Some(r.meet(a)),
+            _ => None,
+        };
+        // A page's entries are judged against no more than what that page reflects.
+        repair.peer_applied = reflects.clone().unwrap_or_default();
         for e in &page.entries {
             if e.table == Table::Kv {
                 peer_kv.insert(e.key.clone());
@@ -216,7 +232,8 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
                 }
             }
             if repair.kv.len() + repair.docs.len() >= REPAIR_ENTRIES_MAX {
-                hand_over(ctx, std::mem::replace(&mut repair, fresh())).await?;
+                let next = Repair { peer_applied: repair.peer_applied.clone(), ..Repair::default() };
+                hand_over(ctx, std::mem::replace(&mut repair, next)).await?;
             }
         }
         match page.next {
@@ -224,25 +241,24 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
             None => break true,
         }
     };
-    hand_over(ctx, std::mem::replace(&mut repair, fresh())).await?;
+    hand_over(ctx, repair).await?;
     metrics::add(&ctx.metrics.anti_entropy_entries_repaired_total, r.repaired);
-    if r.complete {
-        let leaves = std::mem::take(&mut req.leaves);
-        for chunk in absent_keys(&ctx.store, leaves, &peer_kv).await?.chunks(REPAIR_ENTRIES_MAX) {
-            r.absent += chunk.len() as u64;
-            hand_over(ctx, Repair { kv_absent: chunk.to_vec(), ..fresh() }).await?;
-        }
-        r.lifted = lifts(&ctx.views.view.borrow().gaps, &theirs.applied);
-        if !r.lifted.is_empty() {
-            hand_over(ctx, Repair { through: r.lifted.clone(), ..Repair::default() }).await?;
-        }
+    // Lifting claims this replica holds all the peer held: not when an entry was refused,
+    // nor before what the peer no longer holds was dropped here.
+    let Some(reflects) = reflects.filter(|_| r.complete && r.refused == 0) else { return Ok(r) };
+    if !drop_absent(ctx, &req.leaves, &peer_kv, &reflects, &mut r).await? {
+        return Ok(r);
+    }
+    r.lifted = lifts(&ctx.views.view.borrow().gaps, &reflects);
+    if !r.lifted.is_empty() {
+        hand_over(ctx, Repair { through: r.lifted.clone(), ..Repair::default() }).await?;
     }
     Ok(r)
 }
 
 /// For each gap: how far the peer's applied vector lets it be lifted (no further than the
 /// gap's end: the changesets behind it apply as usual).
-pub fn lifts(gaps: &[Gap], peer_applied: &concord_core::vv::VersionVector) -> Vec<(Origin, u64)> {
+pub fn lifts(gaps: &[Gap], peer_applied: &VersionVector) -> Vec<(Origin, u64)> {
     gaps.iter()
         .filter_map(|g| {
             let to = peer_applied.get(&g.origin).min(g.next_waiting - 1);
@@ -251,34 +267,59 @@ pub fn lifts(gaps: &[Gap], peer_applied: &concord_core::vv::VersionVector) -> Ve
         .collect()
 }
 
-/// The keys of this replica's registers in `leaves` that are not in `peer_kv`.
-async fn absent_keys(
-    store: &Store,
-    leaves: Vec<usize>,
-    peer_kv: &std::collections::HashSet<Vec<u8>>,
-) -> Result<Vec<concord_engine::DocKey>, String> {
-    let mut absent = Vec::new();
+/// Hand the worker this replica's registers in `leaves` that the peer does not hold
+/// (not in `peer_kv`) and that hold a value the peer had applied (within `reflects`): the
+/// engine drops it. Whether every such register was handed over (the scan reads at most
+/// [`ROUND_BYTES_MAX`]).
+async fn drop_absent(
+    ctx: &Ctx,
+    leaves: &[usize],
+    peer_kv: &HashSet<Vec<u8>>,
+    reflects: &VersionVector,
+    r: &mut Round,
+) -> Result<bool, String> {
     if leaves.is_empty() {
-        return Ok(absent);
+        return Ok(true);
     }
-    let mut req = EntriesRequest { leaves, after: None, bytes_max: PAGE_BYTES_MAX };
+    let applied_by_peer =
+        |v: &concord_core::lww::Version| !v.is_tombstone() && reflects.get(&v.origin) >= v.vv.get(&v.origin);
+    let mut req = EntriesRequest { leaves: leaves.to_vec(), after: None, bytes_max: PAGE_BYTES_MAX };
+    let mut read = 0u64;
+    let mut absent = Vec::new();
     loop {
-        let (s, q) = (store.clone(), req.clone());
+        if read >= ROUND_BYTES_MAX {
+            return Ok(false);
+        }
+        let (s, q) = (ctx.store.clone(), req.clone());
         let page = tokio::task::spawn_blocking(move || s.entries_in(&q))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         for e in page.entries.iter().filter(|e| e.table == Table::Kv && !peer_kv.contains(&e.key)) {
-            match doc_key(&e.key) {
-                Ok(k) => absent.push(k),
-                Err(why) => warn!(why, "a local register with a malformed key was not compared"),
+            read += (e.key.len() + e.value.len()) as u64;
+            let register = stored::decode(&e.value).map_err(|e| format!("a local register: {e}"))?;
+            if !register.versions().iter().any(applied_by_peer) {
+                continue;
+            }
+            absent.push(doc_key(&e.key).map_err(|why| format!("a local register's key: {why}"))?);
+            if absent.len() >= REPAIR_ENTRIES_MAX {
+                r.absent += absent.len() as u64;
+                let repair = Repair {
+                    kv_absent: std::mem::take(&mut absent),
+                    peer_applied: reflects.clone(),
+                    ..Repair::default()
+                };
+                hand_over(ctx, repair).await?;
             }
         }
-        match page.next {
-            Some(next) => req.after = Some(next),
-            None => return Ok(absent),
+        if page.next.is_none() {
+            break;
         }
+        req.after = page.next;
     }
+    r.absent += absent.len() as u64;
+    hand_over(ctx, Repair { kv_absent: absent, peer_applied: reflects.clone(), ..Repair::default() }).await?;
+    Ok(true)
 }
 
 /// Whether the peer's entry differs from what this replica holds.
