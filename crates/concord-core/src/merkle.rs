@@ -172,6 +172,11 @@ pub struct TreeReply {
     pub node: String,
     pub applied: VersionVector,
     pub tree: Tree,
+    /// The origins the replica found void, each from a sequence on (a changeset stored
+    /// after a message that is not its predecessor): the log's judgement, which a replica
+    /// that never read that message cannot make. `None` from a node that predates it (the
+    /// field ends the message; such a node's decoder refuses a reply that carries it).
+    pub void_from: Option<VersionVector>,
 }
 
 impl TreeReply {
@@ -183,6 +188,9 @@ impl TreeReply {
         w.u64(LEAVES as u64);
         for l in self.tree.leaves() {
             w.raw(l);
+        }
+        if let Some(void) = &self.void_from {
+            crate::changeset::encode_vv(&mut w, void);
         }
         w.finish()
     }
@@ -199,8 +207,9 @@ impl TreeReply {
         for l in tree.leaves.iter_mut() {
             *l = r.raw(16)?.try_into().expect("16 bytes");
         }
+        let void_from = if r.remaining() > 0 { Some(crate::changeset::decode_vv(&mut r)?) } else { None };
         r.expect_end()?;
-        Ok(TreeReply { node, applied, tree })
+        Ok(TreeReply { node, applied, tree, void_from })
     }
 }
 
@@ -371,14 +380,19 @@ mod tests {
         let origin = Origin::new(RegionId::new("us-east").unwrap(), 3);
         let reply = TreeReply {
             node: "us-east-1".into(),
-            applied: [(origin, 42)].into_iter().collect(),
+            applied: [(origin.clone(), 42)].into_iter().collect(),
             tree: tree(&[("a", "1")]),
+            void_from: None,
         };
         let bytes = reply.encode();
-        assert_eq!(TreeReply::decode(&bytes).unwrap(), reply);
+        assert_eq!(TreeReply::decode(&bytes).unwrap(), reply, "as an older node sends it");
         for cut in [0, 4, 10, bytes.len() - 1] {
             assert!(TreeReply::decode(&bytes[..cut]).is_err());
         }
+        let with_void = TreeReply { void_from: Some([(origin, 7)].into_iter().collect()), ..reply.clone() };
+        let bytes = with_void.encode();
+        assert_eq!(TreeReply::decode(&bytes).unwrap(), with_void);
+        assert!(TreeReply::decode(&bytes[..bytes.len() - 1]).is_err(), "a damaged vector");
         let req = EntriesRequest {
             leaves: vec![0, 17, LEAVES - 1],
             after: Some((Table::Docs, b"d\0k".to_vec())),

@@ -226,8 +226,15 @@ pub(crate) fn classify(
 /// from a peer's state holds the effects of every change of it up to there), and the
 /// changesets that waited behind the gap apply, with those they unblock. A lift never
 /// moves an origin back, nor onto its void sequences (a void origin's sequences from
-/// `void_from` on were never stored, so no peer can have applied them).
-pub(crate) fn classify_lift(engine: &Engine, through: &[(Origin, u64)], refused: &Refused, now_ms: u64) -> Plan {
+/// `void_from` on were never stored, so no peer can have applied them); the peer's
+/// `void_from` is adopted first, and what waits from there on is dead-lettered.
+pub(crate) fn classify_lift(
+    engine: &Engine,
+    through: &[(Origin, u64)],
+    void_from: &[(Origin, u64)],
+    refused: &Refused,
+    now_ms: u64,
+) -> Plan {
     let mut walk = Walk {
         engine,
         stream: LIFT_STREAM,
@@ -250,9 +257,31 @@ pub(crate) fn classify_lift(engine: &Engine, through: &[(Origin, u64)], refused:
             lifted: Vec::new(),
         },
     };
+    // A peer's judgement that an origin is void from a sequence on is the log's (the
+    // changeset there was stored after a message that is not its predecessor): a replica
+    // that never read that message (retention removed it) learns it only so.
+    for (origin, from) in void_from {
+        let now = walk.void_from.entry(origin.clone()).or_insert(*from);
+        if *from < *now {
+            *now = *from;
+        }
+        if *now == *from && engine.void_from.get(origin) != Some(from) {
+            walk.plan.voided.push((origin.clone(), *from));
+        }
+    }
+    walk.drain_void();
+    let writing = engine.writing_origin();
     for (origin, seq) in through {
-        let cap = engine.void_from.get(origin).map_or(u64::MAX, |from| from.saturating_sub(2));
-        let to = (*seq).min(cap);
+        // A writer learns of a later writer of its region from its log (its next append
+        // is refused, it catches up and is deposed), never from a peer's state.
+        if writing.as_ref().is_some_and(|w| origin.region == w.region && origin.epoch > w.epoch) {
+            continue;
+        }
+        let cap = walk.void_from.get(origin).map_or(u64::MAX, |from| from.saturating_sub(2));
+        // No further than the first changeset that waits here (behind a gap, or for a
+        // mark's context): it applies as usual.
+        let waits = engine.waiting.get(origin).and_then(|held| held.keys().next()).map_or(u64::MAX, |f| f - 1);
+        let to = (*seq).min(cap).min(waits);
         if to > walk.applied.get(origin) {
             walk.applied.observe(origin, to);
             walk.plan.lifted.push((origin.clone(), to));

@@ -70,6 +70,9 @@ pub struct Repair {
     /// Keys this replica holds a register for and the peer holds none: only from a
     /// complete comparison (a key merely not read yet is not absent).
     pub kv_absent: Vec<DocKey>,
+    /// The peer's judgement of void origins (`Durable::void_from`): what waits here from
+    /// there on is dead-lettered as void.
+    pub void_from: Vec<(Origin, u64)>,
 }
 
 impl Repair {
@@ -88,6 +91,7 @@ impl Repair {
             && self.pending.is_empty()
             && self.through.is_empty()
             && self.kv_absent.is_empty()
+            && self.void_from.is_empty()
     }
 }
 
@@ -116,7 +120,7 @@ impl Engine {
     /// Plan `repair`: what it needs loaded (its keys, and those of the changesets a lift
     /// releases).
     pub fn prepare_repair(&self, repair: Repair, now_ms: u64) -> PreparedRepair {
-        let plan = classify_lift(self, &repair.through, &Refused::new(), now_ms);
+        let plan = classify_lift(self, &repair.through, &repair.void_from, &Refused::new(), now_ms);
         let needs = repair_needs(&repair, &plan);
         PreparedRepair { repair, plan, needs, now_ms }
     }
@@ -167,7 +171,7 @@ impl Engine {
                     }
                     assert!(theirs.iter().all(|(k, _)| !refused.contains_key(k)), "a refusal repeats");
                     refused.extend(theirs);
-                    plan = classify_lift(self, &repair.through, &refused, now_ms);
+                    plan = classify_lift(self, &repair.through, &repair.void_from, &refused, now_ms);
                 }
             }
         }

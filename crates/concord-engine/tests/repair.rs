@@ -258,3 +258,22 @@ fn a_peers_waiting_document_changes_wait_here_too_until_their_dependency_arrives
     assert_eq!(doc::to_json(&d), serde_json::json!({"x": 1, "y": 2}));
     assert!(r.store.pending.get(&k).is_none_or(Vec::is_empty));
 }
+
+#[test]
+fn a_peers_void_judgement_dead_letters_what_waits_here_behind_it() {
+    let log = eu_log();
+    let mut r = Replica::new();
+    // 5 and 6 wait behind a gap; the peer read the log in order and found eu-west.1 void
+    // from 5 on (stored right after a message that is not its predecessor). This replica
+    // never read the message before 5 (retention removed it), so it cannot judge that.
+    r.deliver(entries(&log, &[1, 5, 6]));
+    assert_eq!(r.engine.gaps().len(), 1);
+    let out = r.repair(Repair { void_from: vec![(eu1(), 5)], ..Repair::default() });
+    assert!(r.engine.gaps().is_empty(), "nothing waits for ever: {:?}", out.alerts);
+    assert!(r.store.waiting.is_empty());
+    assert_eq!(r.store.dead_letters.len(), 2, "5 and 6 are void here too");
+    assert_eq!(r.store.void_from.get(&eu1()), Some(&5));
+    assert_eq!(r.engine.applied().get(&eu1()), 1, "nothing void counts as applied");
+    let again = r.repair(Repair { void_from: vec![(eu1(), 5)], ..Repair::default() });
+    assert!(again.commit.is_none(), "known already: {:?}", again.commit);
+}

@@ -4,8 +4,10 @@
 //! deduplication, expected-last-sequence fencing) and in-memory stores (the node
 //! store's semantics), it runs several regions, each with a leader and followers, all
 //! real [`concord_engine::Engine`]s, through random client writes and faults (see
-//! [`world`]; garbage published straight to a log among them), then settles (heals, restarts, delivers everything, and re-delivers every
-//! stream from its start, standing in for anti-entropy) and checks:
+//! [`world`]; garbage published straight to a log among them, and retention removing
+//! log entries that other regions have not read, which only anti-entropy rounds repair),
+//! then settles (heals, restarts, delivers everything, runs anti-entropy rounds, and
+//! re-delivers every stream from its start) and checks:
 //!
 //! - after every step of every node: the engine's invariants (`validate`), its store
 //!   agrees with it (applied vector, cursors, waiting changesets, dead letters), and its
@@ -50,11 +52,15 @@ pub struct Options {
     pub steps: usize,
     pub faults: bool,
     pub mutation: Option<Mutation>,
+    /// Retention removes log entries, and anti-entropy rounds run (as steps, and when
+    /// settling). Without it nothing repairs a divergence but the logs: what a broken
+    /// rule did stays visible.
+    pub anti_entropy: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { regions: 3, followers: 1, steps: 300, faults: true, mutation: None }
+        Options { regions: 3, followers: 1, steps: 300, faults: true, mutation: None, anti_entropy: true }
     }
 }
 

@@ -1,6 +1,8 @@
 //! A region's log in memory, with JetStream's rules: sequences from 1, deduplication by
 //! message id, and an append refused unless it names the log's last sequence (fencing).
 //! Mirrors are views of a prefix of it (`copied`), as NATS copies it to other regions.
+//! Retention removes its oldest entries (mirrors lose them too): a read skips them; the
+//! checks still see every entry ever stored.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,8 @@ pub struct SimLog {
     ids: BTreeMap<String, u64>,
     /// The region's epoch allocator (compare-and-set in NATS key/value in production).
     epochs: u64,
+    /// Entries up to here are gone (retention).
+    trimmed: u64,
 }
 
 /// What an append did to the log.
@@ -56,10 +60,20 @@ impl SimLog {
         !follows || self.is_void(seq - 1)
     }
 
-    /// Entries `from..=to` (clamped to what exists).
+    /// Entries `from..=to` (clamped to what exists and is kept).
     pub fn read(&self, from: u64, to: u64) -> Vec<Entry> {
         let to = to.min(self.last_seq());
-        (from.max(1)..=to).map(|seq| Entry { seq, payload: self.entries[seq as usize - 1].clone() }).collect()
+        (from.max(self.trimmed + 1)..=to)
+            .map(|seq| Entry { seq, payload: self.entries[seq as usize - 1].clone() })
+            .collect()
+    }
+
+    /// Retention removes every entry up to `seq` (never un-removes one).
+    pub fn trim_to(&mut self, seq: u64) -> bool {
+        let seq = seq.min(self.last_seq());
+        let more = seq > self.trimmed;
+        self.trimmed = self.trimmed.max(seq);
+        more
     }
 
     pub fn next_epoch(&mut self) -> u64 {

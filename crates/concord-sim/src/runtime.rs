@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use concord_core::changeset::Changeset;
-use concord_engine::{Alert, AppendOutcome, CatchUp, CaughtUp, Entry, Output, WriteRequest};
+use concord_core::lww::{Register, Version};
+use concord_engine::{Alert, AppendOutcome, CatchUp, CaughtUp, Engine, Entry, Output, Repair, WriteRequest};
 
 use crate::log::Appended;
 use crate::world::{InFlight, World, own_stream};
@@ -87,6 +88,59 @@ impl World {
         }
         if out.stats.tombstones_collected > 0 {
             self.count("tombstones collected");
+        }
+        self.execute(n, out)
+    }
+
+    /// An anti-entropy round of node `n` against node `peer`, as the node's runs one that
+    /// reads every page (`concord_node::anti_entropy`), in one engine step: the peer's
+    /// registers, documents and waiting document changes that differ, the registers the
+    /// peer lacks that hold a value it had applied, and the lift of every origin as far as
+    /// the peer had applied (up to a gap's end). Not while an append is in flight (the node's worker runs repairs
+    /// between appends).
+    pub fn anti_entropy(&mut self, n: usize, peer: usize) -> Result<(), String> {
+        let busy = |e: &Engine| e.append_in_flight();
+        if n == peer || self.nodes[n].engine.as_ref().is_none_or(busy) || self.nodes[peer].engine.is_none() {
+            return Ok(());
+        }
+        let (mine, theirs) = (&self.nodes[n].store, &self.nodes[peer].store);
+        let peer_applied = theirs.applied.clone();
+        let applied_by_peer = |v: &Version| !v.is_tombstone() && peer_applied.get(&v.origin) >= v.vv.get(&v.origin);
+        let differ = |a: Option<&Register>, b: &Register| a != Some(b);
+        let kv = theirs.kv.iter().filter(|(k, r)| differ(mine.kv.get(*k), r));
+        let docs = theirs.docs.iter().filter(|(k, d)| mine.docs.get(*k) != Some(*d));
+        let pending = theirs.pending.iter().filter(|(k, p)| !p.is_empty() && mine.pending.get(*k) != Some(*p));
+        let absent =
+            mine.kv.iter().filter(|(k, r)| !theirs.kv.contains_key(*k) && r.versions().iter().any(applied_by_peer));
+        let engine = self.nodes[n].engine.as_ref().expect("up");
+        let gaps = engine.gaps();
+        let through = peer_applied
+            .iter()
+            .filter_map(|(origin, seq)| {
+                let end = gaps.iter().find(|g| g.origin == *origin).map_or(u64::MAX, |g| g.next_waiting - 1);
+                let to = seq.min(end);
+                (to > engine.applied().get(origin)).then(|| (origin.clone(), to))
+            })
+            .collect();
+        let repair = Repair {
+            kv: kv.map(|(k, r)| (k.clone(), r.clone())).collect(),
+            docs: docs.map(|(k, d)| (k.clone(), d.clone())).collect(),
+            pending: pending.map(|(k, p)| (k.clone(), p.clone())).collect(),
+            kv_absent: absent.map(|(k, _)| k.clone()).collect(),
+            through,
+            peer_applied: peer_applied.clone(),
+            void_from: theirs.void_from.iter().map(|(o, s)| (o.clone(), *s)).collect(),
+        };
+        if repair.is_empty() {
+            return Ok(());
+        }
+        let prepared = engine.prepare_repair(repair, self.now_ms);
+        self.count("anti-entropy repairs");
+        let facts = self.load(n, prepared.needs());
+        let out =
+            self.nodes[n].engine.as_mut().expect("up").apply_repair(prepared, &facts).map_err(|e| e.to_string())?;
+        if out.stats.values_dropped > 0 {
+            self.count("values dropped by anti-entropy");
         }
         self.execute(n, out)
     }
@@ -237,6 +291,11 @@ impl World {
                     self.count("deposed leaders");
                 }
                 Alert::GapOpened { .. } => self.count("gaps opened"),
+                Alert::Lifted { origin, from, to } => {
+                    // Given by a peer's state, not by a log: the checks judge its effects.
+                    self.nodes[n].seen.entry(origin.clone()).or_default().insert((from + 1, *to));
+                    self.count("gaps lifted");
+                }
                 Alert::DeadLettered { .. } => self.count("dead letters"),
                 Alert::Parked { .. } => self.count("parked streams"),
                 _ => {}

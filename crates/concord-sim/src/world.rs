@@ -9,8 +9,11 @@
 //! committed store; in-flight writes end unanswered) and its restart, an append whose
 //! outcome is unknown (stored or not), a follower promoted while the old leader still
 //! writes (a deposed leader), a leader losing its lease (it steps down; a follower is
-//! promoted), and garbage published straight to a region's log (dead letters
-//! everywhere; the leader's next append is fenced).
+//! promoted), garbage published straight to a region's log (dead letters
+//! everywhere; the leader's next append is fenced), and retention removing a log's
+//! oldest entries, read or not (what a replica missed then reaches it only by
+//! anti-entropy: a node's round against another region's leader, or its own region's,
+//! is a step too).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -260,7 +263,12 @@ impl World {
                 Ok(())
             }
             47..=49 => self.collect(n),
-            50..=79 => self.consume(n, self.faulty),
+            50..=77 => self.consume(n, self.faulty),
+            78..=79 if self.opts.anti_entropy => {
+                let peer = self.leader_of[self.rng.below(self.regions.len())];
+                self.anti_entropy(n, peer)
+            }
+            78..=79 => Ok(()),
             80..=91 => {
                 self.copy_some_mirror();
                 Ok(())
@@ -284,7 +292,8 @@ impl World {
         let n = self.rng.below(self.nodes.len());
         match self.rng.below(100) {
             0..=21 => self.crash(n),
-            22..=24 => self.publish_garbage(),
+            22..=23 => self.publish_garbage(),
+            24 => self.retention(),
             25..=59 => {
                 let r = self.rng.below(self.regions.len());
                 if self.cut.insert(r) {
@@ -293,9 +302,34 @@ impl World {
             }
             60..=79 => self.cut.clear(),
             80..=89 => return self.step_down(n),
+            90..=94 => self.retention(),
             _ => return self.promote(n),
         }
         Ok(())
+    }
+
+    /// Retention removes a region's oldest entries: all but the last few, of those every
+    /// node of the region has read (its committed cursor). Other regions' replicas may
+    /// miss them. (A node of the region itself missing them would need the lease's
+    /// election to pick the freshest follower, which `promote` does not model.)
+    fn retention(&mut self) {
+        if !self.opts.anti_entropy {
+            return;
+        }
+        let r = self.rng.below(self.regions.len());
+        let own = own_stream(&self.regions[r]);
+        let read_by_all = self
+            .nodes
+            .iter()
+            .filter(|n| n.region == r)
+            .map(|n| n.store.cursors.get(&own).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        let keep = self.rng.below(8) as u64;
+        let to = read_by_all.min(self.logs[r].last_seq().saturating_sub(keep));
+        if self.logs[r].trim_to(to) {
+            self.count("log entries removed");
+        }
     }
 
     /// Someone publishes garbage straight to a region's log (no expected sequence):

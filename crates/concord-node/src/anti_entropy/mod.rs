@@ -25,10 +25,15 @@
 //! every repair committed, leaves this replica holding the effects of everything the
 //! peer's state reflected: for each entry, either the two were equal then, or the peer's
 //! entry (as of then or later) was merged here, and what the peer had applied and no
-//! longer holds was dropped here (the engine's `repair` module). So for each
-//! origin whose changesets wait behind a gap here, the applied sequence may move up to
-//! what the peer had applied of it (no further than the gap's end): the round hands the
-//! worker that lift, and the waiting changesets apply.
+//! longer holds was dropped here (the engine's `repair` module). So for each origin
+//! the peer had applied further, the applied sequence may move up to what the peer had
+//! applied of it (no further than a gap's end, or a changeset waiting for a mark's
+//! context: those apply as usual): the round hands the worker that lift, and the waiting
+//! changesets apply. An origin whose last changesets no log holds any more shows no gap,
+//! and is lifted all the same ([`lifts`]). The peer's tree also says which origins it
+//! found void from which sequence on (a judgement of the log a replica cannot make
+//! when retention removed the message before the void changeset): what waits here from
+//! there on is dead-lettered, and no gap waits for ever behind it.
 //!
 //! **When.** A leader runs a round against every other region's leader every
 //! `anti_entropy_interval_s` (0: never); any replica whose gap has stood
@@ -249,20 +254,30 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
     if !drop_absent(ctx, &req.leaves, &peer_kv, &reflects, &mut r).await? {
         return Ok(r);
     }
-    r.lifted = lifts(&ctx.views.view.borrow().gaps, &reflects);
-    if !r.lifted.is_empty() {
-        hand_over(ctx, Repair { through: r.lifted.clone(), ..Repair::default() }).await?;
+    r.lifted = {
+        let view = ctx.views.view.borrow();
+        lifts(&view.applied, &view.gaps, &reflects)
+    };
+    let void_from: Vec<(Origin, u64)> =
+        theirs.void_from.iter().flat_map(|v| v.iter()).map(|(o, s)| (o.clone(), s)).collect();
+    if !r.lifted.is_empty() || !void_from.is_empty() {
+        hand_over(ctx, Repair { through: r.lifted.clone(), void_from, ..Repair::default() }).await?;
     }
     Ok(r)
 }
 
-/// For each gap: how far the peer's applied vector lets it be lifted (no further than the
-/// gap's end: the changesets behind it apply as usual).
-pub fn lifts(gaps: &[Gap], peer_applied: &VersionVector) -> Vec<(Origin, u64)> {
-    gaps.iter()
-        .filter_map(|g| {
-            let to = peer_applied.get(&g.origin).min(g.next_waiting - 1);
-            (to > g.applied).then(|| (g.origin.clone(), to))
+/// For each origin the peer had applied further than this replica: how far it may be
+/// lifted (the whole way, or up to a gap's end: the changesets behind it apply as usual).
+/// An origin whose last changesets are gone from the logs leaves no gap to see, and
+/// without its lift this replica's applied vector would never show what its state holds
+/// (tombstones would never be stable here, sessions would wait).
+pub fn lifts(applied: &VersionVector, gaps: &[Gap], peer_applied: &VersionVector) -> Vec<(Origin, u64)> {
+    peer_applied
+        .iter()
+        .filter_map(|(origin, seq)| {
+            let end = gaps.iter().find(|g| g.origin == *origin).map_or(u64::MAX, |g| g.next_waiting - 1);
+            let to = seq.min(end);
+            (to > applied.get(origin)).then(|| (origin.clone(), to))
         })
         .collect()
 }
@@ -399,7 +414,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_gap_is_lifted_only_as_far_as_the_peer_applied_and_no_further_than_its_end() {
+    fn an_origin_is_lifted_only_as_far_as_the_peer_applied_and_no_further_than_its_gap() {
         let o = Origin::new(RegionId::new("eu-west").unwrap(), 1);
         let gap = |applied, next_waiting| Gap {
             origin: o.clone(),
@@ -410,9 +425,13 @@ mod tests {
             stream_seq: 9,
         };
         let peer = |seq| [(o.clone(), seq)].into_iter().collect();
-        assert_eq!(lifts(&[gap(2, 6)], &peer(10)), vec![(o.clone(), 5)]);
-        assert_eq!(lifts(&[gap(2, 6)], &peer(4)), vec![(o.clone(), 4)], "as far as the peer applied");
-        assert!(lifts(&[gap(2, 6)], &peer(2)).is_empty(), "the peer has nothing more");
-        assert!(lifts(&[gap(2, 6)], &Default::default()).is_empty());
+        let here: VersionVector = peer(2);
+        assert_eq!(lifts(&here, &[gap(2, 6)], &peer(10)), vec![(o.clone(), 5)]);
+        assert_eq!(lifts(&here, &[gap(2, 6)], &peer(4)), vec![(o.clone(), 4)], "as far as the peer applied");
+        assert!(lifts(&here, &[gap(2, 6)], &peer(2)).is_empty(), "the peer has nothing more");
+        assert!(lifts(&here, &[gap(2, 6)], &Default::default()).is_empty());
+        // No gap to see (the origin's last changesets are gone): the whole way.
+        assert_eq!(lifts(&here, &[], &peer(10)), vec![(o.clone(), 10)]);
+        assert!(lifts(&peer(10), &[], &peer(4)).is_empty(), "never back");
     }
 }

@@ -100,11 +100,13 @@ impl Responder {
             return Ok(bytes.clone());
         }
         let store = self.store.clone();
-        let (tree, applied) = tokio::task::spawn_blocking(move || store.digest())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let bytes = Bytes::from(TreeReply { node: self.node.clone(), applied, tree }.encode());
+        let built = tokio::task::spawn_blocking(move || -> Result<_, concord_storage::StorageError> {
+            let (tree, applied) = store.digest()?;
+            Ok((tree, applied, store.void_from()?))
+        });
+        let (tree, applied, void) = built.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        let void_from = Some(void.into_iter().collect());
+        let bytes = Bytes::from(TreeReply { node: self.node.clone(), applied, tree, void_from }.encode());
         *last = Some((Instant::now(), bytes.clone()));
         Ok(bytes)
     }
