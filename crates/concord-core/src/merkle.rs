@@ -174,8 +174,8 @@ pub struct TreeReply {
     pub tree: Tree,
     /// The origins the replica found void, each from a sequence on (a changeset stored
     /// after a message that is not its predecessor): the log's judgement, which a replica
-    /// that never read that message cannot make. `None` from a node that predates it (the
-    /// field ends the message; such a node's decoder refuses a reply that carries it).
+    /// that never read that message cannot make. Sent only when the request's body asks
+    /// (a node that predates it sends an empty body and refuses a reply that carries it).
     pub void_from: Option<VersionVector>,
 }
 
@@ -223,6 +223,9 @@ pub struct EntriesRequest {
     pub after: Option<Position>,
     /// The reply holds at most about this many bytes of entries (at least one entry).
     pub bytes_max: u64,
+    /// Ask for [`EntriesReply::applied`] (a trailing byte, sent only to a node known to
+    /// read it: one whose tree reply carried its void judgements).
+    pub with_applied: bool,
 }
 
 impl EntriesRequest {
@@ -235,6 +238,9 @@ impl EntriesRequest {
         }
         encode_position(&mut w, self.after.as_ref());
         w.u64(self.bytes_max);
+        if self.with_applied {
+            w.u8(1);
+        }
         w.finish()
     }
 
@@ -252,8 +258,13 @@ impl EntriesRequest {
         }
         let after = decode_position(&mut r)?;
         let bytes_max = r.u64()?;
+        let with_applied = match r.remaining() {
+            0 => false,
+            _ if r.u8()? == 1 => true,
+            _ => return Err(CoreError::Corrupt("an entries request with an unknown option".into())),
+        };
         r.expect_end()?;
-        Ok(EntriesRequest { leaves, after, bytes_max })
+        Ok(EntriesRequest { leaves, after, bytes_max, with_applied })
     }
 }
 
@@ -290,8 +301,9 @@ pub struct EntriesReply {
     pub next: Option<Position>,
     /// What the replica had applied when it read the page (the same read of its state).
     /// A store can go back (a crash loses its last unsynced commits), so a page may
-    /// reflect less than the tree did. `None` from a node that predates it (the field
-    /// ends the message; such a node's decoder refuses a reply that carries it).
+    /// reflect less than the tree did. Sent only when the request asks
+    /// ([`EntriesRequest::with_applied`]): the field ends the message, and a node that
+    /// predates it refuses a reply that carries it.
     pub applied: Option<VersionVector>,
 }
 
@@ -397,8 +409,14 @@ mod tests {
             leaves: vec![0, 17, LEAVES - 1],
             after: Some((Table::Docs, b"d\0k".to_vec())),
             bytes_max: 1 << 20,
+            with_applied: false,
         };
-        assert_eq!(EntriesRequest::decode(&req.encode()).unwrap(), req);
+        assert_eq!(EntriesRequest::decode(&req.encode()).unwrap(), req, "as an older node sends it");
+        let asking = EntriesRequest { with_applied: true, ..req.clone() };
+        assert_eq!(EntriesRequest::decode(&asking.encode()).unwrap(), asking);
+        let mut unknown = asking.encode();
+        *unknown.last_mut().unwrap() = 2;
+        assert!(EntriesRequest::decode(&unknown).is_err(), "an option this node does not know");
         let mut bad = EntriesRequest { leaves: vec![LEAVES], ..req.clone() }.encode();
         assert!(EntriesRequest::decode(&bad).is_err(), "a leaf outside the tree");
         bad[3] = 9;

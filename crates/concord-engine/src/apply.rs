@@ -302,6 +302,9 @@ impl Engine {
         let gaps_before: Vec<Origin> = self.waiting.keys().cloned().collect();
         let before = self.applied.clone();
         for (origin, to) in std::mem::take(&mut plan.lifted) {
+            // What a lift brings is data this writer's next mark must cover.
+            let last = self.data_seq.entry(origin.clone()).or_insert(0);
+            *last = (*last).max(to);
             out.alerts.push(Alert::Lifted { from: self.applied.get(&origin), to, origin: origin.clone() });
             self.applied.observe(&origin, to);
         }

@@ -257,10 +257,15 @@ pub(crate) fn classify_lift(
             lifted: Vec::new(),
         },
     };
+    let writing = engine.writing_origin();
     // A peer's judgement that an origin is void from a sequence on is the log's (the
     // changeset there was stored after a message that is not its predecessor): a replica
-    // that never read that message (retention removed it) learns it only so.
+    // that never read that message (retention removed it) learns it only so. Not one that
+    // contradicts what this replica applied, nor one about the origin it writes as.
     for (origin, from) in void_from {
+        if *from <= engine.applied.get(origin) + 1 || writing.as_ref() == Some(origin) {
+            continue;
+        }
         let now = walk.void_from.entry(origin.clone()).or_insert(*from);
         if *from < *now {
             *now = *from;
@@ -270,11 +275,23 @@ pub(crate) fn classify_lift(
         }
     }
     walk.drain_void();
-    let writing = engine.writing_origin();
     for (origin, seq) in through {
         // A writer learns of a later writer of its region from its log (its next append
         // is refused, it catches up and is deposed), never from a peer's state.
         if writing.as_ref().is_some_and(|w| origin.region == w.region && origin.epoch > w.epoch) {
+            continue;
+        }
+        // Only past what this replica's stream has gone by: a changeset of the origin
+        // waits here (behind a gap), or a later epoch of its region was read here (the
+        // region's log holds an epoch's changesets before the next one's). Otherwise its
+        // changesets may still arrive, and skipping them would skip their marks.
+        let later_read = engine
+            .applied
+            .iter()
+            .map(|(o, _)| o)
+            .chain(engine.waiting.keys())
+            .any(|o| o.region == origin.region && o.epoch > origin.epoch);
+        if !engine.waiting.contains_key(origin) && !later_read {
             continue;
         }
         let cap = walk.void_from.get(origin).map_or(u64::MAX, |from| from.saturating_sub(2));

@@ -29,7 +29,13 @@
 //! back, never onto sequences found void); the changesets that waited behind the gap
 //! apply in the same step. The changes of the gap are then duplicates if they ever
 //! arrive. The runtime must only claim `through` for a complete comparison: the engine
-//! cannot check it, and a false claim skips changes.
+//! cannot check it, and a false claim skips changes. The engine lifts an origin only
+//! past what its stream has gone by (a changeset of it waits here, or a later epoch of
+//! its region was read here: an origin whose last changesets retention removed shows no
+//! gap), so a lift never skips changesets, and their marks, that are still to come; nor
+//! does a writer take a later epoch of its own region from a peer (its log deposes it).
+//! [`Repair::void_from`] brings the peer's void judgements, which a replica that never
+//! read the message before a void changeset cannot make.
 //!
 //! Known limits: a conflict that only the lost changes showed (two versions that the
 //! peer later overwrote) is not recorded here (the peer's conflict log has it); a

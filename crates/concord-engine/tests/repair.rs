@@ -170,18 +170,24 @@ fn a_repair_with_a_peers_state_lifts_the_gap_and_the_waiting_changesets_apply() 
 }
 
 #[test]
-fn a_lift_never_moves_an_origin_back_nor_onto_void_sequences() {
+fn a_lift_never_moves_an_origin_back_nor_onto_void_sequences_nor_past_its_stream() {
     let log = eu_log();
     let mut r = Replica::new();
     r.deliver(entries(&log, &[1, 2, 3]));
     let out = r.repair(Repair { through: vec![(eu1(), 2)], ..Repair::default() });
     assert!(out.commit.is_none() && out.alerts.is_empty(), "nothing to lift");
     assert_eq!(r.engine.applied().get(&eu1()), 3);
+    // Nothing of eu-west.1 waits here and no later epoch of eu-west was read: 4 to 6 may
+    // still arrive, with marks that must not be skipped.
+    let out = r.repair(Repair { through: vec![(eu1(), 6)], ..Repair::default() });
+    assert!(out.commit.is_none() && out.alerts.is_empty(), "not past the stream: {:?}", out.alerts);
+    assert_eq!(r.engine.applied().get(&eu1()), 3);
 
     // Void from 6 on (a forged state: the engine judges it from the log): a lift stops
-    // below it.
+    // below it. (A later epoch of eu-west was read here: eu-west.1's stream is behind.)
     let mut store = MemStore::default();
     store.void_from.insert(eu1(), 6);
+    store.applied.observe(&Origin::new(region("eu-west"), 2), 1);
     let mut r = Replica { engine: Engine::open(config(), store.durable(), StartAs::Follower).unwrap(), store };
     let out = r.repair(Repair { through: vec![(eu1(), 100)], ..Repair::default() });
     assert!(out.alerts.contains(&Alert::Lifted { origin: eu1(), from: 0, to: 4 }), "{:?}", out.alerts);

@@ -31,8 +31,9 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 Ok(e.apply_repair(prepared, &facts)?)
             })
             .await?;
+        let refused = out.alerts.iter().filter(|a| matches!(a, concord_engine::Alert::RepairRefused { .. })).count();
         self.after(out);
-        let _ = reply.send(Ok(()));
+        let _ = reply.send(Ok(refused as u64));
         Ok(())
     }
 

@@ -69,7 +69,7 @@ impl World {
             if self.fingerprint() != before {
                 continue;
             }
-            if !self.opts.anti_entropy {
+            if !self.anti_entropy {
                 return Ok(());
             }
             for n in 0..self.nodes.len() {

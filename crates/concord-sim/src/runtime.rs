@@ -139,6 +139,16 @@ impl World {
         let facts = self.load(n, prepared.needs());
         let out =
             self.nodes[n].engine.as_mut().expect("up").apply_repair(prepared, &facts).map_err(|e| e.to_string())?;
+        // What a lift claims was given to the peer (by its logs, or its own lifts): its
+        // given ranges within the lift count as given here, and the gap check holds a lift
+        // to them (none past what the peer was given, none onto its dead letters).
+        for alert in &out.alerts {
+            if let Alert::Lifted { origin, from, to } = alert {
+                let given = self.given(peer, origin);
+                let ranges = given.into_iter().filter(|(f, l)| *l > *from && f <= to);
+                self.nodes[n].seen.entry(origin.clone()).or_default().extend(ranges);
+            }
+        }
         if out.stats.values_dropped > 0 {
             self.count("values dropped by anti-entropy");
         }
@@ -291,17 +301,26 @@ impl World {
                     self.count("deposed leaders");
                 }
                 Alert::GapOpened { .. } => self.count("gaps opened"),
-                Alert::Lifted { origin, from, to } => {
-                    // Given by a peer's state, not by a log: the checks judge its effects.
-                    self.nodes[n].seen.entry(origin.clone()).or_default().insert((from + 1, *to));
-                    self.count("gaps lifted");
-                }
+                Alert::Lifted { .. } => self.count("gaps lifted"),
                 Alert::DeadLettered { .. } => self.count("dead letters"),
                 Alert::Parked { .. } => self.count("parked streams"),
                 _ => {}
             }
         }
         self.check_node(n)
+    }
+
+    /// The ranges of `origin` node `n` was given, less those it dead-lettered.
+    fn given(&self, n: usize, origin: &concord_core::ids::Origin) -> BTreeSet<(u64, u64)> {
+        let node = &self.nodes[n];
+        let dead: BTreeSet<(String, u64, u64)> = node
+            .store
+            .dead_letters
+            .values()
+            .filter_map(|d| Some((d.origin.clone()?, d.first_seq?, d.last_seq?)))
+            .collect();
+        let ranges = node.seen.get(origin).into_iter().flatten();
+        ranges.filter(|(f, l)| !dead.contains(&(origin.to_string(), *f, *l))).copied().collect()
     }
 
     /// After every step of a node: its engine's invariants, its store agrees with it,
@@ -324,17 +343,8 @@ impl World {
             return fail("the engine and its store disagree on cursors, waiting changesets or dead letters".into());
         }
         // A dead-lettered changeset was given but must never count as applied.
-        let dead: BTreeSet<(String, u64, u64)> = node
-            .store
-            .dead_letters
-            .values()
-            .filter_map(|d| Some((d.origin.clone()?, d.first_seq?, d.last_seq?)))
-            .collect();
         for (origin, seq) in engine.applied().iter() {
-            let given = node.seen.get(origin).map(|ranges| {
-                ranges.iter().filter(|(f, l)| !dead.contains(&(origin.to_string(), *f, *l))).copied().collect()
-            });
-            let contiguous = contiguous(given.as_ref());
+            let contiguous = contiguous(Some(&self.given(n, origin)));
             if seq > contiguous {
                 return fail(format!("{origin} applied up to {seq}, but it was given only 1..={contiguous} in order"));
             }

@@ -88,6 +88,9 @@ pub struct World {
     pub counts: BTreeMap<&'static str, u64>,
     /// How many appends a writer pipelines (drawn from the seed: 1 to 4).
     pub appends_in_flight_max: usize,
+    /// Retention and anti-entropy in this run ([`Options::anti_entropy`], and drawn from
+    /// the seed).
+    pub anti_entropy: bool,
 }
 
 impl World {
@@ -96,10 +99,14 @@ impl World {
         let regions: Vec<String> = names[..opts.regions].iter().map(|s| s.to_string()).collect();
         let mut rng = Rng::new(seed);
         let appends_in_flight_max = 1 + rng.below(4);
+        // A third of the runs go without: what a broken rule did then stays for the final
+        // checks to see (anti-entropy would repair some of it).
+        let anti_entropy = opts.anti_entropy && !rng.chance(33);
         let mut world = World {
             seed,
             rng,
             appends_in_flight_max,
+            anti_entropy,
             opts,
             now_ms: 1_700_000_000_000,
             steps: 0,
@@ -264,7 +271,7 @@ impl World {
             }
             47..=49 => self.collect(n),
             50..=77 => self.consume(n, self.faulty),
-            78..=79 if self.opts.anti_entropy => {
+            78..=79 if self.anti_entropy => {
                 let peer = self.leader_of[self.rng.below(self.regions.len())];
                 self.anti_entropy(n, peer)
             }
@@ -313,7 +320,7 @@ impl World {
     /// miss them. (A node of the region itself missing them would need the lease's
     /// election to pick the freshest follower, which `promote` does not model.)
     fn retention(&mut self) {
-        if !self.opts.anti_entropy {
+        if !self.anti_entropy {
             return;
         }
         let r = self.rng.below(self.regions.len());

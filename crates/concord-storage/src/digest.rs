@@ -168,7 +168,7 @@ mod tests {
         let leaves = ta.differing_leaves(&tb);
         assert!(!leaves.is_empty() && leaves.len() <= 2);
         // Paged at one entry per page, everything in those leaves comes back once.
-        let mut req = EntriesRequest { leaves: leaves.clone(), after: None, bytes_max: 1 };
+        let mut req = EntriesRequest { leaves: leaves.clone(), after: None, bytes_max: 1, with_applied: true };
         let mut got = Vec::new();
         loop {
             let page = b.entries_in(&req).unwrap();
@@ -187,7 +187,8 @@ mod tests {
             .collect();
         assert_eq!(got, expected);
         assert!(got.contains(&"b\0k7".to_string()) && got.contains(&"b\0k250".to_string()));
-        let all = EntriesRequest { leaves: (0..LEAVES).collect(), after: None, bytes_max: u64::MAX };
+        let all =
+            EntriesRequest { leaves: (0..LEAVES).collect(), after: None, bytes_max: u64::MAX, with_applied: false };
         assert_eq!(b.entries_in(&all).unwrap().entries.len(), 300);
         let _ = (std::fs::remove_dir_all(da), std::fs::remove_dir_all(db));
     }

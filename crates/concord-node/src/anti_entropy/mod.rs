@@ -68,12 +68,16 @@ use crate::error::NodeError;
 use crate::metrics::{self, Metrics};
 use crate::view::Views;
 
-/// A repair handed to the worker, answered once committed.
+/// A repair handed to the worker, answered once committed: with how many of the peer's
+/// entries the engine refused (a document that does not load, too many changes).
 pub struct RepairRequest {
     pub repair: Repair,
-    pub reply: oneshot::Sender<Result<(), NodeError>>,
+    pub reply: oneshot::Sender<Result<u64, NodeError>>,
 }
 
+/// The body of a tree request that asks for the peer's void judgements (a node that
+/// predates them ignores the body and answers without).
+pub const TREE_WITH_VOID: u8 = 1;
 /// Most bytes of entries one round reads.
 pub const ROUND_BYTES_MAX: u64 = 256 << 20;
 /// Most bytes of entries one page asks for.
@@ -118,6 +122,8 @@ pub struct Round {
     /// Keys this replica holds in the differing leaves and the peer does not, holding
     /// a value the peer had applied (handed over to be dropped).
     pub absent: u64,
+    /// The lifts handed over ([`lifts`]); the engine takes those past what each origin's
+    /// stream has gone by, and says so (`Lifted` alerts).
     pub lifted: Vec<(Origin, u64)>,
 }
 
@@ -187,8 +193,12 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
     if peer == ctx.node {
         return Err("this node is the peer's region's leader".into());
     }
-    let theirs = TreeReply::decode(&ask(&ctx.client, &subject(region.as_str(), &peer, "tree"), Bytes::new()).await?)
+    // Asking for what a node that predates it does not send (it ignores the body).
+    let tree_req = Bytes::from_static(&[TREE_WITH_VOID]);
+    let theirs = TreeReply::decode(&ask(&ctx.client, &subject(region.as_str(), &peer, "tree"), tree_req).await?)
         .map_err(|e| format!("{peer}'s tree: {e}"))?;
+    // A peer that sent its void judgements also reads a request for each page's vector.
+    let with_applied = theirs.void_from.is_some();
     let store = ctx.store.clone();
     let (mine, _) = tokio::task::spawn_blocking(move || store.digest())
         .await
@@ -196,7 +206,7 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
         .map_err(|e| e.to_string())?;
     let leaves = mine.differing_leaves(&theirs.tree);
     let mut r = Round { peer: peer.clone(), differing_leaves: leaves.len(), ..Round::default() };
-    let mut req = EntriesRequest { leaves, after: None, bytes_max: PAGE_BYTES_MAX };
+    let mut req = EntriesRequest { leaves, after: None, bytes_max: PAGE_BYTES_MAX, with_applied };
     let mut read = 0u64;
     // What the peer's state reflects at least: the tree's applied vector, met with every
     // page's (a store can go back: a crash loses its last unsynced commits). `None` once
@@ -238,7 +248,7 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
             }
             if repair.kv.len() + repair.docs.len() >= REPAIR_ENTRIES_MAX {
                 let next = Repair { peer_applied: repair.peer_applied.clone(), ..Repair::default() };
-                hand_over(ctx, std::mem::replace(&mut repair, next)).await?;
+                hand_over(ctx, std::mem::replace(&mut repair, next), &mut r.refused).await?;
             }
         }
         match page.next {
@@ -246,12 +256,12 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
             None => break true,
         }
     };
-    hand_over(ctx, repair).await?;
+    hand_over(ctx, repair, &mut r.refused).await?;
     metrics::add(&ctx.metrics.anti_entropy_entries_repaired_total, r.repaired);
     // Lifting claims this replica holds all the peer held: not when an entry was refused,
     // nor before what the peer no longer holds was dropped here.
     let Some(reflects) = reflects.filter(|_| r.complete && r.refused == 0) else { return Ok(r) };
-    if !drop_absent(ctx, &req.leaves, &peer_kv, &reflects, &mut r).await? {
+    if !drop_absent(ctx, &req.leaves, &peer_kv, &reflects, &mut r).await? || r.refused > 0 {
         return Ok(r);
     }
     r.lifted = {
@@ -261,7 +271,7 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
     let void_from: Vec<(Origin, u64)> =
         theirs.void_from.iter().flat_map(|v| v.iter()).map(|(o, s)| (o.clone(), s)).collect();
     if !r.lifted.is_empty() || !void_from.is_empty() {
-        hand_over(ctx, Repair { through: r.lifted.clone(), void_from, ..Repair::default() }).await?;
+        hand_over(ctx, Repair { through: r.lifted.clone(), void_from, ..Repair::default() }, &mut r.refused).await?;
     }
     Ok(r)
 }
@@ -298,7 +308,8 @@ async fn drop_absent(
     }
     let applied_by_peer =
         |v: &concord_core::lww::Version| !v.is_tombstone() && reflects.get(&v.origin) >= v.vv.get(&v.origin);
-    let mut req = EntriesRequest { leaves: leaves.to_vec(), after: None, bytes_max: PAGE_BYTES_MAX };
+    let mut req =
+        EntriesRequest { leaves: leaves.to_vec(), after: None, bytes_max: PAGE_BYTES_MAX, with_applied: false };
     let mut read = 0u64;
     let mut absent = Vec::new();
     loop {
@@ -324,7 +335,7 @@ async fn drop_absent(
                     peer_applied: reflects.clone(),
                     ..Repair::default()
                 };
-                hand_over(ctx, repair).await?;
+                hand_over(ctx, repair, &mut r.refused).await?;
             }
         }
         if page.next.is_none() {
@@ -333,7 +344,8 @@ async fn drop_absent(
         req.after = page.next;
     }
     r.absent += absent.len() as u64;
-    hand_over(ctx, Repair { kv_absent: absent, peer_applied: reflects.clone(), ..Repair::default() }).await?;
+    let last = Repair { kv_absent: absent, peer_applied: reflects.clone(), ..Repair::default() };
+    hand_over(ctx, last, &mut r.refused).await?;
     Ok(true)
 }
 
@@ -376,14 +388,16 @@ fn doc_key(record_key: &[u8]) -> Result<concord_engine::DocKey, String> {
     Ok((String::from_utf8_lossy(bucket).into_owned(), String::from_utf8_lossy(key).into_owned()))
 }
 
-/// Hand a repair to the worker and wait until it is committed.
-async fn hand_over(ctx: &Ctx, repair: Repair) -> Result<(), String> {
+/// Hand a repair to the worker and wait until it is committed; what the engine refused
+/// of it counts in `refused` (a round that had any lifts nothing).
+async fn hand_over(ctx: &Ctx, repair: Repair, refused: &mut u64) -> Result<(), String> {
     if repair.is_empty() {
         return Ok(());
     }
     let (tx, rx) = oneshot::channel();
     ctx.repairs.send(RepairRequest { repair, reply: tx }).await.map_err(|_| "the worker stopped")?;
-    rx.await.map_err(|_| "the worker stopped".to_string())?.map_err(|e| e.to_string())
+    *refused += rx.await.map_err(|_| "the worker stopped".to_string())?.map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// The name of `region`'s leader, from the region's status (any node of it answers).

@@ -33,8 +33,8 @@ pub struct Responder {
     pub node: String,
     /// The NATS server's `max_payload`.
     pub max_payload: usize,
-    /// The last tree built: when, and its encoded reply.
-    last_tree: Mutex<Option<(Instant, Bytes)>>,
+    /// The last tree built: when, and its reply.
+    last_tree: Mutex<Option<(Instant, TreeReply)>>,
 }
 
 impl Responder {
@@ -73,16 +73,28 @@ impl Responder {
 
     async fn answer(&self, op: &str, payload: &[u8]) -> Result<Bytes, (&'static str, String)> {
         match op {
-            "tree" => self.tree().await.map_err(|e| ("500", e)),
+            // A body asks for the void judgements (a requester that predates them sends
+            // none, and would refuse a reply that carries them).
+            "tree" => {
+                let mut reply = self.tree().await.map_err(|e| ("500", e))?;
+                if payload.first() != Some(&super::TREE_WITH_VOID) {
+                    reply.void_from = None;
+                }
+                Ok(Bytes::from(reply.encode()))
+            }
             "entries" => {
                 let mut req = EntriesRequest::decode(payload).map_err(|e| ("400", e.to_string()))?;
                 req.bytes_max = req.bytes_max.min(self.max_payload.saturating_sub(REPLY_MARGIN_BYTES) as u64 / 2);
                 let store = self.store.clone();
-                let page = tokio::task::spawn_blocking(move || store.entries_in(&req))
+                let with_applied = req.with_applied;
+                let mut page = tokio::task::spawn_blocking(move || store.entries_in(&req))
                     .await
                     .map_err(|e| ("500", e.to_string()))?
-                    .map_err(|e| ("500", e.to_string()))?
-                    .encode();
+                    .map_err(|e| ("500", e.to_string()))?;
+                if !with_applied {
+                    page.applied = None;
+                }
+                let page = page.encode();
                 if page.len() + REPLY_MARGIN_BYTES > self.max_payload {
                     return Err(("500", format!("an entry of {} bytes does not fit in a NATS message", page.len())));
                 }
@@ -92,12 +104,12 @@ impl Responder {
         }
     }
 
-    async fn tree(&self) -> Result<Bytes, String> {
+    async fn tree(&self) -> Result<TreeReply, String> {
         let mut last = self.last_tree.lock().await;
-        if let Some((at, bytes)) = last.as_ref()
+        if let Some((at, reply)) = last.as_ref()
             && at.elapsed() < TREE_REUSE
         {
-            return Ok(bytes.clone());
+            return Ok(reply.clone());
         }
         let store = self.store.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<_, concord_storage::StorageError> {
@@ -105,9 +117,35 @@ impl Responder {
             Ok((tree, applied, store.void_from()?))
         });
         let (tree, applied, void) = built.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-        let void_from = Some(void.into_iter().collect());
-        let bytes = Bytes::from(TreeReply { node: self.node.clone(), applied, tree, void_from }.encode());
-        *last = Some((Instant::now(), bytes.clone()));
-        Ok(bytes)
+        let reply = TreeReply { node: self.node.clone(), applied, tree, void_from: Some(void.into_iter().collect()) };
+        *last = Some((Instant::now(), reply.clone()));
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_core::merkle::{EntriesReply, LEAVES};
+
+    /// A requester that predates the void judgements and the pages' vectors sends an
+    /// empty tree request and an entries request without the option: it gets replies it
+    /// decodes (no trailing fields); a current one asks and gets them.
+    #[tokio::test]
+    async fn an_older_requester_gets_the_older_replies_and_a_current_one_the_fields_it_asks_for() {
+        let dir = std::env::temp_dir().join(format!("concord-ae-serve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let r = Responder::new(store, "us-east".into(), "us-east-1".into(), 1 << 20);
+        let old = r.answer("tree", &[]).await.unwrap();
+        assert_eq!(TreeReply::decode(&old).unwrap().void_from, None);
+        let current = r.answer("tree", &[super::super::TREE_WITH_VOID]).await.unwrap();
+        assert_eq!(TreeReply::decode(&current).unwrap().void_from, Some(Default::default()));
+        for with_applied in [false, true] {
+            let req = EntriesRequest { leaves: (0..LEAVES).collect(), after: None, bytes_max: 1 << 16, with_applied };
+            let page = EntriesReply::decode(&r.answer("entries", &req.encode()).await.unwrap()).unwrap();
+            assert_eq!(page.applied.is_some(), with_applied);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -88,7 +88,8 @@ pub(super) async fn backup_latest(
 
 /// The latest HLC time of any version of any register in `store` (one pass, paged).
 fn latest_register(store: &Store) -> Result<Option<Hlc>, ReplayError> {
-    let mut req = EntriesRequest { leaves: (0..LEAVES).collect(), after: None, bytes_max: SCAN_PAGE_BYTES };
+    let mut req =
+        EntriesRequest { leaves: (0..LEAVES).collect(), after: None, bytes_max: SCAN_PAGE_BYTES, with_applied: false };
     let mut latest = None;
     loop {
         let page = store.entries_in(&req)?;

@@ -63,7 +63,7 @@ pub fn docs_page(
         return Ok(page);
     };
     let start = (Table::Docs, record_key(bucket, after));
-    let req = EntriesRequest { leaves: (0..LEAVES).collect(), after: Some(start), bytes_max };
+    let req = EntriesRequest { leaves: (0..LEAVES).collect(), after: Some(start), bytes_max, with_applied: false };
     let entries = store.entries_in(&req)?;
     let wanted = record_key(bucket, prefix);
     let mut page = DocsPage::default();
