@@ -32,8 +32,10 @@
 //! cannot check it, and a false claim skips changes. The engine lifts an origin only
 //! past what its stream has gone by (a changeset of it waits here, or a later epoch of
 //! its region was read here: an origin whose last changesets retention removed shows no
-//! gap), so a lift never skips changesets, and their marks, that are still to come; nor
-//! does a writer take a later epoch of its own region from a peer (its log deposes it).
+//! gap), so a lift never skips changesets, and their marks, that its streams will still
+//! deliver; nor does a writer take a later epoch of its own region from a peer (its log
+//! deposes it). What a gap repair would read again from an origin's log a lift does skip:
+//! the runtime lifts a gap only once it has stood long enough for that repair.
 //! [`Repair::void_from`] brings the peer's void judgements, which a replica that never
 //! read the message before a void changeset cannot make.
 //!

@@ -3,11 +3,11 @@
 //! a writer's marks (`concord_engine::marks`). Each is one engine step with its loads and
 //! its commit, like any other, run between appends (never with one in flight).
 
-use concord_engine::WriteOp;
+use concord_engine::{Alert, WriteOp};
 use concord_transport::RegionLog;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::anti_entropy::RepairRequest;
+use crate::anti_entropy::{RepairRequest, Repaired};
 use crate::error::NodeError;
 use crate::streams::StreamControl;
 use crate::worker::{Worker, WriteRequest};
@@ -31,9 +31,16 @@ impl<L: RegionLog, S: StreamControl> Worker<L, S> {
                 Ok(e.apply_repair(prepared, &facts)?)
             })
             .await?;
-        let refused = out.alerts.iter().filter(|a| matches!(a, concord_engine::Alert::RepairRefused { .. })).count();
+        let mut done = Repaired::default();
+        for alert in &out.alerts {
+            match alert {
+                Alert::RepairRefused { .. } => done.refused += 1,
+                Alert::Lifted { origin, to, .. } => done.lifted.push((origin.clone(), *to)),
+                _ => {}
+            }
+        }
         self.after(out);
-        let _ = reply.send(Ok(refused as u64));
+        let _ = reply.send(Ok(done));
         Ok(())
     }
 

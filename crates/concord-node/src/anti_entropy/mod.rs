@@ -30,7 +30,10 @@
 //! applied of it (no further than a gap's end, or a changeset waiting for a mark's
 //! context: those apply as usual): the round hands the worker that lift, and the waiting
 //! changesets apply. An origin whose last changesets no log holds any more shows no gap,
-//! and is lifted all the same ([`lifts`]). The peer's tree also says which origins it
+//! and is lifted all the same ([`lifts`]). A gap is lifted only once it has stood
+//! `anti_entropy_gap_after_s` (or the periodic interval, when gap rounds are off), so
+//! that the gap repair from the origins' logs, which brings the changesets themselves
+//! (their marks included), has had its chance. The peer's tree also says which origins it
 //! found void from which sequence on (a judgement of the log a replica cannot make
 //! when retention removed the message before the void changeset): what waits here from
 //! there on is dead-lettered, and no gap waits for ever behind it.
@@ -48,7 +51,7 @@
 
 pub mod serve;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,11 +71,19 @@ use crate::error::NodeError;
 use crate::metrics::{self, Metrics};
 use crate::view::Views;
 
-/// A repair handed to the worker, answered once committed: with how many of the peer's
-/// entries the engine refused (a document that does not load, too many changes).
+/// A repair handed to the worker, answered once committed.
 pub struct RepairRequest {
     pub repair: Repair,
-    pub reply: oneshot::Sender<Result<u64, NodeError>>,
+    pub reply: oneshot::Sender<Result<Repaired, NodeError>>,
+}
+
+/// What the engine did with a repair.
+#[derive(Debug, Default)]
+pub struct Repaired {
+    /// The peer's entries it refused (a document that does not load, too many changes).
+    pub refused: u64,
+    /// The origins it lifted, and how far.
+    pub lifted: Vec<(Origin, u64)>,
 }
 
 /// The body of a tree request that asks for the peer's void judgements (a node that
@@ -122,41 +133,53 @@ pub struct Round {
     /// Keys this replica holds in the differing leaves and the peer does not, holding
     /// a value the peer had applied (handed over to be dropped).
     pub absent: u64,
-    /// The lifts handed over ([`lifts`]); the engine takes those past what each origin's
-    /// stream has gone by, and says so (`Lifted` alerts).
+    /// The origins the engine lifted, and how far: of those the round handed over
+    /// ([`lifts`], a gap's origin once the gap has stood), the ones past what the origin's
+    /// stream has gone by.
     pub lifted: Vec<(Origin, u64)>,
 }
 
 /// Run rounds until shutdown (see the module doc).
 pub async fn run(ctx: Ctx, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let mut next_periodic = ctx.interval.map(|i| Instant::now() + i);
+    // Per (origin, applied) of a gap: since when it stands.
+    let mut standing: BTreeMap<(Origin, u64), Instant> = BTreeMap::new();
+    // How long a gap stands before a round may lift it: the gap repair from the origins'
+    // logs has its chance first (a lift would skip what it brings, marks included).
+    let ripe_after = ctx.gap_after.or(ctx.interval).unwrap_or_default();
     // Per (origin, applied) of a gap: when to try it next, and the wait after that.
-    let mut gap_rounds: std::collections::BTreeMap<(Origin, u64), (Instant, Duration)> = Default::default();
+    let mut gap_rounds: BTreeMap<(Origin, u64), (Instant, Duration)> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         }
         let now = Instant::now();
+        let gaps: Vec<Gap> = ctx.views.view.borrow().gaps.clone();
+        standing.retain(|(o, a), _| gaps.iter().any(|g| g.origin == *o && g.applied == *a));
+        for gap in &gaps {
+            standing.entry((gap.origin.clone(), gap.applied)).or_insert(now);
+        }
+        let ripe: BTreeSet<Origin> =
+            standing.iter().filter(|(_, since)| now >= **since + ripe_after).map(|((o, _), _)| o.clone()).collect();
         if let (Some(at), Some(interval)) = (next_periodic, ctx.interval)
             && now >= at
         {
             if leads(&ctx.views) {
                 for region in &ctx.remote_regions {
-                    round_logged(&ctx, region, "periodic").await;
+                    round_logged(&ctx, region, &ripe, "periodic").await;
                 }
             }
             next_periodic = Some(Instant::now() + interval);
         }
         let Some(gap_after) = ctx.gap_after else { continue };
-        let gaps: Vec<Gap> = ctx.views.view.borrow().gaps.clone();
         gap_rounds.retain(|(o, a), _| gaps.iter().any(|g| g.origin == *o && g.applied == *a));
         for gap in gaps {
             let due = gap_rounds.entry((gap.origin.clone(), gap.applied)).or_insert((now + gap_after, gap_after));
             if now < due.0 {
                 continue;
             }
-            let lifted = round_logged(&ctx, &gap.origin.region, "a gap stands").await;
+            let lifted = round_logged(&ctx, &gap.origin.region, &ripe, "a gap stands").await;
             due.1 = if lifted { gap_after } else { (due.1 * 2).min(GAP_RETRY_MAX) };
             due.0 = Instant::now() + due.1;
         }
@@ -167,9 +190,9 @@ fn leads(views: &Views) -> bool {
     matches!(views.view.borrow().role, RoleView::Leader { .. })
 }
 
-/// A round against `region`'s leader, logged and counted; whether it lifted a gap.
-async fn round_logged(ctx: &Ctx, region: &RegionId, why: &str) -> bool {
-    match round(ctx, region).await {
+/// A round against `region`'s leader, logged and counted; whether it lifted anything.
+async fn round_logged(ctx: &Ctx, region: &RegionId, ripe: &BTreeSet<Origin>, why: &str) -> bool {
+    match round(ctx, region, ripe).await {
         Ok(r) => {
             metrics::inc(&ctx.metrics.anti_entropy_rounds_total);
             if r.repaired > 0 || r.absent > 0 || !r.lifted.is_empty() || !r.complete {
@@ -187,8 +210,9 @@ async fn round_logged(ctx: &Ctx, region: &RegionId, why: &str) -> bool {
     }
 }
 
-/// Compare this replica with `region`'s leader and repair what differs (module doc).
-pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
+/// Compare this replica with `region`'s leader and repair what differs (module doc);
+/// a gap is lifted only once its origin is in `ripe` (it has stood long enough).
+pub async fn round(ctx: &Ctx, region: &RegionId, ripe: &BTreeSet<Origin>) -> Result<Round, String> {
     let peer = leader_of(&ctx.client, region).await?;
     if peer == ctx.node {
         return Err("this node is the peer's region's leader".into());
@@ -264,15 +288,16 @@ pub async fn round(ctx: &Ctx, region: &RegionId) -> Result<Round, String> {
     if !drop_absent(ctx, &req.leaves, &peer_kv, &reflects, &mut r).await? || r.refused > 0 {
         return Ok(r);
     }
-    r.lifted = {
+    let through = {
         let view = ctx.views.view.borrow();
-        lifts(&view.applied, &view.gaps, &reflects)
+        let mut through = lifts(&view.applied, &view.gaps, &reflects);
+        through.retain(|(o, _)| ripe.contains(o) || !view.gaps.iter().any(|g| g.origin == *o));
+        through
     };
     let void_from: Vec<(Origin, u64)> =
         theirs.void_from.iter().flat_map(|v| v.iter()).map(|(o, s)| (o.clone(), s)).collect();
-    if !r.lifted.is_empty() || !void_from.is_empty() {
-        hand_over(ctx, Repair { through: r.lifted.clone(), void_from, ..Repair::default() }, &mut r.refused).await?;
-    }
+    let done = hand_over(ctx, Repair { through, void_from, ..Repair::default() }, &mut r.refused).await?;
+    r.lifted = done.lifted;
     Ok(r)
 }
 
@@ -390,14 +415,15 @@ fn doc_key(record_key: &[u8]) -> Result<concord_engine::DocKey, String> {
 
 /// Hand a repair to the worker and wait until it is committed; what the engine refused
 /// of it counts in `refused` (a round that had any lifts nothing).
-async fn hand_over(ctx: &Ctx, repair: Repair, refused: &mut u64) -> Result<(), String> {
+async fn hand_over(ctx: &Ctx, repair: Repair, refused: &mut u64) -> Result<Repaired, String> {
     if repair.is_empty() {
-        return Ok(());
+        return Ok(Repaired::default());
     }
     let (tx, rx) = oneshot::channel();
     ctx.repairs.send(RepairRequest { repair, reply: tx }).await.map_err(|_| "the worker stopped")?;
-    *refused += rx.await.map_err(|_| "the worker stopped".to_string())?.map_err(|e| e.to_string())?;
-    Ok(())
+    let done = rx.await.map_err(|_| "the worker stopped".to_string())?.map_err(|e| e.to_string())?;
+    *refused += done.refused;
+    Ok(done)
 }
 
 /// The name of `region`'s leader, from the region's status (any node of it answers).
