@@ -75,7 +75,7 @@ pub use engine::{DROPPED_SEQ, Mutation};
 pub use marks::PreparedCollect;
 pub use memstore::MemStore;
 pub use output::{Ack, Alert, Append, AppendOutcome, Output, Stats, WriteError};
-pub use repair::{CHANGES_PER_DOC_MAX, PreparedRepair, Repair};
+pub use repair::{CHANGES_PER_DOC_MAX, PreparedRepair, Repair, applied_by_peer, lifts};
 pub use state::{
     Batch, ConflictWrite, DeadLetter, DocFacts, DocKey, Durable, Entry, Facts, KvFacts, Mark, Needs, Waiting,
     WaitingWrite,

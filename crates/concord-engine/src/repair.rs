@@ -53,7 +53,7 @@ use concord_core::vv::VersionVector;
 use crate::Fatal;
 use crate::apply::Merged;
 use crate::classify::{LIFT_STREAM, Plan, Refused, classify_lift};
-use crate::engine::Engine;
+use crate::engine::{Engine, Gap};
 use crate::output::{Alert, Output};
 use crate::overlay::Overlay;
 use crate::state::{DocKey, Facts, Needs};
@@ -101,6 +101,26 @@ impl Repair {
             && self.kv_absent.is_empty()
             && self.void_from.is_empty()
     }
+}
+
+/// Whether `v` is a value the peer had applied (within `peer_applied`): if the peer no
+/// longer holds it, a repair drops it here (module doc). Tombstones never are.
+pub fn applied_by_peer(peer_applied: &VersionVector, v: &Version) -> bool {
+    !v.is_tombstone() && peer_applied.get(&v.origin) >= v.vv.get(&v.origin)
+}
+
+/// For each origin the peer had applied further than `applied`: how far a lift may take
+/// it (the whole way, or up to a gap's end: the changesets behind it apply as usual). The
+/// engine takes only what the origin's stream has gone by (module doc).
+pub fn lifts(applied: &VersionVector, gaps: &[Gap], peer_applied: &VersionVector) -> Vec<(Origin, u64)> {
+    peer_applied
+        .iter()
+        .filter_map(|(origin, seq)| {
+            let end = gaps.iter().find(|g| g.origin == *origin).map_or(u64::MAX, |g| g.next_waiting - 1);
+            let to = seq.min(end);
+            (to > applied.get(origin)).then(|| (origin.clone(), to))
+        })
+        .collect()
 }
 
 /// A repair, planned, waiting for its facts.
@@ -198,7 +218,7 @@ impl Engine {
     ) -> u64 {
         let Some(mine) = ov.register(k) else { return 0 };
         let held = |v: &Version| theirs.is_some_and(|t| t.versions().iter().any(|p| p.id() == v.id()));
-        let gone = |v: &Version| !v.is_tombstone() && peer.get(&v.origin) >= v.vv.get(&v.origin) && !held(v);
+        let gone = |v: &Version| applied_by_peer(peer, v) && !held(v);
         let dropped = mine.versions().iter().filter(|v| gone(v)).count() as u64;
         if dropped == 0 {
             return 0;
@@ -296,4 +316,32 @@ fn repair_needs(repair: &Repair, plan: &Plan) -> Needs {
     needs.docs.extend(repair.docs.iter().map(|(k, _)| k.clone()));
     needs.docs.extend(repair.pending.iter().map(|(k, _)| k.clone()));
     needs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_core::ids::RegionId;
+
+    #[test]
+    fn an_origin_is_lifted_only_as_far_as_the_peer_applied_and_no_further_than_its_gap() {
+        let o = Origin::new(RegionId::new("eu-west").unwrap(), 1);
+        let gap = |applied, next_waiting| Gap {
+            origin: o.clone(),
+            applied,
+            next_waiting,
+            waiting: 1,
+            stream: "S".into(),
+            stream_seq: 9,
+        };
+        let peer = |seq| [(o.clone(), seq)].into_iter().collect();
+        let here: VersionVector = peer(2);
+        assert_eq!(lifts(&here, &[gap(2, 6)], &peer(10)), vec![(o.clone(), 5)]);
+        assert_eq!(lifts(&here, &[gap(2, 6)], &peer(4)), vec![(o.clone(), 4)], "as far as the peer applied");
+        assert!(lifts(&here, &[gap(2, 6)], &peer(2)).is_empty(), "the peer has nothing more");
+        assert!(lifts(&here, &[gap(2, 6)], &Default::default()).is_empty());
+        // No gap to see (the origin's last changesets are gone): the whole way.
+        assert_eq!(lifts(&here, &[], &peer(10)), vec![(o.clone(), 10)]);
+        assert!(lifts(&peer(10), &[], &peer(4)).is_empty(), "never back");
+    }
 }

@@ -123,15 +123,7 @@ impl Replica {
     fn repair_from(&mut self, peer: &Replica) -> Output {
         let (mine, theirs) = (&self.store.kv, &peer.store.kv);
         let peer_applied = peer.engine.applied().clone();
-        let through = self
-            .engine
-            .gaps()
-            .iter()
-            .filter_map(|g| {
-                let to = peer_applied.get(&g.origin).min(g.next_waiting - 1);
-                (to > g.applied).then(|| (g.origin.clone(), to))
-            })
-            .collect();
+        let through = concord_engine::lifts(self.engine.applied(), &self.engine.gaps(), &peer_applied);
         let repair = Repair {
             kv: theirs.iter().filter(|(k, r)| mine.get(*k) != Some(*r)).map(|(k, r)| (k.clone(), r.clone())).collect(),
             kv_absent: mine.keys().filter(|k| !theirs.contains_key(*k)).cloned().collect(),

@@ -5,8 +5,10 @@
 use std::collections::BTreeSet;
 
 use concord_core::changeset::Changeset;
-use concord_core::lww::{Register, Version};
-use concord_engine::{Alert, AppendOutcome, CatchUp, CaughtUp, Engine, Entry, Output, Repair, WriteRequest};
+use concord_core::lww::Register;
+use concord_engine::{
+    Alert, AppendOutcome, CatchUp, CaughtUp, Engine, Entry, Output, Repair, WriteRequest, applied_by_peer, lifts,
+};
 
 use crate::log::Appended;
 use crate::world::{InFlight, World, own_stream};
@@ -105,23 +107,15 @@ impl World {
         }
         let (mine, theirs) = (&self.nodes[n].store, &self.nodes[peer].store);
         let peer_applied = theirs.applied.clone();
-        let applied_by_peer = |v: &Version| !v.is_tombstone() && peer_applied.get(&v.origin) >= v.vv.get(&v.origin);
         let differ = |a: Option<&Register>, b: &Register| a != Some(b);
         let kv = theirs.kv.iter().filter(|(k, r)| differ(mine.kv.get(*k), r));
         let docs = theirs.docs.iter().filter(|(k, d)| mine.docs.get(*k) != Some(*d));
         let pending = theirs.pending.iter().filter(|(k, p)| !p.is_empty() && mine.pending.get(*k) != Some(*p));
-        let absent =
-            mine.kv.iter().filter(|(k, r)| !theirs.kv.contains_key(*k) && r.versions().iter().any(applied_by_peer));
+        let absent = mine.kv.iter().filter(|(k, r)| {
+            !theirs.kv.contains_key(*k) && r.versions().iter().any(|v| applied_by_peer(&peer_applied, v))
+        });
         let engine = self.nodes[n].engine.as_ref().expect("up");
-        let gaps = engine.gaps();
-        let through = peer_applied
-            .iter()
-            .filter_map(|(origin, seq)| {
-                let end = gaps.iter().find(|g| g.origin == *origin).map_or(u64::MAX, |g| g.next_waiting - 1);
-                let to = seq.min(end);
-                (to > engine.applied().get(origin)).then(|| (origin.clone(), to))
-            })
-            .collect();
+        let through = lifts(engine.applied(), &engine.gaps(), &peer_applied);
         let repair = Repair {
             kv: kv.map(|(k, r)| (k.clone(), r.clone())).collect(),
             docs: docs.map(|(k, d)| (k.clone(), d.clone())).collect(),

@@ -30,7 +30,7 @@
 //! applied of it (no further than a gap's end, or a changeset waiting for a mark's
 //! context: those apply as usual): the round hands the worker that lift, and the waiting
 //! changesets apply. An origin whose last changesets no log holds any more shows no gap,
-//! and is lifted all the same ([`lifts`]). A gap is lifted only once it has stood
+//! and is lifted all the same (`concord_engine::lifts`). A gap is lifted only once it has stood
 //! `anti_entropy_gap_after_s` (or the periodic interval, when gap rounds are off), so
 //! that the gap repair from the origins' logs, which brings the changesets themselves
 //! (their marks included), has had its chance. The peer's tree also says which origins it
@@ -61,7 +61,7 @@ use concord_core::changeset::stored;
 use concord_core::ids::{Origin, RegionId};
 use concord_core::merkle::{EntriesReply, EntriesRequest, Table, TreeReply};
 use concord_core::vv::VersionVector;
-use concord_engine::{Gap, Repair, RoleView};
+use concord_engine::{Gap, Repair, RoleView, applied_by_peer, lifts};
 use concord_storage::{Store, content_for_hash};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -134,7 +134,7 @@ pub struct Round {
     /// a value the peer had applied (handed over to be dropped).
     pub absent: u64,
     /// The origins the engine lifted, and how far: of those the round handed over
-    /// ([`lifts`], a gap's origin once the gap has stood), the ones past what the origin's
+    /// (`concord_engine::lifts`, a gap's origin once the gap has stood), the ones past what the origin's
     /// stream has gone by.
     pub lifted: Vec<(Origin, u64)>,
 }
@@ -301,22 +301,6 @@ pub async fn round(ctx: &Ctx, region: &RegionId, ripe: &BTreeSet<Origin>) -> Res
     Ok(r)
 }
 
-/// For each origin the peer had applied further than this replica: how far it may be
-/// lifted (the whole way, or up to a gap's end: the changesets behind it apply as usual).
-/// An origin whose last changesets are gone from the logs leaves no gap to see, and
-/// without its lift this replica's applied vector would never show what its state holds
-/// (tombstones would never be stable here, sessions would wait).
-pub fn lifts(applied: &VersionVector, gaps: &[Gap], peer_applied: &VersionVector) -> Vec<(Origin, u64)> {
-    peer_applied
-        .iter()
-        .filter_map(|(origin, seq)| {
-            let end = gaps.iter().find(|g| g.origin == *origin).map_or(u64::MAX, |g| g.next_waiting - 1);
-            let to = seq.min(end);
-            (to > applied.get(origin)).then(|| (origin.clone(), to))
-        })
-        .collect()
-}
-
 /// Hand the worker this replica's registers in `leaves` that the peer does not hold
 /// (not in `peer_kv`) and that hold a value the peer had applied (within `reflects`): the
 /// engine drops it. Whether every such register was handed over (the scan reads at most
@@ -331,8 +315,6 @@ async fn drop_absent(
     if leaves.is_empty() {
         return Ok(true);
     }
-    let applied_by_peer =
-        |v: &concord_core::lww::Version| !v.is_tombstone() && reflects.get(&v.origin) >= v.vv.get(&v.origin);
     let mut req =
         EntriesRequest { leaves: leaves.to_vec(), after: None, bytes_max: PAGE_BYTES_MAX, with_applied: false };
     let mut read = 0u64;
@@ -349,7 +331,7 @@ async fn drop_absent(
         for e in page.entries.iter().filter(|e| e.table == Table::Kv && !peer_kv.contains(&e.key)) {
             read += (e.key.len() + e.value.len()) as u64;
             let register = stored::decode(&e.value).map_err(|e| format!("a local register: {e}"))?;
-            if !register.versions().iter().any(applied_by_peer) {
+            if !register.versions().iter().any(|v| applied_by_peer(reflects, v)) {
                 continue;
             }
             absent.push(doc_key(&e.key).map_err(|why| format!("a local register's key: {why}"))?);
@@ -446,32 +428,5 @@ async fn ask(client: &async_nats::Client, subject: &str, payload: Bytes) -> Resu
     match status.as_deref() {
         None | Some("200") => Ok(msg.payload),
         Some(code) => Err(format!("{subject}: {code} {}", String::from_utf8_lossy(&msg.payload))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_origin_is_lifted_only_as_far_as_the_peer_applied_and_no_further_than_its_gap() {
-        let o = Origin::new(RegionId::new("eu-west").unwrap(), 1);
-        let gap = |applied, next_waiting| Gap {
-            origin: o.clone(),
-            applied,
-            next_waiting,
-            waiting: 1,
-            stream: "S".into(),
-            stream_seq: 9,
-        };
-        let peer = |seq| [(o.clone(), seq)].into_iter().collect();
-        let here: VersionVector = peer(2);
-        assert_eq!(lifts(&here, &[gap(2, 6)], &peer(10)), vec![(o.clone(), 5)]);
-        assert_eq!(lifts(&here, &[gap(2, 6)], &peer(4)), vec![(o.clone(), 4)], "as far as the peer applied");
-        assert!(lifts(&here, &[gap(2, 6)], &peer(2)).is_empty(), "the peer has nothing more");
-        assert!(lifts(&here, &[gap(2, 6)], &Default::default()).is_empty());
-        // No gap to see (the origin's last changesets are gone): the whole way.
-        assert_eq!(lifts(&here, &[], &peer(10)), vec![(o.clone(), 10)]);
-        assert!(lifts(&peer(10), &[], &peer(4)).is_empty(), "never back");
     }
 }
